@@ -1,0 +1,114 @@
+//! An invocation, from a trigger's event to the sandbox's `Outcome`: its id, the
+//! environment the guest sees, one tracing span, and the log lines of its result.
+
+use std::fmt;
+
+use bytes::Bytes;
+use tracing::Instrument;
+
+use crate::registry::Function;
+use crate::sandbox::{self, Outcome, Run, Sandbox};
+
+/// What fired an invocation (`JOBHOST_TRIGGER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerKind {
+    Http,
+    Manual,
+}
+
+impl fmt::Display for TriggerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TriggerKind::Http => "http",
+            TriggerKind::Manual => "manual",
+        })
+    }
+}
+
+/// An invocation id: a UUIDv7, so ids sort by creation time.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// One invocation about to run.
+pub struct Invocation<'a> {
+    pub id: String,
+    pub function: &'a Function,
+    pub trigger: TriggerKind,
+    pub attempt: u32,
+    /// Trigger-specific variables (CGI variables for HTTP).
+    pub vars: Vec<(String, String)>,
+    pub payload: Bytes,
+}
+
+impl Invocation<'_> {
+    /// The environment the guest sees: only what the host sets, never its own.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("JOBHOST_FUNCTION".to_string(), self.function.spec.name.clone()),
+            ("JOBHOST_INVOCATION_ID".to_string(), self.id.clone()),
+            ("JOBHOST_ATTEMPT".to_string(), self.attempt.to_string()),
+            ("JOBHOST_TRIGGER".to_string(), self.trigger.to_string()),
+        ];
+        env.extend(self.vars.iter().cloned());
+        env.extend(self.function.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
+
+    pub fn span(&self) -> tracing::Span {
+        tracing::info_span!(
+            "invocation",
+            function = %self.function.spec.name,
+            trigger = %self.trigger,
+            id = %self.id
+        )
+    }
+
+    pub fn run(&self) -> Run<'_> {
+        Run {
+            limits: &self.function.spec.limits,
+            env: self.env(),
+            stdin: self.payload.clone(),
+            dirs: &self.function.spec.dirs,
+            config: sandbox::values(&self.function.spec.config),
+            program: &self.function.spec.name,
+        }
+    }
+}
+
+/// Runs a command invocation and logs its result.
+pub async fn run_command(sandbox: &Sandbox, invocation: &Invocation<'_>) -> Outcome {
+    let span = invocation.span();
+    async {
+        let outcome = sandbox.run_command(&invocation.function.prepared, invocation.run()).await;
+        log_outcome(&outcome, invocation.trigger);
+        outcome
+    }
+    .instrument(span)
+    .await
+}
+
+/// Logs an outcome in the current span: stderr lines at ERROR, stdout at INFO when it is
+/// not the response body, and one line with the result.
+pub fn log_outcome(outcome: &Outcome, trigger: TriggerKind) {
+    for line in String::from_utf8_lossy(&outcome.stderr).lines() {
+        tracing::error!(target: "guest", "{line}");
+    }
+    if trigger != TriggerKind::Http {
+        for line in String::from_utf8_lossy(&outcome.stdout).lines() {
+            tracing::info!(target: "guest", "{line}");
+        }
+    }
+    let duration_ms = outcome.duration.as_secs_f64() * 1000.0;
+    match &outcome.result {
+        Ok(()) => tracing::info!(duration_ms, "succeeded"),
+        Err(failure) => tracing::warn!(duration_ms, error = %failure, "failed"),
+    }
+    if outcome.stdout_truncated || outcome.stderr_truncated {
+        tracing::warn!(
+            stdout_truncated = outcome.stdout_truncated,
+            stderr_truncated = outcome.stderr_truncated,
+            "output past `max_output` was dropped"
+        );
+    }
+}
