@@ -179,7 +179,7 @@ const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHost {
-    listen: Option<String>,
+    listen: Option<Spanned<String>>,
     functions: Option<String>,
     data: Option<String>,
     shutdown_timeout: Option<Dur>,
@@ -358,6 +358,14 @@ impl Source {
     /// which is what a user looks for in the file.
     fn key_at(&self, span: &Range<usize>) -> Option<String> {
         let start = span.start.min(self.text.len());
+        let end = span.end.min(self.text.len()).max(start);
+        // An unknown field's span is the key itself.
+        if self.text[end..].trim_start_matches([' ', '\t']).starts_with('=') {
+            let key = self.text[start..end].trim().trim_matches('"');
+            if !key.is_empty() && !key.contains('\n') {
+                return Some(key.to_string());
+            }
+        }
         let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
         let before = &self.text[line_start..start];
         let eq = before.rfind('=')?;
@@ -571,10 +579,11 @@ fn limits(raw: &RawLimits, base: &Limits) -> Limits {
 }
 
 fn host_settings(source: &Source, root: &Path, raw: RawHost, problems: &mut Problems) -> HostSettings {
-    let listen_text = raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+    let listen_span = raw.listen.as_ref().map(Spanned::span);
+    let listen_text = raw.listen.map_or_else(|| DEFAULT_LISTEN.to_string(), Spanned::into_inner);
     let listen = listen_text.parse().unwrap_or_else(|_| {
         problems.0.push(source.problem(
-            None,
+            listen_span.as_ref(),
             "host.listen",
             format!("invalid address {listen_text:?}: write an IP address and a port, such as 127.0.0.1:8080 or 0.0.0.0:8080"),
         ));
@@ -663,7 +672,7 @@ pub fn function_spec(
     let root = config.path.parent().unwrap_or(Path::new("."));
     let Some((raw, source)) = merged else {
         // A module with no configuration at all is served at /NAME.
-        let route = parse_route(&format!("/{name}")).map_err(|why| {
+        let trigger = default_http_trigger(name).map_err(|why| {
             Problems(vec![Problem { file: config.path.clone(), line: None, key: section.clone(), message: why }])
         })?;
         return Ok(FunctionSpec {
@@ -671,12 +680,7 @@ pub fn function_spec(
             module: functions_dir.join(format!("{name}.wasm")),
             limits: config.defaults.clone(),
             concurrency: None,
-            triggers: vec![Trigger::Http(HttpTrigger {
-                route,
-                methods: Vec::new(),
-                mode: HttpMode::Sync,
-                max_body: DEFAULT_MAX_BODY,
-            })],
+            triggers: vec![trigger],
             dirs: Vec::new(),
             config: config.shared.clone(),
             env: BTreeMap::new(),
@@ -691,6 +695,13 @@ pub fn function_spec(
         retry: raw.retry.clone(),
     };
     let mut triggers = Vec::new();
+    if raw.triggers.is_none() {
+        // No `triggers` key at all: served at /NAME, as a module with no configuration is.
+        // `triggers = []` means manual calls only.
+        triggers.push(default_http_trigger(name).map_err(|why| {
+            Problems(vec![Problem { file: source.file.clone(), line: None, key: section.clone(), message: why }])
+        })?);
+    }
     for (i, t) in raw.triggers.clone().unwrap_or_default().into_iter().enumerate() {
         let span = t.span();
         match trigger(t.into_inner(), root) {
@@ -736,6 +747,15 @@ pub fn function_spec(
         config: function_config,
         env: raw.env.clone().unwrap_or_default(),
     })
+}
+
+fn default_http_trigger(name: &str) -> Result<Trigger, String> {
+    Ok(Trigger::Http(HttpTrigger {
+        route: parse_route(&format!("/{name}"))?,
+        methods: Vec::new(),
+        mode: HttpMode::Sync,
+        max_body: DEFAULT_MAX_BODY,
+    }))
 }
 
 fn merge(a: &RawFunction, b: &RawFunction) -> RawFunction {
@@ -928,14 +948,14 @@ mod tests {
     #[test]
     fn configuration_errors_name_line_and_key() {
         let cases = [
-            ("[host]\nlisten = \"x\"\n", "0|host.listen|invalid address"),
+            ("[host]\nlisten = \"x\"\n", "2|host.listen|invalid address"),
             ("[defaults]\n\ntimeout = \"3x\"\n", "3|defaults.timeout|invalid duration"),
             ("[defaults]\nmemory = \"lots\"\n", "2|defaults.memory|invalid size"),
             ("[host]\nlisen = \"x\"\n", "2|host.lisen|unknown field `lisen`"),
             ("[hots]\n", "1|hots|unknown section"),
             ("[functions.a]\ntimeout = 5\n", "2|functions.a.timeout|invalid type"),
             ("[functions.a]\nbogus = 1\n", "2|functions.a.bogus|unknown field `bogus`"),
-            ("x = [\n", "2||invalid TOML"),
+            ("x = [\n", "1||invalid TOML"),
             ("[config]\nk = { env = \"JOBHOST_TEST_SURELY_UNSET\" }\n", "2|config.k|JOBHOST_TEST_SURELY_UNSET is not set"),
         ];
         for (text, expect) in cases {

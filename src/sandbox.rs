@@ -672,7 +672,7 @@ fn classify(
         return Err(Failure::CpuLimit);
     }
     match trap {
-        Some(trap) => Err(Failure::Trap(trap.to_string())),
+        Some(trap) => Err(Failure::Trap(trap.to_string().trim_start_matches("wasm trap: ").to_string())),
         None => Err(Failure::Trap(format!("{error:#}"))),
     }
 }

@@ -1,0 +1,70 @@
+//! Reads configuration through host imports and prints it: the keys named on stdin (one per
+//! line), or `greeting` when stdin is empty. Missing keys print as `KEY is not set`.
+//!
+//! The same source builds two ways: for wasm32-wasip2 it imports `wasi:config/store`, for
+//! wasm32-wasip1 the core import `jobhost.config_get`.
+
+use std::io::Read;
+
+fn main() {
+    let mut input = String::new();
+    std::io::stdin().read_to_string(&mut input).expect("stdin is readable");
+    let mut keys: Vec<&str> = input.split_whitespace().collect();
+    if keys.is_empty() {
+        keys.push("greeting");
+    }
+    for key in keys {
+        match config::get(key) {
+            Some(value) => println!("{key}={value}"),
+            None => println!("{key} is not set"),
+        }
+    }
+}
+
+#[cfg(target_env = "p2")]
+mod config {
+    wit_bindgen::generate!({
+        inline: "
+            package wasi:config@0.2.0-rc.1;
+            interface store {
+                variant error { upstream(string), io(string) }
+                get: func(key: string) -> result<option<string>, error>;
+                get-all: func() -> result<list<tuple<string, string>>, error>;
+            }
+            world imports { import store; }
+        ",
+        world: "wasi:config/imports",
+    });
+
+    pub fn get(key: &str) -> Option<String> {
+        wasi::config::store::get(key).ok().flatten()
+    }
+}
+
+#[cfg(not(target_env = "p2"))]
+mod config {
+    #[link(wasm_import_module = "jobhost")]
+    unsafe extern "C" {
+        /// Returns the value's length (written only if it fits), or -1 if the key is unset.
+        fn config_get(key_ptr: *const u8, key_len: i32, buf_ptr: *mut u8, buf_len: i32) -> i32;
+    }
+
+    pub fn get(key: &str) -> Option<String> {
+        let mut buf = vec![0u8; 256];
+        loop {
+            // SAFETY: the host reads `key` and writes at most `buf.len()` bytes into `buf`.
+            let len = unsafe {
+                config_get(key.as_ptr(), key.len() as i32, buf.as_mut_ptr(), buf.len() as i32)
+            };
+            if len < 0 {
+                return None;
+            }
+            let len = len as usize;
+            if len <= buf.len() {
+                buf.truncate(len);
+                return String::from_utf8(buf).ok();
+            }
+            buf.resize(len, 0);
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! A test guest that does what its stdin says, to probe the sandbox from inside:
+//! `env`, `read PATH`, `write PATH`, `alloc MIB`, `loop`, `sleep MS`, `panic`, `exit N`,
+//! `flood BYTES`, `echo TEXT`. Every answer starts with a CGI header block.
+
+use std::io::{Read, Write};
+
+fn main() {
+    let mut input = String::new();
+    std::io::stdin().read_to_string(&mut input).expect("stdin is readable");
+    let (command, arg) = input.trim().split_once(' ').unwrap_or((input.trim(), ""));
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "Content-Type: text/plain\n\n");
+    match command {
+        "env" => {
+            for (k, v) in std::env::vars() {
+                let _ = writeln!(out, "{k}={v}");
+            }
+        }
+        "read" => match std::fs::read_to_string(arg) {
+            Ok(text) => {
+                let _ = write!(out, "{text}");
+            }
+            Err(e) => fail(&format!("cannot read {arg}: {e}")),
+        },
+        "write" => match std::fs::write(arg, "written by probe") {
+            Ok(()) => {
+                let _ = writeln!(out, "wrote {arg}");
+            }
+            Err(e) => fail(&format!("cannot write {arg}: {e}")),
+        },
+        "alloc" => {
+            let mib: usize = arg.parse().expect("alloc takes MiB");
+            let mut blocks = Vec::new();
+            for _ in 0..mib {
+                blocks.push(vec![1u8; 1 << 20]);
+            }
+            let _ = writeln!(out, "allocated {} MiB", blocks.len());
+        }
+        "loop" => {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        "sleep" => {
+            let ms: u64 = arg.parse().expect("sleep takes milliseconds");
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            let _ = writeln!(out, "slept {ms} ms");
+        }
+        "panic" => panic!("probe was asked to panic"),
+        "exit" => {
+            let _ = out.flush();
+            std::process::exit(arg.parse().expect("exit takes a status"))
+        }
+        "flood" => {
+            let mut left: usize = arg.parse().expect("flood takes bytes");
+            let chunk = vec![b'x'; 64 * 1024];
+            while left > 0 {
+                let n = left.min(chunk.len());
+                if out.write_all(&chunk[..n]).is_err() {
+                    break;
+                }
+                left -= n;
+            }
+        }
+        "echo" => {
+            let _ = writeln!(out, "{arg}");
+        }
+        other => fail(&format!("unknown command {other:?}")),
+    }
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("{message}");
+    let _ = std::io::stdout().flush();
+    std::process::exit(1)
+}

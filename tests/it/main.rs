@@ -1,0 +1,11 @@
+//! The one integration-test binary: every test starts the real `jobhost` binary in its own
+//! temp folder on port 0 and talks to it as a user would.
+
+// Helpers are `pub` for the sibling test modules; the crate itself is never a library.
+#![allow(unreachable_pub)]
+
+mod cli;
+mod http;
+mod loading;
+mod sandbox;
+mod support;

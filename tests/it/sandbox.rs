@@ -1,0 +1,196 @@
+//! SPEC §4: limits, failure reasons, isolation, captured output, configuration imports.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{P1, P2, Project, example, probe, rss_kib, wat};
+
+/// Both command shapes fail the same way for the same cause.
+fn failing_project(extra: &str) -> Project {
+    let project = Project::new(&format!(
+        r#"
+[defaults]
+timeout = "1s"
+memory = "32MiB"
+[functions.p2]
+module = "probe2.wasm"
+[functions.p1]
+module = "probe1.wasm"
+{extra}
+"#
+    ));
+    project.function("probe2", &probe(P2)).function("probe1", &probe(P1));
+    project
+}
+
+#[test]
+fn an_endless_loop_fails_with_timeout_and_the_host_keeps_serving() {
+    let project = failing_project("");
+    let host = project.start();
+    for function in ["p1", "p2"] {
+        let started = Instant::now();
+        let answer = host.post(&format!("/{function}"), "loop");
+        let elapsed = started.elapsed();
+        assert_eq!(answer.status, 500, "{}", answer.body);
+        assert!(answer.body.ends_with("failed: timeout\n"), "{}", answer.body);
+        assert!(elapsed < Duration::from_millis(1200), "{function} took {elapsed:?} for a 1s timeout");
+        assert!(elapsed >= Duration::from_secs(1), "{function} stopped early: {elapsed:?}");
+        assert_eq!(host.post(&format!("/{function}"), "echo alive").body, "alive\n");
+    }
+}
+
+#[test]
+fn a_guest_blocked_in_a_host_call_fails_with_timeout() {
+    let host = failing_project("").start();
+    let answer = host.post("/p2", "sleep 60000");
+    assert!(answer.body.ends_with("failed: timeout\n"), "{}", answer.body);
+}
+
+#[test]
+fn allocating_past_memory_fails_with_memory_limit() {
+    let host = failing_project("").start();
+    for function in ["p1", "p2"] {
+        let answer = host.post(&format!("/{function}"), "alloc 64");
+        assert_eq!(answer.status, 500, "{}", answer.body);
+        assert!(answer.body.ends_with("failed: memory limit\n"), "{function}: {}", answer.body);
+        let fits = host.post(&format!("/{function}"), "alloc 8");
+        assert_eq!(fits.body, "allocated 8 MiB\n", "{function}");
+    }
+}
+
+#[test]
+fn a_trap_a_panic_and_an_exit_map_to_their_reasons_and_a_500_with_the_id() {
+    let project = failing_project("");
+    project.write(
+        "functions/trap.wasm",
+        &wat(r#"(module
+            (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+            (memory (export "memory") 1)
+            (func (export "_start") unreachable))"#),
+    );
+    let host = project.start();
+    let cases = [
+        ("/trap", "", "failed: trap: wasm `unreachable` instruction executed\n"),
+        ("/p1", "panic", "failed: trap: wasm `unreachable` instruction executed\n"),
+        ("/p2", "panic", "failed: trap: wasm `unreachable` instruction executed\n"),
+        ("/p1", "exit 3", "failed: exit 3\n"),
+        // WASI 0.2's `exit` carries only success or failure, and Rust's std for
+        // wasm32-wasip2 uses it, so any non-zero status arrives as 1.
+        ("/p2", "exit 3", "failed: exit 1\n"),
+    ];
+    for (path, body, reason) in cases {
+        let answer = host.post(path, body);
+        assert_eq!(answer.status, 500, "{path} {body}: {}", answer.body);
+        let id = answer.header("x-jobhost-invocation-id").expect("the 500 carries the id");
+        assert_eq!(answer.body, format!("invocation {id} failed: {}", reason.trim_start_matches("failed: ")), "{path} {body}");
+    }
+    // The panic message went to stderr, which the host logs with the invocation.
+    let log = host.log().join("\n");
+    assert!(log.contains("probe was asked to panic"), "{log}");
+}
+
+#[test]
+fn fuel_exhaustion_fails_with_cpu_limit() {
+    let project = Project::new(
+        r#"
+[functions.spin]
+module = "probe.wasm"
+fuel = 5000000
+"#,
+    );
+    project.function("probe", &probe(P1));
+    let host = project.start();
+    let answer = host.post("/spin", "loop");
+    assert!(answer.body.ends_with("failed: cpu limit\n"), "{}", answer.body);
+    assert_eq!(host.post("/spin", "echo cheap").body, "cheap\n");
+}
+
+#[test]
+fn the_guest_sees_none_of_the_host_environment() {
+    let host = failing_project("").start_with(|cmd| {
+        cmd.env("JOBHOST_TEST_HOST_SECRET", "do-not-leak");
+    });
+    for function in ["p1", "p2"] {
+        let answer = host.post(&format!("/{function}"), "env");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert!(answer.body.contains("JOBHOST_FUNCTION="), "{}", answer.body);
+        assert!(!answer.body.contains("do-not-leak"), "{}", answer.body);
+        assert!(!answer.body.lines().any(|l| l.starts_with("PATH=") || l.starts_with("HOME=")), "{}", answer.body);
+    }
+}
+
+#[test]
+fn the_guest_cannot_read_outside_its_dirs() {
+    let project = failing_project(
+        r#"
+[functions.fs]
+module = "probe1.wasm"
+dirs = [{ host = "data/in", guest = "/in" }, { host = "data/out", guest = "/out", write = true }]
+"#,
+    );
+    project.write("data/in/a.txt", b"inside");
+    project.write("data/out/.keep", b"");
+    project.write("secret.txt", b"outside");
+    let host = project.start();
+    let ok = host.post("/fs", "read /in/a.txt");
+    assert_eq!((ok.status, ok.body.as_str()), (200, "inside"));
+    for attempt in ["read /in/../secret.txt", "read /secret.txt", "read /etc/passwd", "write /in/new.txt"] {
+        let answer = host.post("/fs", attempt);
+        assert_eq!(answer.status, 500, "{attempt} should fail: {}", answer.body);
+        assert!(answer.body.ends_with("failed: exit 1\n"), "{attempt}: {}", answer.body);
+    }
+    let wrote = host.post("/fs", "write /out/new.txt");
+    assert_eq!(wrote.status, 200, "{}", wrote.body);
+    assert_eq!(std::fs::read_to_string(project.path("data/out/new.txt")).unwrap(), "written by probe");
+    assert!(!project.path("data/in/new.txt").exists());
+    // A function without dirs sees no filesystem at all.
+    assert_eq!(host.post("/p2", "read /in/a.txt").status, 500);
+}
+
+#[test]
+fn stdout_past_the_cap_is_cut_and_the_host_memory_does_not_grow() {
+    let project = failing_project("[functions.flood]\nmodule = \"probe2.wasm\"\nmax_output = \"1KiB\"\ntimeout = \"20s\"\n");
+    let host = project.start();
+    let cut = host.post("/flood", "flood 100000");
+    assert_eq!(cut.status, 200);
+    assert_eq!(cut.body.len(), 1024 - "Content-Type: text/plain\n\n".len());
+    let mut host = host;
+    host.wait_for_log("output past `max_output` was dropped", Duration::from_secs(10));
+
+    let before = rss_kib(host.pid());
+    for _ in 0..3 {
+        let answer = host.post("/flood", "flood 100000000");
+        assert_eq!(answer.status, 200);
+    }
+    let after = rss_kib(host.pid());
+    assert!(after < before + 64 * 1024, "host RSS grew from {before} KiB to {after} KiB after 300 MB of guest output");
+}
+
+#[test]
+fn config_values_reach_the_guest_through_both_import_styles() {
+    let project = Project::new(
+        r#"
+[config]
+greeting = "hello"
+secret = { env = "JOBHOST_TEST_SECRET" }
+[functions.cfg2]
+module = "cfg2.wasm"
+config = { greeting = "hi from cfg2" }
+[functions.cfg1]
+module = "cfg1.wasm"
+"#,
+    );
+    project.function("cfg2", &example("config-reader", P2)).function("cfg1", &example("config-reader", P1));
+    let host = project.start_with(|cmd| {
+        cmd.env("JOBHOST_TEST_SECRET", "s3cret");
+    });
+    let p2 = host.post("/cfg2", "greeting secret missing");
+    assert_eq!(p2.body, "greeting=hi from cfg2\nsecret=s3cret\nmissing is not set\n");
+    let p1 = host.post("/cfg1", "greeting secret missing");
+    assert_eq!(p1.body, "greeting=hello\nsecret=s3cret\nmissing is not set\n");
+    // A value longer than the guest's first buffer takes the second call of config_get.
+    let long = "x".repeat(1000);
+    let project = Project::new(&format!("[config]\nlong = \"{long}\"\n"));
+    project.function("cfg1", &example("config-reader", P1));
+    let host = project.start();
+    assert_eq!(host.post("/cfg1", "long").body, format!("long={long}\n"));
+}
