@@ -322,7 +322,9 @@ impl<'de> Deserialize<'de> for Size {
 /// Sizes are ten lines of parsing; no crate needed.
 fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: u64 = number.parse().ok()?;
     let scale: u64 = match unit.trim() {
@@ -360,7 +362,10 @@ impl Source {
         let start = span.start.min(self.text.len());
         let end = span.end.min(self.text.len()).max(start);
         // An unknown field's span is the key itself.
-        if self.text[end..].trim_start_matches([' ', '\t']).starts_with('=') {
+        if self.text[end..]
+            .trim_start_matches([' ', '\t'])
+            .starts_with('=')
+        {
             let key = self.text[start..end].trim().trim_matches('"');
             if !key.is_empty() && !key.contains('\n') {
                 return Some(key.to_string());
@@ -377,7 +382,12 @@ impl Source {
         (!key.is_empty()).then(|| key.to_string())
     }
 
-    fn problem(&self, span: Option<&Range<usize>>, key: &str, message: impl Into<String>) -> Problem {
+    fn problem(
+        &self,
+        span: Option<&Range<usize>>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> Problem {
         Problem {
             file: self.file.clone(),
             line: span.map(|s| self.line_of(s)),
@@ -416,14 +426,22 @@ fn deserialize_at<T: for<'de> Deserialize<'de>>(
 fn parse_table(source: &Source) -> Result<Spanned<DeTable<'_>>, Problem> {
     DeTable::parse(&source.text).map_err(|err| {
         let span = err.span();
-        source.problem(span.as_ref(), "", format!("invalid TOML: {}", err.message().trim_end()))
+        source.problem(
+            span.as_ref(),
+            "",
+            format!("invalid TOML: {}", err.message().trim_end()),
+        )
     })
 }
 
 /// Reads `runtime.toml` at `path`; a missing file means every default.
 pub fn load(path: &Path) -> Result<Config, Problems> {
     let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let root = if root.as_os_str().is_empty() { PathBuf::from(".") } else { root };
+    let root = if root.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        root
+    };
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -436,7 +454,10 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
             }]));
         }
     };
-    let source = Source { file: path.to_path_buf(), text: text.into() };
+    let source = Source {
+        file: path.to_path_buf(),
+        text: text.into(),
+    };
     let table = parse_table(&source).map_err(|p| Problems(vec![p]))?;
 
     let mut problems = Problems::default();
@@ -451,17 +472,25 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
                 raw_host = deserialize_at(&source, "host", value, &mut problems).unwrap_or_default()
             }
             "defaults" => {
-                raw_defaults = deserialize_at(&source, "defaults", value, &mut problems).unwrap_or_default()
+                raw_defaults =
+                    deserialize_at(&source, "defaults", value, &mut problems).unwrap_or_default()
             }
             "config" => {
                 raw_shared = deserialize_at::<BTreeMap<String, Spanned<RawValue>>>(
-                    &source, "config", value, &mut problems,
+                    &source,
+                    "config",
+                    value,
+                    &mut problems,
                 )
                 .unwrap_or_default()
             }
             "functions" => {
                 let DeValue::Table(functions) = value.into_inner() else {
-                    problems.0.push(source.problem(Some(&span), "functions", "must be a table of functions, such as [functions.hello]"));
+                    problems.0.push(source.problem(
+                        Some(&span),
+                        "functions",
+                        "must be a table of functions, such as [functions.hello]",
+                    ));
                     continue;
                 };
                 for (name, body) in functions {
@@ -469,7 +498,9 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
                     let name = name.get_ref().to_string();
                     let section = format!("functions.{name}");
                     if let Err(why) = check_function_name(&name) {
-                        problems.0.push(source.problem(Some(&name_span), &section, why));
+                        problems
+                            .0
+                            .push(source.problem(Some(&name_span), &section, why));
                         continue;
                     }
                     if let Some(f) = read_function(&source, &section, body, &mut problems) {
@@ -489,7 +520,13 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
     let defaults = limits(&raw_defaults, &base_limits());
     let shared = resolve_values(&source, "config", raw_shared, &mut problems);
     if problems.0.is_empty() {
-        Ok(Config { path: path.to_path_buf(), host, defaults, shared, declared })
+        Ok(Config {
+            path: path.to_path_buf(),
+            host,
+            defaults,
+            shared,
+            declared,
+        })
     } else {
         Err(problems)
     }
@@ -502,11 +539,18 @@ fn read_function(
     problems: &mut Problems,
 ) -> Option<RawFunctionAt> {
     let keys = match body.get_ref() {
-        DeValue::Table(t) => t.iter().map(|(k, _)| (k.get_ref().to_string(), k.span())).collect(),
+        DeValue::Table(t) => t
+            .iter()
+            .map(|(k, _)| (k.get_ref().to_string(), k.span()))
+            .collect(),
         _ => BTreeMap::new(),
     };
     let raw = deserialize_at::<RawFunction>(source, section, body, problems)?;
-    Some(RawFunctionAt { raw, source: source.clone(), keys })
+    Some(RawFunctionAt {
+        raw,
+        source: source.clone(),
+        keys,
+    })
 }
 
 /// Reads a `functions/NAME.toml` sidecar.
@@ -519,7 +563,10 @@ pub fn load_sidecar(path: &Path, name: &str) -> Result<RawFunctionAt, Problems> 
             message: format!("cannot read the file: {e}"),
         }])
     })?;
-    let source = Source { file: path.to_path_buf(), text: text.into() };
+    let source = Source {
+        file: path.to_path_buf(),
+        text: text.into(),
+    };
     let table = parse_table(&source).map_err(|p| Problems(vec![p]))?;
     let span = table.span();
     let mut problems = Problems::default();
@@ -533,7 +580,9 @@ pub fn load_sidecar(path: &Path, name: &str) -> Result<RawFunctionAt, Problems> 
 
 pub fn check_function_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
         Ok(())
     } else {
@@ -578,9 +627,16 @@ fn limits(raw: &RawLimits, base: &Limits) -> Limits {
     }
 }
 
-fn host_settings(source: &Source, root: &Path, raw: RawHost, problems: &mut Problems) -> HostSettings {
+fn host_settings(
+    source: &Source,
+    root: &Path,
+    raw: RawHost,
+    problems: &mut Problems,
+) -> HostSettings {
     let listen_span = raw.listen.as_ref().map(Spanned::span);
-    let listen_text = raw.listen.map_or_else(|| DEFAULT_LISTEN.to_string(), Spanned::into_inner);
+    let listen_text = raw
+        .listen
+        .map_or_else(|| DEFAULT_LISTEN.to_string(), Spanned::into_inner);
     let listen = listen_text.parse().unwrap_or_else(|_| {
         problems.0.push(source.problem(
             listen_span.as_ref(),
@@ -589,18 +645,20 @@ fn host_settings(source: &Source, root: &Path, raw: RawHost, problems: &mut Prob
         ));
         DEFAULT_LISTEN.parse().expect("the default address parses")
     });
-    let admin_token = raw.admin_token.and_then(|v| match resolve_value(v) {
-        Ok(v) => Some(v),
-        // An admin token read from an unset variable means "no token": the API then
-        // stays loopback-only, which is the safe side.
-        Err(_) => None,
-    });
+    // An admin token read from an unset variable means "no token": the API then stays
+    // loopback-only, which is the safe side.
+    let admin_token = raw.admin_token.and_then(|v| resolve_value(v).ok());
     HostSettings {
         listen,
         functions_dir: root.join(raw.functions.as_deref().unwrap_or("functions")),
         data_dir: root.join(raw.data.as_deref().unwrap_or(".jobhost")),
-        shutdown_timeout: raw.shutdown_timeout.map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
-        max_concurrency: raw.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY).max(1),
+        shutdown_timeout: raw
+            .shutdown_timeout
+            .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
+        max_concurrency: raw
+            .max_concurrency
+            .unwrap_or(DEFAULT_MAX_CONCURRENCY)
+            .max(1),
         retention: raw.retention.map_or(DEFAULT_RETENTION, |d| d.0),
         admin_token,
     }
@@ -631,7 +689,11 @@ fn resolve_values(
             Ok(v) => {
                 out.insert(key, v);
             }
-            Err(why) => problems.0.push(source.problem(Some(&span), &format!("{section}.{key}"), why)),
+            Err(why) => {
+                problems
+                    .0
+                    .push(source.problem(Some(&span), &format!("{section}.{key}"), why))
+            }
         }
     }
     out
@@ -673,7 +735,12 @@ pub fn function_spec(
     let Some((raw, source)) = merged else {
         // A module with no configuration at all is served at /NAME.
         let trigger = default_http_trigger(name).map_err(|why| {
-            Problems(vec![Problem { file: config.path.clone(), line: None, key: section.clone(), message: why }])
+            Problems(vec![Problem {
+                file: config.path.clone(),
+                line: None,
+                key: section.clone(),
+                message: why,
+            }])
         })?;
         return Ok(FunctionSpec {
             name: name.to_string(),
@@ -699,14 +766,29 @@ pub fn function_spec(
         // No `triggers` key at all: served at /NAME, as a module with no configuration is.
         // `triggers = []` means manual calls only.
         triggers.push(default_http_trigger(name).map_err(|why| {
-            Problems(vec![Problem { file: source.file.clone(), line: None, key: section.clone(), message: why }])
+            Problems(vec![Problem {
+                file: source.file.clone(),
+                line: None,
+                key: section.clone(),
+                message: why,
+            }])
         })?);
     }
-    for (i, t) in raw.triggers.clone().unwrap_or_default().into_iter().enumerate() {
+    for (i, t) in raw
+        .triggers
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
         let span = t.span();
         match trigger(t.into_inner(), root) {
             Ok(t) => triggers.push(t),
-            Err(why) => problems.0.push(source.problem(Some(&span), &format!("{section}.triggers[{i}]"), why)),
+            Err(why) => problems.0.push(source.problem(
+                Some(&span),
+                &format!("{section}.triggers[{i}]"),
+                why,
+            )),
         }
     }
     let mut dirs = Vec::new();
@@ -717,11 +799,18 @@ pub fn function_spec(
             problems.0.push(source.problem(
                 Some(&span),
                 &format!("{section}.dirs[{i}].guest"),
-                format!("guest path {:?} must be absolute, such as \"/data\"", d.guest),
+                format!(
+                    "guest path {:?} must be absolute, such as \"/data\"",
+                    d.guest
+                ),
             ));
             continue;
         }
-        dirs.push(DirMount { host: root.join(&d.host), guest: d.guest, write: d.write });
+        dirs.push(DirMount {
+            host: root.join(&d.host),
+            guest: d.guest,
+            write: d.write,
+        });
     }
     let mut function_config = config.shared.clone();
     function_config.extend(resolve_values(
@@ -788,7 +877,11 @@ fn trigger(t: RawTrigger, root: &Path) -> Result<Trigger, String> {
     let [kind] = kinds.as_slice() else {
         return Err(format!(
             "a trigger needs exactly one of http, cron, every, at or watch (found {})",
-            if kinds.is_empty() { "none".to_string() } else { kinds.join(", ") }
+            if kinds.is_empty() {
+                "none".to_string()
+            } else {
+                kinds.join(", ")
+            }
         ));
     };
     let mut stray = Vec::new();
@@ -810,7 +903,10 @@ fn trigger(t: RawTrigger, root: &Path) -> Result<Trigger, String> {
     allow("events", t.events.is_some(), &["watch"]);
     allow("debounce", t.debounce.is_some(), &["watch"]);
     if !stray.is_empty() {
-        return Err(format!("{} does not apply to a {kind} trigger", stray.join(", ")));
+        return Err(format!(
+            "{} does not apply to a {kind} trigger",
+            stray.join(", ")
+        ));
     }
     match *kind {
         "http" => {
@@ -819,7 +915,9 @@ fn trigger(t: RawTrigger, root: &Path) -> Result<Trigger, String> {
             for m in t.methods.unwrap_or_default() {
                 let upper = m.to_ascii_uppercase();
                 if upper.is_empty() || !upper.chars().all(|c| c.is_ascii_uppercase()) {
-                    return Err(format!("invalid method {m:?} in methods: use names such as GET or POST"));
+                    return Err(format!(
+                        "invalid method {m:?} in methods: use names such as GET or POST"
+                    ));
                 }
                 methods.insert(upper);
             }
@@ -830,7 +928,9 @@ fn trigger(t: RawTrigger, root: &Path) -> Result<Trigger, String> {
                 max_body: t.max_body.map_or(DEFAULT_MAX_BODY, |s| s.0),
             }))
         }
-        "watch" => Ok(Trigger::Watch(WatchTrigger { folder: root.join(t.watch.unwrap_or_default()) })),
+        "watch" => Ok(Trigger::Watch(WatchTrigger {
+            folder: root.join(t.watch.unwrap_or_default()),
+        })),
         _ => {
             let describe = match (&t.cron, &t.every, &t.at) {
                 (Some(c), _, _) => format!("cron {c:?}"),
@@ -866,16 +966,24 @@ pub fn parse_route(text: &str) -> Result<Route, String> {
             tail = true;
         } else if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("route {text:?}: parameter {{{name}}} needs a name of letters, digits and '_'"));
+                return Err(format!(
+                    "route {text:?}: parameter {{{name}}} needs a name of letters, digits and '_'"
+                ));
             }
             segments.push(Segment::Param(name.to_string()));
         } else if part.contains(['{', '}', '*']) {
-            return Err(format!("route {text:?}: segment {part:?} mixes text with '{{', '}}' or '*'"));
+            return Err(format!(
+                "route {text:?}: segment {part:?} mixes text with '{{', '}}' or '*'"
+            ));
         } else {
             segments.push(Segment::Literal(part.to_string()));
         }
     }
-    Ok(Route { text: text.to_string(), segments, tail })
+    Ok(Route {
+        text: text.to_string(),
+        segments,
+        tail,
+    })
 }
 
 impl Route {
@@ -892,7 +1000,11 @@ impl Route {
                 Segment::Param(name) => params.push((name.clone(), part.to_string())),
             }
         }
-        if self.tail || parts.next().is_none() { Some(params) } else { None }
+        if self.tail || parts.next().is_none() {
+            Some(params)
+        } else {
+            None
+        }
     }
 
     /// The shape of the route with parameter names erased: two routes with the same shape
@@ -915,7 +1027,11 @@ impl Route {
     /// Literal segments outrank parameters, which outrank a tail: `/users/me` wins over
     /// `/users/{id}`, which wins over `/users/*`.
     pub fn specificity(&self) -> (usize, usize, bool) {
-        let literals = self.segments.iter().filter(|s| matches!(s, Segment::Literal(_))).count();
+        let literals = self
+            .segments
+            .iter()
+            .filter(|s| matches!(s, Segment::Literal(_)))
+            .count();
         (self.segments.len(), literals, !self.tail)
     }
 }
@@ -942,21 +1058,42 @@ mod tests {
         let config = load(Path::new("/nonexistent/runtime.toml")).unwrap();
         assert_eq!(config.host.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(config.defaults.memory, 64 << 20);
-        assert_eq!(config.host.functions_dir, Path::new("/nonexistent/functions"));
+        assert_eq!(
+            config.host.functions_dir,
+            Path::new("/nonexistent/functions")
+        );
     }
 
     #[test]
     fn configuration_errors_name_line_and_key() {
         let cases = [
             ("[host]\nlisten = \"x\"\n", "2|host.listen|invalid address"),
-            ("[defaults]\n\ntimeout = \"3x\"\n", "3|defaults.timeout|invalid duration"),
-            ("[defaults]\nmemory = \"lots\"\n", "2|defaults.memory|invalid size"),
-            ("[host]\nlisen = \"x\"\n", "2|host.lisen|unknown field `lisen`"),
+            (
+                "[defaults]\n\ntimeout = \"3x\"\n",
+                "3|defaults.timeout|invalid duration",
+            ),
+            (
+                "[defaults]\nmemory = \"lots\"\n",
+                "2|defaults.memory|invalid size",
+            ),
+            (
+                "[host]\nlisen = \"x\"\n",
+                "2|host.lisen|unknown field `lisen`",
+            ),
             ("[hots]\n", "1|hots|unknown section"),
-            ("[functions.a]\ntimeout = 5\n", "2|functions.a.timeout|invalid type"),
-            ("[functions.a]\nbogus = 1\n", "2|functions.a.bogus|unknown field `bogus`"),
+            (
+                "[functions.a]\ntimeout = 5\n",
+                "2|functions.a.timeout|invalid type",
+            ),
+            (
+                "[functions.a]\nbogus = 1\n",
+                "2|functions.a.bogus|unknown field `bogus`",
+            ),
             ("x = [\n", "1||invalid TOML"),
-            ("[config]\nk = { env = \"JOBHOST_TEST_SURELY_UNSET\" }\n", "2|config.k|JOBHOST_TEST_SURELY_UNSET is not set"),
+            (
+                "[config]\nk = { env = \"JOBHOST_TEST_SURELY_UNSET\" }\n",
+                "2|config.k|JOBHOST_TEST_SURELY_UNSET is not set",
+            ),
         ];
         for (text, expect) in cases {
             let got = first_problem(text);
@@ -982,8 +1119,16 @@ mod tests {
         .unwrap();
         let problems = function_spec(&config, "a", None).unwrap_err();
         let text = problems.to_string();
-        assert!(text.contains(":4: `functions.a.triggers[1]`: route \"a\" must start with '/'"), "{text}");
-        assert!(text.contains(":5: `functions.a.triggers[2]`: methods does not apply to a cron trigger"), "{text}");
+        assert!(
+            text.contains(":4: `functions.a.triggers[1]`: route \"a\" must start with '/'"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                ":5: `functions.a.triggers[2]`: methods does not apply to a cron trigger"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -995,8 +1140,13 @@ mod tests {
         std::fs::write(&sidecar_path, "memory = \"1MiB\"\ntimeout = \"2s\"\n").unwrap();
         let config = load(&path).unwrap();
         let sidecar = load_sidecar(&sidecar_path, "a").unwrap();
-        let text = function_spec(&config, "a", Some(&sidecar)).unwrap_err().to_string();
-        assert!(text.contains("a.toml:2: `functions.a.timeout`: also set in"), "{text}");
+        let text = function_spec(&config, "a", Some(&sidecar))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("a.toml:2: `functions.a.timeout`: also set in"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -1017,7 +1167,9 @@ mod tests {
     fn a_module_with_no_configuration_is_served_at_its_name() {
         let config = load_text("").unwrap();
         let spec = function_spec(&config, "hello", None).unwrap();
-        let [Trigger::Http(http)] = spec.triggers.as_slice() else { panic!("{:?}", spec.triggers) };
+        let [Trigger::Http(http)] = spec.triggers.as_slice() else {
+            panic!("{:?}", spec.triggers)
+        };
         assert_eq!(http.route.text, "/hello");
         assert!(http.methods.is_empty());
     }
@@ -1035,7 +1187,11 @@ mod tests {
         ];
         for (route, path, expect) in cases {
             let got = parse_route(route).unwrap().matches(path);
-            let expect = expect.map(|v| v.into_iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>());
+            let expect = expect.map(|v| {
+                v.into_iter()
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .collect::<Vec<_>>()
+            });
             assert_eq!(got, expect, "{route} against {path}");
         }
         assert!(parse_route("/a/*/b").is_err());

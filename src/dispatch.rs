@@ -45,13 +45,22 @@ impl Invocation<'_> {
     /// The environment the guest sees: only what the host sets, never its own.
     pub fn env(&self) -> Vec<(String, String)> {
         let mut env = vec![
-            ("JOBHOST_FUNCTION".to_string(), self.function.spec.name.clone()),
+            (
+                "JOBHOST_FUNCTION".to_string(),
+                self.function.spec.name.clone(),
+            ),
             ("JOBHOST_INVOCATION_ID".to_string(), self.id.clone()),
             ("JOBHOST_ATTEMPT".to_string(), self.attempt.to_string()),
             ("JOBHOST_TRIGGER".to_string(), self.trigger.to_string()),
         ];
         env.extend(self.vars.iter().cloned());
-        env.extend(self.function.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend(
+            self.function
+                .spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
         env
     }
 
@@ -80,7 +89,9 @@ impl Invocation<'_> {
 pub async fn run_command(sandbox: &Sandbox, invocation: &Invocation<'_>) -> Outcome {
     let span = invocation.span();
     async {
-        let outcome = sandbox.run_command(&invocation.function.prepared, invocation.run()).await;
+        let outcome = sandbox
+            .run_command(&invocation.function.prepared, invocation.run())
+            .await;
         log_outcome(&outcome, invocation.trigger);
         outcome
     }

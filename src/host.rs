@@ -42,8 +42,12 @@ fn wants_fuel(config: &Config) -> bool {
     config.defaults.fuel.is_some()
         || registry::function_names(config).iter().any(|name| {
             let sidecar = config.host.functions_dir.join(format!("{name}.toml"));
-            let sidecar = sidecar.exists().then(|| config::load_sidecar(&sidecar, name).ok()).flatten();
-            config::function_spec(config, name, sidecar.as_ref()).is_ok_and(|s| s.limits.fuel.is_some())
+            let sidecar = sidecar
+                .exists()
+                .then(|| config::load_sidecar(&sidecar, name).ok())
+                .flatten();
+            config::function_spec(config, name, sidecar.as_ref())
+                .is_ok_and(|s| s.limits.fuel.is_some())
         })
 }
 
@@ -58,8 +62,12 @@ pub fn sandbox_for(config: &Config) -> anyhow::Result<Sandbox> {
 /// Loads everything and binds the listener; serving starts at once.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let started = Instant::now();
-    std::fs::create_dir_all(&config.host.data_dir)
-        .with_context(|| format!("creating the data folder {}", config.host.data_dir.display()))?;
+    std::fs::create_dir_all(&config.host.data_dir).with_context(|| {
+        format!(
+            "creating the data folder {}",
+            config.host.data_dir.display()
+        )
+    })?;
     let sandbox = sandbox_for(&config)?;
     let registry = registry::load(&config, &sandbox, None);
     for problem in &registry.problems {
@@ -88,9 +96,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     }
     let listen = config.host.listen;
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen} (host.listen): is another program using the port?"))?;
+    let listener = TcpListener::bind(listen).await.with_context(|| {
+        format!("binding {listen} (host.listen): is another program using the port?")
+    })?;
     let addr = listener.local_addr()?;
     let host = Arc::new(Host {
         permits: Arc::new(Semaphore::new(config.host.max_concurrency)),
@@ -100,14 +108,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tasks: TaskTracker::new(),
     });
     let shutdown = CancellationToken::new();
-    host.tasks.spawn(triggers::http::serve(listener, host.clone(), shutdown.clone()));
+    host.tasks.spawn(triggers::http::serve(
+        listener,
+        host.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!(
         functions = host.registry.functions.len(),
         problems = host.registry.problems.len(),
         startup_ms = started.elapsed().as_millis() as u64,
         "listening on http://{addr}"
     );
-    Ok(Running { addr, host, shutdown })
+    Ok(Running {
+        addr,
+        host,
+        shutdown,
+    })
 }
 
 impl Running {
@@ -116,8 +132,13 @@ impl Running {
         self.shutdown.cancel();
         self.host.tasks.close();
         let grace = self.host.config.host.shutdown_timeout;
-        if tokio::time::timeout(grace, self.host.tasks.wait()).await.is_err() {
-            tracing::warn!("invocations still running after shutdown_timeout ({grace:?}); stopping them");
+        if tokio::time::timeout(grace, self.host.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "invocations still running after shutdown_timeout ({grace:?}); stopping them"
+            );
         }
     }
 }
@@ -135,13 +156,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -159,7 +181,11 @@ pub fn check(config_path: &Path) -> anyhow::Result<(usize, Vec<String>)> {
     };
     let sandbox = sandbox_for(&config)?;
     let registry = registry::load(&config, &sandbox, None);
-    let problems = registry.problems.iter().map(|p| format!("function `{}`: {}", p.function, p.message)).collect();
+    let problems = registry
+        .problems
+        .iter()
+        .map(|p| format!("function `{}`: {}", p.function, p.message))
+        .collect();
     Ok((registry.functions.len(), problems))
 }
 
@@ -172,10 +198,14 @@ pub async fn invoke(config: &Config, name: &str, data: Bytes) -> anyhow::Result<
     }
     let Some(function) = registry.functions.get(name) else {
         let known = registry::function_names(config).join(", ");
-        anyhow::bail!("no function named `{name}` (known: {known}): put {name}.wasm in the functions folder");
+        anyhow::bail!(
+            "no function named `{name}` (known: {known}): put {name}.wasm in the functions folder"
+        );
     };
     if function.prepared.shape == Shape::Http {
-        anyhow::bail!("`{name}` is a wasi:http component: call it over HTTP with `jobhost up` and curl");
+        anyhow::bail!(
+            "`{name}` is a wasi:http component: call it over HTTP with `jobhost up` and curl"
+        );
     }
     let invocation = Invocation {
         id: dispatch::new_id(),

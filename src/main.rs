@@ -38,10 +38,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("JOBHOST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,cranelift=warn,wasmtime=warn")),
+            tracing_subscriber::EnvFilter::try_from_env("JOBHOST_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,cranelift=warn,wasmtime=warn")
+            }),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(cli) {
         Ok(code) => code,
@@ -53,11 +55,14 @@ fn main() -> ExitCode {
 }
 
 fn load_config(path: &std::path::Path) -> anyhow::Result<jobhost::config::Config> {
-    jobhost::config::load(path).map_err(|problems| anyhow::anyhow!("invalid configuration:\n{problems}"))
+    jobhost::config::load(path)
+        .map_err(|problems| anyhow::anyhow!("invalid configuration:\n{problems}"))
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Up => {
             let config = load_config(&cli.config)?;
@@ -80,7 +85,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Invoke { name, data } => {
             let config = load_config(&cli.config)?;
             let data = match data.strip_prefix('@') {
-                Some(file) => std::fs::read(file).with_context(|| format!("reading --data @{file}"))?,
+                Some(file) => {
+                    std::fs::read(file).with_context(|| format!("reading --data @{file}"))?
+                }
                 None => data.into_bytes(),
             };
             let outcome = runtime.block_on(jobhost::host::invoke(&config, &name, data.into()))?;
@@ -91,7 +98,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(failure) => {
                     eprintln!("error: invocation failed: {failure}");
                     let code = outcome.exit_code().unwrap_or(1);
-                    Ok(ExitCode::from(u8::try_from(code).ok().filter(|c| *c != 0).unwrap_or(1)))
+                    Ok(ExitCode::from(
+                        u8::try_from(code).ok().filter(|c| *c != 0).unwrap_or(1),
+                    ))
                 }
             }
         }

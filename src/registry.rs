@@ -77,7 +77,10 @@ pub fn load(config: &Config, sandbox: &Sandbox, only: Option<&str>) -> Registry 
                 );
                 registry.functions.insert(name, Arc::new(function));
             }
-            Err(message) => registry.problems.push(LoadProblem { function: name, message }),
+            Err(message) => registry.problems.push(LoadProblem {
+                function: name,
+                message,
+            }),
         }
     }
     registry.build_routes();
@@ -109,9 +112,14 @@ fn load_function(config: &Config, sandbox: &Sandbox, name: &str) -> Result<Funct
             format!("{}: cannot read the module: {e}", spec.module.display())
         }
     })?;
-    let prepared = sandbox.load(&bytes).map_err(|e| format!("{}: {e}", spec.module.display()))?;
+    let prepared = sandbox
+        .load(&bytes)
+        .map_err(|e| format!("{}: {e}", spec.module.display()))?;
     if prepared.shape == Shape::Http
-        && let Some(other) = spec.triggers.iter().find(|t| !matches!(t, Trigger::Http(_)))
+        && let Some(other) = spec
+            .triggers
+            .iter()
+            .find(|t| !matches!(t, Trigger::Http(_)))
     {
         return Err(format!(
             "{}: a wasi:http component serves HTTP triggers only, but it has {other:?}: build it as a command (fn main) to use timers or watches",
@@ -132,7 +140,13 @@ impl Registry {
         let mut claimed: BTreeMap<String, Vec<(String, Vec<String>)>> = BTreeMap::new();
         for (name, function) in &self.functions {
             for trigger in &function.spec.triggers {
-                let Trigger::Http(HttpTrigger { route, methods, mode, max_body }) = trigger else {
+                let Trigger::Http(HttpTrigger {
+                    route,
+                    methods,
+                    mode,
+                    max_body,
+                }) = trigger
+                else {
                     continue;
                 };
                 let shape = route.shape();
@@ -158,7 +172,8 @@ impl Registry {
             }
         }
         // Most specific first, so the first match wins.
-        self.routes.sort_by(|a, b| b.route.specificity().cmp(&a.route.specificity()));
+        self.routes
+            .sort_by_key(|r| std::cmp::Reverse(r.route.specificity()));
     }
 
     /// The routes matching `path`, most specific first.
@@ -166,7 +181,9 @@ impl Registry {
         &'a self,
         path: &'a str,
     ) -> impl Iterator<Item = (&'a RouteEntry, Vec<(String, String)>)> + 'a {
-        self.routes.iter().filter_map(move |r| r.route.matches(path).map(|p| (r, p)))
+        self.routes
+            .iter()
+            .filter_map(move |r| r.route.matches(path).map(|p| (r, p)))
     }
 }
 

@@ -155,7 +155,10 @@ impl Outcome {
 pub enum HttpServed {
     /// The guest set a response; its body may still be streaming. The handle resolves to
     /// the outcome once the guest is done.
-    Responded(hyper::Response<HyperOutgoingBody>, tokio::task::JoinHandle<Outcome>),
+    Responded(
+        hyper::Response<HyperOutgoingBody>,
+        tokio::task::JoinHandle<Outcome>,
+    ),
     /// The guest failed before it set a response.
     Failed(Outcome),
 }
@@ -163,7 +166,9 @@ pub enum HttpServed {
 /// Why a module could not be loaded; shown to the user with the file's name.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("not a WebAssembly file (it does not start with \\0asm): build it for wasm32-wasip2 or wasm32-wasip1")]
+    #[error(
+        "not a WebAssembly file (it does not start with \\0asm): build it for wasm32-wasip2 or wasm32-wasip1"
+    )]
     NotWasm,
     #[error("invalid WebAssembly: {0}")]
     Invalid(String),
@@ -171,7 +176,9 @@ pub enum LoadError {
         "the component exports none of the known worlds (found: {0}): export wasi:http/incoming-handler or wasi:cli/run, version 0.2.x"
     )]
     UnknownWorld(String),
-    #[error("the core module exports no `_start`: build it as a WASI command (a binary with fn main)")]
+    #[error(
+        "the core module exports no `_start`: build it as a WASI command (a binary with fn main)"
+    )]
     NoStart,
     #[error("cannot link: {0}")]
     Link(String),
@@ -247,13 +254,20 @@ impl Guarded for ModuleState {
 
 impl WasiView for ComponentState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for ComponentState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
     }
 }
 
@@ -265,12 +279,18 @@ impl WasiHttpHooks for NoOutgoing {
         &mut self,
         _request: http::Request<wasmtime_wasi_http::WasiBody>,
         _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<(), wasmtime_wasi_http::Error>> + Send>,
+        _fut: Box<
+            dyn Future<Output = wasmtime_wasi_http::Result<(), wasmtime_wasi_http::Error>> + Send,
+        >,
     ) -> Box<
         dyn Future<
                 Output = wasmtime_wasi_http::Result<(
                     http::Response<wasmtime_wasi_http::WasiBody>,
-                    Box<dyn Future<Output = wasmtime_wasi_http::Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    Box<
+                        dyn Future<
+                                Output = wasmtime_wasi_http::Result<(), wasmtime_wasi_http::Error>,
+                            > + Send,
+                    >,
                 )>,
             > + Send,
     > {
@@ -302,7 +322,9 @@ impl Sandbox {
         imports::add_config_to_component_linker(&mut component_linker)?;
 
         let mut module_linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut ModuleState| &mut s.wasi)?;
+        wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut ModuleState| {
+            &mut s.wasi
+        })?;
         imports::add_config_to_module_linker(&mut module_linker)?;
 
         let mut hasher = std::hash::DefaultHasher::new();
@@ -313,15 +335,17 @@ impl Sandbox {
         let weak = engine.weak();
         let stop = ticker_stop.clone();
         // One thread drives every deadline; it ends with the engine.
-        std::thread::Builder::new().name("jobhost-epoch".into()).spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(TICK);
-                match weak.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => break,
+        std::thread::Builder::new()
+            .name("jobhost-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
                 }
-            }
-        })?;
+            })?;
 
         Ok(Sandbox {
             engine,
@@ -357,12 +381,22 @@ impl Sandbox {
                 .map_err(|e| LoadError::Link(format!("{e:#}")))?;
             if has("wasi:http/incoming-handler@0.2") {
                 let pre = ProxyPre::new(pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-                Ok(Prepared { shape: Shape::Http, pre: Pre::Http(pre) })
+                Ok(Prepared {
+                    shape: Shape::Http,
+                    pre: Pre::Http(pre),
+                })
             } else if has("wasi:cli/run@0.2") {
                 let pre = CommandPre::new(pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-                Ok(Prepared { shape: Shape::Command, pre: Pre::Command(pre) })
+                Ok(Prepared {
+                    shape: Shape::Command,
+                    pre: Pre::Command(pre),
+                })
             } else {
-                let found = if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") };
+                let found = if exports.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    exports.join(", ")
+                };
                 Err(LoadError::UnknownWorld(found))
             }
         } else {
@@ -374,7 +408,10 @@ impl Sandbox {
                 .module_linker
                 .instantiate_pre(&module)
                 .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-            Ok(Prepared { shape: Shape::Module, pre: Pre::Module(pre) })
+            Ok(Prepared {
+                shape: Shape::Module,
+                pre: Pre::Module(pre),
+            })
         }
     }
 
@@ -396,11 +433,13 @@ impl Sandbox {
             #[allow(unsafe_code)]
             match unsafe { Component::deserialize_file(&self.engine, path) } {
                 Ok(c) => return Ok(c),
-                Err(e) => tracing::warn!(path = %path.display(), "ignoring a bad cache entry: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "ignoring a bad cache entry: {e:#}")
+                }
             }
         }
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         if let Some(path) = &path
             && let Ok(serialized) = component.serialize()
         {
@@ -418,10 +457,13 @@ impl Sandbox {
             #[allow(unsafe_code)]
             match unsafe { Module::deserialize_file(&self.engine, path) } {
                 Ok(m) => return Ok(m),
-                Err(e) => tracing::warn!(path = %path.display(), "ignoring a bad cache entry: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "ignoring a bad cache entry: {e:#}")
+                }
             }
         }
-        let module = Module::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let module =
+            Module::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         if let Some(path) = &path
             && let Ok(serialized) = module.serialize()
         {
@@ -446,7 +488,9 @@ impl Sandbox {
         });
         if self.fuel {
             let fuel = limits.fuel.unwrap_or(u64::MAX);
-            store.set_fuel(fuel).map_err(|e| Failure::Host(format!("{e:#}")))?;
+            store
+                .set_fuel(fuel)
+                .map_err(|e| Failure::Host(format!("{e:#}")))?;
             store
                 .fuel_async_yield_interval(Some(1_000_000))
                 .map_err(|e| Failure::Host(format!("{e:#}")))?;
@@ -460,7 +504,10 @@ impl Sandbox {
         let stdout = Capture::new(run.limits.max_output);
         let stderr = Capture::new(run.limits.max_output);
         let result = match &prepared.pre {
-            Pre::Command(pre) => self.run_command_component(pre, &run, &stdout, &stderr).await,
+            Pre::Command(pre) => {
+                self.run_command_component(pre, &run, &stdout, &stderr)
+                    .await
+            }
             Pre::Module(pre) => self.run_module(pre, &run, &stdout, &stderr).await,
             Pre::Http(_) => Err(Failure::Host(
                 "a wasi:http component can only serve HTTP triggers".to_string(),
@@ -531,13 +578,23 @@ impl Sandbox {
             let mut store = self.new_store(state, run.limits)?;
             let (sender, receiver) = tokio::sync::oneshot::channel();
             let host_err = |e: wasmtime::Error| Failure::Host(format!("{e:#}"));
-            let req = store.data_mut().http().new_incoming_request(Scheme::Http, request).map_err(host_err)?;
-            let out = store.data_mut().http().new_response_outparam(sender).map_err(host_err)?;
+            let req = store
+                .data_mut()
+                .http()
+                .new_incoming_request(Scheme::Http, request)
+                .map_err(host_err)?;
+            let out = store
+                .data_mut()
+                .http()
+                .new_response_outparam(sender)
+                .map_err(host_err)?;
             Ok::<_, Failure>((store, req, out, receiver))
         })();
         let (mut store, req, out, receiver) = match setup {
             Ok(s) => s,
-            Err(failure) => return HttpServed::Failed(finish(Err(failure), &stdout, &stderr, started)),
+            Err(failure) => {
+                return HttpServed::Failed(finish(Err(failure), &stdout, &stderr, started));
+            }
         };
         let pre = pre.clone();
         let timeout = run.limits.timeout;
@@ -545,7 +602,10 @@ impl Sandbox {
         let task = tokio::spawn(async move {
             let call = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
-                proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
             };
             let result = tokio::time::timeout(timeout, call).await;
             let result = classify(result.map(|r| r.map(Ok)), store.data_mut().guard());
@@ -557,15 +617,18 @@ impl Sandbox {
             Ok(Err(code)) => {
                 let mut outcome = task.await.unwrap_or_else(|e| panicked(e, started));
                 if outcome.result.is_ok() {
-                    outcome.result = Err(Failure::Trap(format!("the guest answered with an error: {code:?}")));
+                    outcome.result = Err(Failure::Trap(format!(
+                        "the guest answered with an error: {code:?}"
+                    )));
                 }
                 HttpServed::Failed(outcome)
             }
             Err(_) => {
                 let mut outcome = task.await.unwrap_or_else(|e| panicked(e, started));
                 if outcome.result.is_ok() {
-                    outcome.result =
-                        Err(Failure::Trap("the guest returned without setting a response".to_string()));
+                    outcome.result = Err(Failure::Trap(
+                        "the guest returned without setting a response".to_string(),
+                    ));
                 }
                 HttpServed::Failed(outcome)
             }
@@ -606,10 +669,19 @@ fn write_cache(path: &Path, bytes: &[u8]) {
 }
 
 fn guard(limits: &Limits) -> Guard {
-    Guard { memory_limit: limits.memory, memory_used: 0, memory_hit: false, timed_out: false }
+    Guard {
+        memory_limit: limits.memory,
+        memory_used: 0,
+        memory_hit: false,
+        timed_out: false,
+    }
 }
 
-fn wasi_builder(run: &Run<'_>, stdout: &Capture, stderr: &Capture) -> Result<WasiCtxBuilder, Failure> {
+fn wasi_builder(
+    run: &Run<'_>,
+    stdout: &Capture,
+    stderr: &Capture,
+) -> Result<WasiCtxBuilder, Failure> {
     let mut builder = WasiCtxBuilder::new();
     builder
         .stdin(MemoryInputPipe::new(run.stdin.clone()))
@@ -621,21 +693,39 @@ fn wasi_builder(run: &Run<'_>, stdout: &Capture, stderr: &Capture) -> Result<Was
         .allow_udp(false)
         .allow_ip_name_lookup(false);
     for dir in run.dirs {
-        let perms = if dir.write { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
-        builder.preopened_dir(&dir.host, &dir.guest, perms).map_err(|e| {
-            Failure::Host(format!("cannot open {} for {}: {e:#}", dir.host.display(), dir.guest))
-        })?;
+        let perms = if dir.write {
+            FsPerms::ReadWrite
+        } else {
+            FsPerms::ReadOnly
+        };
+        builder
+            .preopened_dir(&dir.host, &dir.guest, perms)
+            .map_err(|e| {
+                Failure::Host(format!(
+                    "cannot open {} for {}: {e:#}",
+                    dir.host.display(),
+                    dir.guest
+                ))
+            })?;
     }
     Ok(builder)
 }
 
-fn component_state(run: &Run<'_>, stdout: &Capture, stderr: &Capture) -> Result<ComponentState, Failure> {
+fn component_state(
+    run: &Run<'_>,
+    stdout: &Capture,
+    stderr: &Capture,
+) -> Result<ComponentState, Failure> {
     let mut builder = wasi_builder(run, stdout, stderr)?;
     Ok(ComponentState {
         wasi: builder.build(),
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
-        config_vars: run.config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+        config_vars: run
+            .config
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
         config: run.config.clone(),
         hooks: NoOutgoing,
         guard: guard(run.limits),
@@ -651,7 +741,13 @@ fn classify(
     let error = match result {
         Err(_) => return Err(Failure::Timeout),
         Ok(Ok(Ok(()))) => return Ok(()),
-        Ok(Ok(Err(code))) => return Err(if guard.memory_hit { Failure::MemoryLimit } else { Failure::Exit(code) }),
+        Ok(Ok(Err(code))) => {
+            return Err(if guard.memory_hit {
+                Failure::MemoryLimit
+            } else {
+                Failure::Exit(code)
+            });
+        }
         Ok(Err(e)) => e,
     };
     if let Some(exit) = error.downcast_ref::<I32Exit>() {
@@ -672,15 +768,31 @@ fn classify(
         return Err(Failure::CpuLimit);
     }
     match trap {
-        Some(trap) => Err(Failure::Trap(trap.to_string().trim_start_matches("wasm trap: ").to_string())),
+        Some(trap) => Err(Failure::Trap(
+            trap.to_string()
+                .trim_start_matches("wasm trap: ")
+                .to_string(),
+        )),
         None => Err(Failure::Trap(format!("{error:#}"))),
     }
 }
 
-fn finish(result: Result<(), Failure>, stdout: &Capture, stderr: &Capture, started: Instant) -> Outcome {
+fn finish(
+    result: Result<(), Failure>,
+    stdout: &Capture,
+    stderr: &Capture,
+    started: Instant,
+) -> Outcome {
     let (stdout, stdout_truncated) = stdout.take();
     let (stderr, stderr_truncated) = stderr.take();
-    Outcome { result, stdout, stderr, stdout_truncated, stderr_truncated, duration: started.elapsed() }
+    Outcome {
+        result,
+        stdout,
+        stderr,
+        stdout_truncated,
+        stderr_truncated,
+        duration: started.elapsed(),
+    }
 }
 
 /// The configuration a function's guest sees.

@@ -28,7 +28,10 @@ struct Captured {
 
 impl Capture {
     pub(crate) fn new(cap: usize) -> Self {
-        Capture { cap, inner: Arc::default() }
+        Capture {
+            cap,
+            inner: Arc::default(),
+        }
     }
 
     fn push(&self, bytes: &[u8]) {
@@ -82,7 +85,11 @@ impl Pollable for Capture {
 }
 
 impl AsyncWrite for Capture {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.push(buf);
         Poll::Ready(Ok(buf.len()))
     }

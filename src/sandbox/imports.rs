@@ -46,7 +46,10 @@ impl draft::wasi::config::store::Host for &Values {
     fn get_all(
         &mut self,
     ) -> wasmtime::Result<Result<Vec<(String, String)>, draft::wasi::config::store::Error>> {
-        Ok(Ok(self.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+        Ok(Ok(self
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()))
     }
 }
 
@@ -56,7 +59,9 @@ pub(crate) fn add_config_to_component_linker(
     wasmtime_wasi_config::add_to_linker(linker, |s: &mut ComponentState| {
         wasmtime_wasi_config::WasiConfig::from(&s.config_vars)
     })?;
-    draft::wasi::config::store::add_to_linker::<ComponentState, DraftConfig>(linker, |s| &s.config)?;
+    draft::wasi::config::store::add_to_linker::<ComponentState, DraftConfig>(linker, |s| {
+        &s.config
+    })?;
     Ok(())
 }
 
@@ -65,7 +70,9 @@ const MAX_KEY_LEN: usize = 64 * 1024;
 
 /// `jobhost.config_get(key_ptr, key_len, buf_ptr, buf_len) -> i32`: the value's length,
 /// written to the buffer only when it fits, or -1 when the key is not set.
-pub(crate) fn add_config_to_module_linker(linker: &mut Linker<ModuleState>) -> wasmtime::Result<()> {
+pub(crate) fn add_config_to_module_linker(
+    linker: &mut Linker<ModuleState>,
+) -> wasmtime::Result<()> {
     linker.func_wrap(
         "jobhost",
         "config_get",
@@ -80,7 +87,9 @@ pub(crate) fn add_config_to_module_linker(linker: &mut Linker<ModuleState>) -> w
             };
             let key_len = key_len as u32 as usize;
             if key_len > MAX_KEY_LEN {
-                wasmtime::bail!("jobhost.config_get: key of {key_len} bytes is longer than {MAX_KEY_LEN}");
+                wasmtime::bail!(
+                    "jobhost.config_get: key of {key_len} bytes is longer than {MAX_KEY_LEN}"
+                );
             }
             let mut key = vec![0; key_len];
             memory.read(&caller, key_ptr as u32 as usize, &mut key)?;

@@ -63,14 +63,17 @@ pub async fn serve(listener: TcpListener, host: Arc<Host>, shutdown: Cancellatio
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
     let mut response = Response::new(full(Bytes::from(body.into())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
 fn full(bytes: Bytes) -> Body {
-    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 pub async fn handle(host: &Host, req: Request<Incoming>) -> Response<Body> {
@@ -80,7 +83,10 @@ pub async fn handle(host: &Host, req: Request<Incoming>) -> Response<Body> {
     }
     let mut matched = host.registry.routes_for(&path).peekable();
     if matched.peek().is_none() {
-        return text(StatusCode::NOT_FOUND, format!("no function is served at {path}\n"));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no function is served at {path}\n"),
+        );
     }
     let method = req.method().as_str().to_string();
     let mut allowed: Vec<&str> = Vec::new();
@@ -97,7 +103,10 @@ pub async fn handle(host: &Host, req: Request<Incoming>) -> Response<Body> {
         allowed.dedup();
         let mut response = text(
             StatusCode::METHOD_NOT_ALLOWED,
-            format!("{method} is not allowed at {path}; use {}\n", allowed.join(", ")),
+            format!(
+                "{method} is not allowed at {path}; use {}\n",
+                allowed.join(", ")
+            ),
         );
         if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
             response.headers_mut().insert(header::ALLOW, v);
@@ -108,7 +117,10 @@ pub async fn handle(host: &Host, req: Request<Incoming>) -> Response<Body> {
     let too_large = || {
         text(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body is larger than {} bytes (max_body of {})\n", entry.max_body, entry.route.text),
+            format!(
+                "the request body is larger than {} bytes (max_body of {})\n",
+                entry.max_body, entry.route.text
+            ),
         )
     };
     let declared_length = req
@@ -124,15 +136,25 @@ pub async fn handle(host: &Host, req: Request<Incoming>) -> Response<Body> {
     let body = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
-        Err(e) => return text(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}\n")),
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {e}\n"),
+            );
+        }
     };
 
     let Ok(permit) = host.permits.clone().try_acquire_owned() else {
         let mut response = text(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("the host is running {} invocations, its max_concurrency; try again\n", host.config.host.max_concurrency),
+            format!(
+                "the host is running {} invocations, its max_concurrency; try again\n",
+                host.config.host.max_concurrency
+            ),
         );
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     };
 
@@ -197,8 +219,16 @@ pub async fn handle(host: &Host, req: Request<Incoming>) -> Response<Body> {
 }
 
 fn failed(id: &str, outcome: &Outcome) -> Response<Body> {
-    let reason = outcome.result.as_ref().err().map(ToString::to_string).unwrap_or_default();
-    text(StatusCode::INTERNAL_SERVER_ERROR, format!("invocation {id} failed: {reason}\n"))
+    let reason = outcome
+        .result
+        .as_ref()
+        .err()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("invocation {id} failed: {reason}\n"),
+    )
 }
 
 /// The CGI variables of SPEC §2 for one request.
@@ -209,16 +239,30 @@ fn cgi_vars(
     params: &[(String, String)],
 ) -> Vec<(String, String)> {
     let header_text = |name: HeaderName| {
-        parts.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
     };
     let mut vars = vec![
         ("GATEWAY_INTERFACE".to_string(), "CGI/1.1".to_string()),
         ("REQUEST_METHOD".to_string(), parts.method.to_string()),
         ("PATH_INFO".to_string(), parts.uri.path().to_string()),
-        ("QUERY_STRING".to_string(), parts.uri.query().unwrap_or_default().to_string()),
-        ("CONTENT_TYPE".to_string(), header_text(header::CONTENT_TYPE)),
+        (
+            "QUERY_STRING".to_string(),
+            parts.uri.query().unwrap_or_default().to_string(),
+        ),
+        (
+            "CONTENT_TYPE".to_string(),
+            header_text(header::CONTENT_TYPE),
+        ),
         ("CONTENT_LENGTH".to_string(), body.len().to_string()),
-        ("SERVER_PROTOCOL".to_string(), format!("{:?}", parts.version)),
+        (
+            "SERVER_PROTOCOL".to_string(),
+            format!("{:?}", parts.version),
+        ),
         ("JOBHOST_ROUTE".to_string(), entry.route.text.clone()),
     ];
     for (name, value) in &parts.headers {
@@ -228,7 +272,10 @@ fn cgi_vars(
         }
     }
     for (name, value) in params {
-        vars.push((format!("JOBHOST_PARAM_{}", name.to_ascii_uppercase()), value.clone()));
+        vars.push((
+            format!("JOBHOST_PARAM_{}", name.to_ascii_uppercase()),
+            value.clone(),
+        ));
     }
     vars
 }
@@ -237,15 +284,21 @@ fn cgi_vars(
 /// other) before a blank line are honoured; output that does not start with a header block
 /// is all body.
 pub fn cgi_response(stdout: Bytes) -> Response<Body> {
-    let (status, headers, body) = split_cgi(&stdout).unwrap_or((None, HeaderMap::new(), stdout.clone()));
+    let (status, headers, body) =
+        split_cgi(&stdout).unwrap_or((None, HeaderMap::new(), stdout.clone()));
     let mut response = Response::new(full(body));
     let location = headers.contains_key(header::LOCATION);
     *response.headers_mut() = headers;
-    *response.status_mut() = status.unwrap_or(if location { StatusCode::FOUND } else { StatusCode::OK });
+    *response.status_mut() = status.unwrap_or(if location {
+        StatusCode::FOUND
+    } else {
+        StatusCode::OK
+    });
     if !response.headers().contains_key(header::CONTENT_TYPE) {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
     }
     response
 }
@@ -253,7 +306,11 @@ pub fn cgi_response(stdout: Bytes) -> Response<Body> {
 fn split_cgi(out: &Bytes) -> Option<(Option<StatusCode>, HeaderMap, Bytes)> {
     let (head_len, sep_len) = [(b"\r\n\r\n".as_slice(), 4), (b"\n\n".as_slice(), 2)]
         .into_iter()
-        .filter_map(|(sep, len)| out.windows(sep.len()).position(|w| w == sep).map(|p| (p, len)))
+        .filter_map(|(sep, len)| {
+            out.windows(sep.len())
+                .position(|w| w == sep)
+                .map(|p| (p, len))
+        })
         .min()?;
     let head = std::str::from_utf8(&out[..head_len]).ok()?;
     let mut status = None;
@@ -279,23 +336,52 @@ mod tests {
     fn check(out: &str, status: u16, content_type: &str, body: &str) {
         let response = cgi_response(Bytes::from(out.to_string()));
         assert_eq!(response.status().as_u16(), status, "{out:?}");
-        assert_eq!(response.headers()[header::CONTENT_TYPE], content_type, "{out:?}");
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            content_type,
+            "{out:?}"
+        );
         let got = futures_body(response);
         assert_eq!(got, body, "{out:?}");
     }
 
     fn futures_body(response: Response<Body>) -> String {
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let bytes = rt.block_on(response.into_body().collect()).unwrap().to_bytes();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let bytes = rt
+            .block_on(response.into_body().collect())
+            .unwrap()
+            .to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
     }
 
     #[test]
     fn cgi_headers_set_status_and_headers() {
-        check("Status: 201 Created\nContent-Type: application/json\n\n{}", 201, "application/json", "{}");
-        check("Content-Type: text/html\r\n\r\n<p>", 200, "text/html", "<p>");
-        check("hello world\n", 200, "text/plain; charset=utf-8", "hello world\n");
-        check("hello\n\nworld", 200, "text/plain; charset=utf-8", "hello\n\nworld");
+        check(
+            "Status: 201 Created\nContent-Type: application/json\n\n{}",
+            201,
+            "application/json",
+            "{}",
+        );
+        check(
+            "Content-Type: text/html\r\n\r\n<p>",
+            200,
+            "text/html",
+            "<p>",
+        );
+        check(
+            "hello world\n",
+            200,
+            "text/plain; charset=utf-8",
+            "hello world\n",
+        );
+        check(
+            "hello\n\nworld",
+            200,
+            "text/plain; charset=utf-8",
+            "hello\n\nworld",
+        );
         check("", 200, "text/plain; charset=utf-8", "");
     }
 }

@@ -13,12 +13,19 @@ fn each_guest_shape_answers_over_http() {
 
     let hello = host.get("/hello?x=1");
     assert_eq!(hello.status, 200, "{}", hello.body);
-    assert_eq!(hello.body, "hello from a wasi:http component at /hello?x=1\n");
+    assert_eq!(
+        hello.body,
+        "hello from a wasi:http component at /hello?x=1\n"
+    );
     assert!(hello.header("x-jobhost-invocation-id").is_some());
 
     let cgi = host.get("/cgi");
     assert_eq!(cgi.status, 200, "{}", cgi.body);
-    assert!(cgi.body.contains("\"greeting\":\"hello, world\""), "{}", cgi.body);
+    assert!(
+        cgi.body.contains("\"greeting\":\"hello, world\""),
+        "{}",
+        cgi.body
+    );
 
     let wc = host.post("/wc", "one two\nthree\n");
     assert_eq!(wc.status, 200, "{}", wc.body);
@@ -64,10 +71,18 @@ env = { MY_SETTING = "on" }
         "MY_SETTING=on",
         "HTTP_HOST=",
     ] {
-        assert!(answer.body.lines().any(|l| l.starts_with(expected)), "{expected} missing from:\n{}", answer.body);
+        assert!(
+            answer.body.lines().any(|l| l.starts_with(expected)),
+            "{expected} missing from:\n{}",
+            answer.body
+        );
     }
     let id = answer.header("x-jobhost-invocation-id").unwrap();
-    assert!(answer.body.contains(&format!("JOBHOST_INVOCATION_ID={id}")), "{}", answer.body);
+    assert!(
+        answer.body.contains(&format!("JOBHOST_INVOCATION_ID={id}")),
+        "{}",
+        answer.body
+    );
 }
 
 #[test]
@@ -114,7 +129,12 @@ env = { WHO = "c" }
     let host = project.start();
     let who = |path: &str| {
         let answer = host.post(path, "env");
-        answer.body.lines().find_map(|l| l.strip_prefix("WHO=")).unwrap_or_default().to_string()
+        answer
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix("WHO="))
+            .unwrap_or_default()
+            .to_string()
     };
     assert_eq!(who("/users/me"), "b");
     assert_eq!(who("/users/7"), "a");

@@ -15,7 +15,10 @@ fn bad_modules_are_refused_with_their_reason_and_the_rest_still_serves() {
         "functions/mystery.wasm",
         &wat(r#"(module (import "env" "mystery_function" (func)) (memory (export "memory") 1) (func (export "_start")))"#),
     );
-    project.write("functions/nostart.wasm", &wat(r#"(module (func (export "main")))"#));
+    project.write(
+        "functions/nostart.wasm",
+        &wat(r#"(module (func (export "main")))"#),
+    );
     project.write("functions/noworld.wasm", &wat("(component)"));
     project.write("functions/README.md", b"other files are ignored");
     let mut host = project.start();
@@ -29,7 +32,10 @@ fn bad_modules_are_refused_with_their_reason_and_the_rest_still_serves() {
     ];
     for (file, reason) in expectations {
         let line = host.wait_for_log(file, Duration::from_secs(5));
-        assert!(line.contains("ERROR") && line.contains(reason), "{file}: {line}");
+        assert!(
+            line.contains("ERROR") && line.contains(reason),
+            "{file}: {line}"
+        );
     }
     assert!(!host.log().join("\n").contains("README"));
     assert_eq!(host.post("/good", "echo fine").body, "fine\n");
@@ -51,13 +57,25 @@ fn an_unknown_import_names_the_import() {
 
 #[test]
 fn configuration_errors_name_file_line_and_key_and_up_refuses_to_start() {
-    let project = Project::new("[defaults]\nmemory = \"64MiB\"\ntimeout = \"3x\"\n\n[functions.a]\nretries = 3\n");
+    let project = Project::new(
+        "[defaults]\nmemory = \"64MiB\"\ntimeout = \"3x\"\n\n[functions.a]\nretries = 3\n",
+    );
     let output = project.jobhost().arg("up").output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     let file = project.path("runtime.toml").display().to_string();
-    assert!(stderr.contains(&format!("{file}:5: `defaults.timeout`: invalid duration \"3x\"")), "{stderr}");
-    assert!(stderr.contains(&format!("{file}:8: `functions.a.retries`: unknown field `retries`")), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{file}:5: `defaults.timeout`: invalid duration \"3x\""
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{file}:8: `functions.a.retries`: unknown field `retries`"
+        )),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -81,10 +99,22 @@ triggers = [{ http = "no-slash" }]
     let output = project.jobhost().arg("check").output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("route /same is claimed by both `a` and `b`"), "{stdout}");
-    assert!(stdout.contains("`functions.c.triggers[0]`: route \"no-slash\" must start with '/'"), "{stdout}");
-    assert!(stdout.contains("broken.wasm: not a WebAssembly file"), "{stdout}");
-    assert!(stdout.contains("d.toml:1: `functions.d.timeout`: invalid type"), "{stdout}");
+    assert!(
+        stdout.contains("route /same is claimed by both `a` and `b`"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("`functions.c.triggers[0]`: route \"no-slash\" must start with '/'"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("broken.wasm: not a WebAssembly file"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("d.toml:1: `functions.d.timeout`: invalid type"),
+        "{stdout}"
+    );
     assert!(stdout.contains("4 problems"), "{stdout}");
 
     let fine = Project::new("");
@@ -98,7 +128,10 @@ triggers = [{ http = "no-slash" }]
 fn a_sidecar_configures_the_module_beside_it() {
     let project = Project::new("");
     project.function("probe", &probe(P1));
-    project.write("functions/probe.toml", b"triggers = [{ http = \"/elsewhere\" }]\nenv = { FROM = \"sidecar\" }\n");
+    project.write(
+        "functions/probe.toml",
+        b"triggers = [{ http = \"/elsewhere\" }]\nenv = { FROM = \"sidecar\" }\n",
+    );
     let host = project.start();
     assert_eq!(host.get("/probe").status, 404);
     assert!(host.post("/elsewhere", "env").body.contains("FROM=sidecar"));
@@ -110,7 +143,11 @@ fn compiled_modules_are_cached_and_a_bad_cache_entry_is_ignored() {
     project.function("probe", &probe(P2));
     drop(project.start());
     let cache = project.path(".jobhost/cache");
-    let entries: Vec<_> = std::fs::read_dir(&cache).unwrap().flatten().map(|e| e.path()).collect();
+    let entries: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
     std::fs::write(&entries[0], b"corrupt").unwrap();
     let host = project.start();

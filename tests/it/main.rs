@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod cli;
+mod examples;
 mod http;
 mod loading;
 mod sandbox;

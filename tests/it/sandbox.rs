@@ -18,7 +18,9 @@ module = "probe1.wasm"
 {extra}
 "#
     ));
-    project.function("probe2", &probe(P2)).function("probe1", &probe(P1));
+    project
+        .function("probe2", &probe(P2))
+        .function("probe1", &probe(P1));
     project
 }
 
@@ -31,10 +33,23 @@ fn an_endless_loop_fails_with_timeout_and_the_host_keeps_serving() {
         let answer = host.post(&format!("/{function}"), "loop");
         let elapsed = started.elapsed();
         assert_eq!(answer.status, 500, "{}", answer.body);
-        assert!(answer.body.ends_with("failed: timeout\n"), "{}", answer.body);
-        assert!(elapsed < Duration::from_millis(1200), "{function} took {elapsed:?} for a 1s timeout");
-        assert!(elapsed >= Duration::from_secs(1), "{function} stopped early: {elapsed:?}");
-        assert_eq!(host.post(&format!("/{function}"), "echo alive").body, "alive\n");
+        assert!(
+            answer.body.ends_with("failed: timeout\n"),
+            "{}",
+            answer.body
+        );
+        assert!(
+            elapsed < Duration::from_millis(1200),
+            "{function} took {elapsed:?} for a 1s timeout"
+        );
+        assert!(
+            elapsed >= Duration::from_secs(1),
+            "{function} stopped early: {elapsed:?}"
+        );
+        assert_eq!(
+            host.post(&format!("/{function}"), "echo alive").body,
+            "alive\n"
+        );
     }
 }
 
@@ -42,7 +57,11 @@ fn an_endless_loop_fails_with_timeout_and_the_host_keeps_serving() {
 fn a_guest_blocked_in_a_host_call_fails_with_timeout() {
     let host = failing_project("").start();
     let answer = host.post("/p2", "sleep 60000");
-    assert!(answer.body.ends_with("failed: timeout\n"), "{}", answer.body);
+    assert!(
+        answer.body.ends_with("failed: timeout\n"),
+        "{}",
+        answer.body
+    );
 }
 
 #[test]
@@ -51,7 +70,11 @@ fn allocating_past_memory_fails_with_memory_limit() {
     for function in ["p1", "p2"] {
         let answer = host.post(&format!("/{function}"), "alloc 64");
         assert_eq!(answer.status, 500, "{}", answer.body);
-        assert!(answer.body.ends_with("failed: memory limit\n"), "{function}: {}", answer.body);
+        assert!(
+            answer.body.ends_with("failed: memory limit\n"),
+            "{function}: {}",
+            answer.body
+        );
         let fits = host.post(&format!("/{function}"), "alloc 8");
         assert_eq!(fits.body, "allocated 8 MiB\n", "{function}");
     }
@@ -69,9 +92,21 @@ fn a_trap_a_panic_and_an_exit_map_to_their_reasons_and_a_500_with_the_id() {
     );
     let host = project.start();
     let cases = [
-        ("/trap", "", "failed: trap: wasm `unreachable` instruction executed\n"),
-        ("/p1", "panic", "failed: trap: wasm `unreachable` instruction executed\n"),
-        ("/p2", "panic", "failed: trap: wasm `unreachable` instruction executed\n"),
+        (
+            "/trap",
+            "",
+            "failed: trap: wasm `unreachable` instruction executed\n",
+        ),
+        (
+            "/p1",
+            "panic",
+            "failed: trap: wasm `unreachable` instruction executed\n",
+        ),
+        (
+            "/p2",
+            "panic",
+            "failed: trap: wasm `unreachable` instruction executed\n",
+        ),
         ("/p1", "exit 3", "failed: exit 3\n"),
         // WASI 0.2's `exit` carries only success or failure, and Rust's std for
         // wasm32-wasip2 uses it, so any non-zero status arrives as 1.
@@ -80,8 +115,17 @@ fn a_trap_a_panic_and_an_exit_map_to_their_reasons_and_a_500_with_the_id() {
     for (path, body, reason) in cases {
         let answer = host.post(path, body);
         assert_eq!(answer.status, 500, "{path} {body}: {}", answer.body);
-        let id = answer.header("x-jobhost-invocation-id").expect("the 500 carries the id");
-        assert_eq!(answer.body, format!("invocation {id} failed: {}", reason.trim_start_matches("failed: ")), "{path} {body}");
+        let id = answer
+            .header("x-jobhost-invocation-id")
+            .expect("the 500 carries the id");
+        assert_eq!(
+            answer.body,
+            format!(
+                "invocation {id} failed: {}",
+                reason.trim_start_matches("failed: ")
+            ),
+            "{path} {body}"
+        );
     }
     // The panic message went to stderr, which the host logs with the invocation.
     let log = host.log().join("\n");
@@ -100,7 +144,11 @@ fuel = 5000000
     project.function("probe", &probe(P1));
     let host = project.start();
     let answer = host.post("/spin", "loop");
-    assert!(answer.body.ends_with("failed: cpu limit\n"), "{}", answer.body);
+    assert!(
+        answer.body.ends_with("failed: cpu limit\n"),
+        "{}",
+        answer.body
+    );
     assert_eq!(host.post("/spin", "echo cheap").body, "cheap\n");
 }
 
@@ -114,7 +162,14 @@ fn the_guest_sees_none_of_the_host_environment() {
         assert_eq!(answer.status, 200, "{}", answer.body);
         assert!(answer.body.contains("JOBHOST_FUNCTION="), "{}", answer.body);
         assert!(!answer.body.contains("do-not-leak"), "{}", answer.body);
-        assert!(!answer.body.lines().any(|l| l.starts_with("PATH=") || l.starts_with("HOME=")), "{}", answer.body);
+        assert!(
+            !answer
+                .body
+                .lines()
+                .any(|l| l.starts_with("PATH=") || l.starts_with("HOME=")),
+            "{}",
+            answer.body
+        );
     }
 }
 
@@ -133,14 +188,26 @@ dirs = [{ host = "data/in", guest = "/in" }, { host = "data/out", guest = "/out"
     let host = project.start();
     let ok = host.post("/fs", "read /in/a.txt");
     assert_eq!((ok.status, ok.body.as_str()), (200, "inside"));
-    for attempt in ["read /in/../secret.txt", "read /secret.txt", "read /etc/passwd", "write /in/new.txt"] {
+    for attempt in [
+        "read /in/../secret.txt",
+        "read /secret.txt",
+        "read /etc/passwd",
+        "write /in/new.txt",
+    ] {
         let answer = host.post("/fs", attempt);
         assert_eq!(answer.status, 500, "{attempt} should fail: {}", answer.body);
-        assert!(answer.body.ends_with("failed: exit 1\n"), "{attempt}: {}", answer.body);
+        assert!(
+            answer.body.ends_with("failed: exit 1\n"),
+            "{attempt}: {}",
+            answer.body
+        );
     }
     let wrote = host.post("/fs", "write /out/new.txt");
     assert_eq!(wrote.status, 200, "{}", wrote.body);
-    assert_eq!(std::fs::read_to_string(project.path("data/out/new.txt")).unwrap(), "written by probe");
+    assert_eq!(
+        std::fs::read_to_string(project.path("data/out/new.txt")).unwrap(),
+        "written by probe"
+    );
     assert!(!project.path("data/in/new.txt").exists());
     // A function without dirs sees no filesystem at all.
     assert_eq!(host.post("/p2", "read /in/a.txt").status, 500);
@@ -148,13 +215,18 @@ dirs = [{ host = "data/in", guest = "/in" }, { host = "data/out", guest = "/out"
 
 #[test]
 fn stdout_past_the_cap_is_cut_and_the_host_memory_does_not_grow() {
-    let project = failing_project("[functions.flood]\nmodule = \"probe2.wasm\"\nmax_output = \"1KiB\"\ntimeout = \"20s\"\n");
+    let project = failing_project(
+        "[functions.flood]\nmodule = \"probe2.wasm\"\nmax_output = \"1KiB\"\ntimeout = \"20s\"\n",
+    );
     let host = project.start();
     let cut = host.post("/flood", "flood 100000");
     assert_eq!(cut.status, 200);
     assert_eq!(cut.body.len(), 1024 - "Content-Type: text/plain\n\n".len());
     let mut host = host;
-    host.wait_for_log("output past `max_output` was dropped", Duration::from_secs(10));
+    host.wait_for_log(
+        "output past `max_output` was dropped",
+        Duration::from_secs(10),
+    );
 
     let before = rss_kib(host.pid());
     for _ in 0..3 {
@@ -162,7 +234,10 @@ fn stdout_past_the_cap_is_cut_and_the_host_memory_does_not_grow() {
         assert_eq!(answer.status, 200);
     }
     let after = rss_kib(host.pid());
-    assert!(after < before + 64 * 1024, "host RSS grew from {before} KiB to {after} KiB after 300 MB of guest output");
+    assert!(
+        after < before + 64 * 1024,
+        "host RSS grew from {before} KiB to {after} KiB after 300 MB of guest output"
+    );
 }
 
 #[test]
@@ -179,14 +254,22 @@ config = { greeting = "hi from cfg2" }
 module = "cfg1.wasm"
 "#,
     );
-    project.function("cfg2", &example("config-reader", P2)).function("cfg1", &example("config-reader", P1));
+    project
+        .function("cfg2", &example("config-reader", P2))
+        .function("cfg1", &example("config-reader", P1));
     let host = project.start_with(|cmd| {
         cmd.env("JOBHOST_TEST_SECRET", "s3cret");
     });
     let p2 = host.post("/cfg2", "greeting secret missing");
-    assert_eq!(p2.body, "greeting=hi from cfg2\nsecret=s3cret\nmissing is not set\n");
+    assert_eq!(
+        p2.body,
+        "greeting=hi from cfg2\nsecret=s3cret\nmissing is not set\n"
+    );
     let p1 = host.post("/cfg1", "greeting secret missing");
-    assert_eq!(p1.body, "greeting=hello\nsecret=s3cret\nmissing is not set\n");
+    assert_eq!(
+        p1.body,
+        "greeting=hello\nsecret=s3cret\nmissing is not set\n"
+    );
     // A value longer than the guest's first buffer takes the second call of config_get.
     let long = "x".repeat(1000);
     let project = Project::new(&format!("[config]\nlong = \"{long}\"\n"));

@@ -20,12 +20,22 @@ fn guest_target_dir() -> PathBuf {
 
 /// Installs the wasm targets if the toolchain lacks them (a fresh machine), once.
 fn ensure_target(target: &str) {
-    let sysroot = Command::new("rustc").args(["--print", "sysroot"]).output().expect("rustc runs");
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .expect("rustc runs");
     let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
-    if Path::new(&sysroot).join("lib/rustlib").join(target).exists() {
+    if Path::new(&sysroot)
+        .join("lib/rustlib")
+        .join(target)
+        .exists()
+    {
         return;
     }
-    let status = Command::new("rustup").args(["target", "add", target]).status().expect("rustup runs");
+    let status = Command::new("rustup")
+        .args(["target", "add", target])
+        .status()
+        .expect("rustup runs");
     assert!(status.success(), "rustup target add {target} failed");
 }
 
@@ -83,7 +93,9 @@ impl Project {
         let dir = tempfile::tempdir().expect("a temp folder");
         std::fs::create_dir_all(dir.path().join("functions")).unwrap();
         let project = Project { dir };
-        let toml = if toml.contains("[host]") {
+        let toml = if let Some(line) = toml.lines().find(|l| l.trim_start().starts_with("listen")) {
+            toml.replacen(line, "listen = \"127.0.0.1:0\"", 1)
+        } else if toml.contains("[host]") {
             toml.replacen("[host]", "[host]\nlisten = \"127.0.0.1:0\"", 1)
         } else {
             format!("[host]\nlisten = \"127.0.0.1:0\"\n{toml}")
@@ -136,7 +148,11 @@ impl Project {
                 sink.lock().unwrap().push(line);
             }
         });
-        let mut host = Host { child, log, addr: String::new() };
+        let mut host = Host {
+            child,
+            log,
+            addr: String::new(),
+        };
         let line = host.wait_for_log("listening on http://", Duration::from_secs(60));
         let addr = line.split("listening on http://").nth(1).unwrap();
         host.addr = addr.split_whitespace().next().unwrap().to_string();
@@ -159,7 +175,10 @@ pub struct Answer {
 
 impl Answer {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -178,8 +197,17 @@ fn answer(response: ureq::http::Response<ureq::Body>) -> Answer {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
         .collect();
-    let body = response.into_body().with_config().limit(1 << 30).read_to_string().unwrap_or_default();
-    Answer { status, headers, body }
+    let body = response
+        .into_body()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_string()
+        .unwrap_or_default();
+    Answer {
+        status,
+        headers,
+        body,
+    }
 }
 
 impl Host {
@@ -216,9 +244,16 @@ impl Host {
                 return line;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("jobhost exited with {status} before logging {needle:?}:\n{}", self.log().join("\n"));
+                panic!(
+                    "jobhost exited with {status} before logging {needle:?}:\n{}",
+                    self.log().join("\n")
+                );
             }
-            assert!(Instant::now() < deadline, "no log line with {needle:?} within {within:?}:\n{}", self.log().join("\n"));
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?} within {within:?}:\n{}",
+                self.log().join("\n")
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -5,7 +5,9 @@ use std::io::Read;
 
 fn main() {
     let mut body = String::new();
-    std::io::stdin().read_to_string(&mut body).expect("stdin is readable");
+    std::io::stdin()
+        .read_to_string(&mut body)
+        .expect("stdin is readable");
     let method = std::env::var("REQUEST_METHOD").unwrap_or_default();
     let path = std::env::var("PATH_INFO").unwrap_or_default();
     let query = std::env::var("QUERY_STRING").unwrap_or_default();

@@ -8,7 +8,9 @@ use std::io::Read;
 
 fn main() {
     let mut input = String::new();
-    std::io::stdin().read_to_string(&mut input).expect("stdin is readable");
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .expect("stdin is readable");
     let mut keys: Vec<&str> = input.split_whitespace().collect();
     if keys.is_empty() {
         keys.push("greeting");
@@ -54,7 +56,12 @@ mod config {
         loop {
             // SAFETY: the host reads `key` and writes at most `buf.len()` bytes into `buf`.
             let len = unsafe {
-                config_get(key.as_ptr(), key.len() as i32, buf.as_mut_ptr(), buf.len() as i32)
+                config_get(
+                    key.as_ptr(),
+                    key.len() as i32,
+                    buf.as_mut_ptr(),
+                    buf.len() as i32,
+                )
             };
             if len < 0 {
                 return None;

@@ -6,7 +6,9 @@ use std::io::Read;
 
 fn main() {
     let mut input = Vec::new();
-    std::io::stdin().read_to_end(&mut input).expect("stdin is readable");
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .expect("stdin is readable");
     let text = String::from_utf8_lossy(&input);
     let lines = text.lines().count();
     let words = text.split_whitespace().count();

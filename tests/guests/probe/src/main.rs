@@ -6,7 +6,9 @@ use std::io::{Read, Write};
 
 fn main() {
     let mut input = String::new();
-    std::io::stdin().read_to_string(&mut input).expect("stdin is readable");
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .expect("stdin is readable");
     let (command, arg) = input.trim().split_once(' ').unwrap_or((input.trim(), ""));
     let mut out = std::io::stdout().lock();
     let _ = write!(out, "Content-Type: text/plain\n\n");

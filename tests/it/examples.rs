@@ -1,0 +1,58 @@
+//! The README's promise: `./run` builds every example into `functions/` and the repository's
+//! own `runtime.toml` serves them.
+
+use std::process::Command;
+
+use crate::support::Project;
+
+#[test]
+fn the_repository_runtime_toml_serves_every_example() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let toml = std::fs::read_to_string(format!("{repo}/runtime.toml")).unwrap();
+    let project = Project::new(&toml);
+    let status = Command::new(format!("{repo}/run"))
+        .arg("build")
+        .arg(project.path("functions"))
+        .status()
+        .expect("./run starts");
+    assert!(status.success(), "./run build failed");
+    let host = project.start_with(|cmd| {
+        cmd.env("USER", "tester");
+    });
+
+    let hello = host.get("/hello/there?x=1");
+    assert_eq!(
+        (hello.status, hello.body.as_str()),
+        (
+            200,
+            "hello from a wasi:http component at /hello/there?x=1\n"
+        )
+    );
+
+    let greet = host.post("/greet/ada", "payload");
+    assert_eq!(greet.status, 201, "{}", greet.body);
+    assert!(
+        greet.body.contains("\"greeting\":\"hello, ada\""),
+        "{}",
+        greet.body
+    );
+
+    let wc = host.post("/wordcount", "the quick brown fox\n");
+    assert_eq!(wc.body, "1 4 20\n");
+
+    let config = host.post("/config-reader", "greeting who");
+    assert_eq!(
+        config.body,
+        "greeting=hello from the function's own config\nwho=tester\n"
+    );
+    let config = host.post("/config-reader-p1", "");
+    assert_eq!(config.body, "greeting=hello from runtime.toml\n");
+
+    // Guest stderr is logged at ERROR under the `guest` target; nothing else may be.
+    let errors: Vec<String> = host
+        .log()
+        .into_iter()
+        .filter(|l| l.contains("ERROR") && !l.contains(" guest:"))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}
