@@ -1,6 +1,6 @@
 //! SPEC §2 and §3: each guest shape answers over HTTP; routing, CGI, 404, 405, 413.
 
-use crate::support::{P1, P2, Project, example, probe};
+use crate::support::{P1, P2, Project, example, probe, probe_http};
 
 #[test]
 fn each_guest_shape_answers_over_http() {
@@ -155,4 +155,69 @@ fn a_module_with_no_configuration_is_served_at_its_name() {
     let host = project.start();
     assert_eq!(host.post("/probe", "echo hi").body, "hi\n");
     assert_eq!(host.get("/probe/deeper").status, 404);
+}
+
+#[test]
+fn a_wasi_http_component_fails_with_its_reason_and_a_500_with_the_id() {
+    let project = Project::new(
+        "[defaults]\ntimeout = \"1s\"\nmemory = \"32MiB\"\n[functions.web]\ntriggers = [{ http = \"/web/*\" }]\n",
+    );
+    project.function("web", &probe_http());
+    let host = project.start();
+    let cases = [
+        (
+            "/web/panic",
+            "trap: wasm `unreachable` instruction executed",
+        ),
+        ("/web/loop", "timeout"),
+        ("/web/alloc/64", "memory limit"),
+    ];
+    for (path, reason) in cases {
+        let answer = host.get(path);
+        assert_eq!(answer.status, 500, "{path}: {}", answer.body);
+        let id = answer
+            .header("x-jobhost-invocation-id")
+            .expect("the 500 carries the id");
+        assert_eq!(
+            answer.body,
+            format!("invocation {id} failed: {reason}\n"),
+            "{path}"
+        );
+    }
+    let echo = host.post("/web/echo?q=1", "body");
+    assert_eq!(
+        (echo.status, echo.body.as_str()),
+        (200, "POST /web/echo?q=1 body\n")
+    );
+    // A body larger than wasi:http's buffers streams to the client while the guest writes it.
+    let stream = host.get("/web/stream/5000000");
+    assert_eq!((stream.status, stream.body.len()), (200, 5_000_000));
+    let env = host.get("/web/env");
+    assert!(env.body.contains("JOBHOST_FUNCTION=web"), "{}", env.body);
+}
+
+#[test]
+fn over_max_concurrency_sync_http_answers_503_with_retry_after() {
+    let project = Project::new("[host]\nmax_concurrency = 1\n[defaults]\ntimeout = \"20s\"\n");
+    project.function("probe", &probe(P1));
+    let host = std::sync::Arc::new(project.start());
+    let slow = {
+        let host = host.clone();
+        std::thread::spawn(move || host.post("/probe", "sleep 3000"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let busy = loop {
+        let answer = host.post("/probe", "echo quick");
+        if answer.status == 503 {
+            break answer;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw a 503 while the slow invocation ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    assert_eq!(slow.join().unwrap().body, "slept 3000 ms\n");
+    assert_eq!(host.post("/probe", "echo free again").body, "free again\n");
 }

@@ -270,6 +270,13 @@ module = "cfg1.wasm"
         p1.body,
         "greeting=hello\nsecret=s3cret\nmissing is not set\n"
     );
+    // The probe imports the `0.2.0-draft` names of wasi:config, as Spin guests do.
+    project.function("draft", &probe(P2));
+    drop(host);
+    let host = project.start_with(|cmd| {
+        cmd.env("JOBHOST_TEST_SECRET", "s3cret");
+    });
+    assert_eq!(host.post("/draft", "config secret").body, "secret=s3cret\n");
     // A value longer than the guest's first buffer takes the second call of config_get.
     let long = "x".repeat(1000);
     let project = Project::new(&format!("[config]\nlong = \"{long}\"\n"));

@@ -77,6 +77,11 @@ pub fn probe(target: &str) -> PathBuf {
     build("tests/guests", target).join("probe.wasm")
 }
 
+/// The wasi:http test guest, built from `tests/guests/`.
+pub fn probe_http() -> PathBuf {
+    build("tests/guests", P2).join("probe_http.wasm")
+}
+
 /// A core module or component written in WebAssembly text, as binary.
 pub fn wat(text: &str) -> Vec<u8> {
     wat::parse_str(text).expect("the test's WAT parses")

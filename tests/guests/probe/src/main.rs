@@ -1,6 +1,6 @@
 //! A test guest that does what its stdin says, to probe the sandbox from inside:
 //! `env`, `read PATH`, `write PATH`, `alloc MIB`, `loop`, `sleep MS`, `panic`, `exit N`,
-//! `flood BYTES`, `echo TEXT`. Every answer starts with a CGI header block.
+//! `flood BYTES`, `echo TEXT`, `config KEY`. Every answer starts with a CGI header block.
 
 use std::io::{Read, Write};
 
@@ -65,6 +65,12 @@ fn main() {
                 left -= n;
             }
         }
+        "config" => match config::get(arg) {
+            Some(value) => {
+                let _ = writeln!(out, "{arg}={value}");
+            }
+            None => fail(&format!("{arg} is not set")),
+        },
         "echo" => {
             let _ = writeln!(out, "{arg}");
         }
@@ -76,4 +82,48 @@ fn fail(message: &str) -> ! {
     eprintln!("{message}");
     let _ = std::io::stdout().flush();
     std::process::exit(1)
+}
+
+#[cfg(target_env = "p2")]
+mod config {
+    wit_bindgen::generate!({
+        inline: "
+            package wasi:config@0.2.0-draft;
+            interface store {
+                variant error { upstream(string), io(string) }
+                get: func(key: string) -> result<option<string>, error>;
+                get-all: func() -> result<list<tuple<string, string>>, error>;
+            }
+            world imports { import store; }
+        ",
+        world: "wasi:config/imports",
+    });
+
+    pub fn get(key: &str) -> Option<String> {
+        wasi::config::store::get(key).ok().flatten()
+    }
+}
+
+#[cfg(not(target_env = "p2"))]
+mod config {
+    #[link(wasm_import_module = "jobhost")]
+    unsafe extern "C" {
+        fn config_get(key_ptr: *const u8, key_len: i32, buf_ptr: *mut u8, buf_len: i32) -> i32;
+    }
+
+    pub fn get(key: &str) -> Option<String> {
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: the host reads `key` and writes at most `buf.len()` bytes into `buf`.
+        let len = unsafe {
+            config_get(
+                key.as_ptr(),
+                key.len() as i32,
+                buf.as_mut_ptr(),
+                buf.len() as i32,
+            )
+        };
+        let len = usize::try_from(len).ok()?;
+        buf.truncate(len.min(buf.len()));
+        String::from_utf8(buf).ok()
+    }
 }
