@@ -16,12 +16,27 @@ pub enum TriggerKind {
     Manual,
 }
 
-impl fmt::Display for TriggerKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl TriggerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
             TriggerKind::Http => "http",
             TriggerKind::Manual => "manual",
-        })
+        }
+    }
+
+    /// The kind stored in a record; `None` for a kind this build does not know.
+    pub fn parse(text: &str) -> Option<TriggerKind> {
+        match text {
+            "http" => Some(TriggerKind::Http),
+            "manual" => Some(TriggerKind::Manual),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for TriggerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -2,20 +2,24 @@
 //! every task tracked and stopped by one shutdown signal. Also the in-process `invoke` and
 //! `check` of the CLI.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{self, Config, HttpMode, Trigger};
+use crate::api;
+use crate::config::{self, Config, Trigger};
 use crate::dispatch::{self, Invocation, TriggerKind};
+use crate::queue;
+use crate::records::Records;
 use crate::registry::{self, Registry};
 use crate::sandbox::{Outcome, Sandbox, SandboxSettings, Shape};
 use crate::triggers;
@@ -25,30 +29,58 @@ pub struct Host {
     pub config: Config,
     pub sandbox: Sandbox,
     pub registry: Registry,
+    pub records: Records,
     /// `max_concurrency`: one permit per running invocation.
     pub permits: Arc<Semaphore>,
+    /// Each function's own `concurrency`, for those that set it.
+    pub function_permits: BTreeMap<String, Arc<Semaphore>>,
+    /// Wakes the queue worker: new durable work, or a slot came free.
+    pub wake: Notify,
+    /// Cancelled when `shutdown_timeout` has passed: running invocations are interrupted.
+    pub hard_stop: CancellationToken,
     pub tasks: TaskTracker,
+}
+
+/// The right to run one invocation now, within both limits.
+pub struct Permit {
+    _host: OwnedSemaphorePermit,
+    _function: Option<OwnedSemaphorePermit>,
+}
+
+impl Host {
+    /// A permit to run `function` now, or `None` when a limit is reached.
+    pub fn try_permit(&self, function: &str) -> Option<Permit> {
+        let host = self.permits.clone().try_acquire_owned().ok()?;
+        let function = match self.function_permits.get(function) {
+            Some(s) => Some(s.clone().try_acquire_owned().ok()?),
+            None => None,
+        };
+        Some(Permit {
+            _host: host,
+            _function: function,
+        })
+    }
+
+    /// `/_jobhost/` needs the admin token when the listener is not on loopback.
+    pub fn admin_needs_token(&self) -> bool {
+        !self.config.host.listen.ip().is_loopback()
+    }
 }
 
 /// A host serving in the background; `stop` shuts it down.
 pub struct Running {
     pub addr: SocketAddr,
     pub host: Arc<Host>,
-    shutdown: CancellationToken,
+    /// Stops the listener and the triggers.
+    accept: CancellationToken,
 }
 
 fn wants_fuel(config: &Config) -> bool {
     // Fuel counting is an engine setting: turn it on when anything asks for it at start.
     config.defaults.fuel.is_some()
-        || registry::function_names(config).iter().any(|name| {
-            let sidecar = config.host.functions_dir.join(format!("{name}.toml"));
-            let sidecar = sidecar
-                .exists()
-                .then(|| config::load_sidecar(&sidecar, name).ok())
-                .flatten();
-            config::function_spec(config, name, sidecar.as_ref())
-                .is_ok_and(|s| s.limits.fuel.is_some())
-        })
+        || registry::function_names(config)
+            .iter()
+            .any(|name| function_limits(config, name).is_some_and(|l| l.fuel.is_some()))
 }
 
 pub fn sandbox_for(config: &Config) -> anyhow::Result<Sandbox> {
@@ -59,15 +91,18 @@ pub fn sandbox_for(config: &Config) -> anyhow::Result<Sandbox> {
     })
 }
 
-/// Loads everything and binds the listener; serving starts at once.
+/// Opens the store, loads everything and binds the listener; serving starts at once.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let started = Instant::now();
-    std::fs::create_dir_all(&config.host.data_dir).with_context(|| {
-        format!(
-            "creating the data folder {}",
-            config.host.data_dir.display()
-        )
-    })?;
+    let records = Records::open_for_host(&config.host.data_dir)?;
+    let (requeued, interrupted) = records.recover()?;
+    if requeued > 0 || interrupted > 0 {
+        tracing::warn!(
+            requeued,
+            interrupted_http = interrupted,
+            "recovered from an unclean stop: background invocations that were running run again"
+        );
+    }
     let sandbox = sandbox_for(&config)?;
     let registry = registry::load(&config, &sandbox, None);
     for problem in &registry.problems {
@@ -76,11 +111,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     for function in registry.functions.values() {
         for trigger in &function.spec.triggers {
             match trigger {
-                Trigger::Http(http) if http.mode == HttpMode::Async => tracing::warn!(
-                    function = %function.spec.name,
-                    "route {} asks for mode = \"async\", which needs the durable queue this build does not have yet; it is served synchronously",
-                    http.route.text
-                ),
                 Trigger::Http(_) => {}
                 Trigger::Timer(t) => tracing::warn!(
                     function = %function.spec.name,
@@ -95,6 +125,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
         }
     }
+    let function_permits = registry
+        .functions
+        .values()
+        .filter_map(|f| {
+            Some((
+                f.spec.name.clone(),
+                Arc::new(Semaphore::new(f.spec.concurrency?)),
+            ))
+        })
+        .collect();
     let listen = config.host.listen;
     let listener = TcpListener::bind(listen).await.with_context(|| {
         format!("binding {listen} (host.listen): is another program using the port?")
@@ -102,34 +142,55 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     let host = Arc::new(Host {
         permits: Arc::new(Semaphore::new(config.host.max_concurrency)),
+        function_permits,
         config,
         sandbox,
         registry,
+        records,
+        wake: Notify::new(),
+        hard_stop: CancellationToken::new(),
         tasks: TaskTracker::new(),
     });
-    let shutdown = CancellationToken::new();
+    let accept = CancellationToken::new();
     host.tasks.spawn(triggers::http::serve(
         listener,
         host.clone(),
-        shutdown.clone(),
+        accept.clone(),
     ));
+    host.tasks.spawn(queue::run(host.clone(), accept.clone()));
+    host.tasks.spawn(prune(host.clone(), accept.clone()));
     tracing::info!(
         functions = host.registry.functions.len(),
         problems = host.registry.problems.len(),
         startup_ms = started.elapsed().as_millis() as u64,
         "listening on http://{addr}"
     );
-    Ok(Running {
-        addr,
-        host,
-        shutdown,
-    })
+    Ok(Running { addr, host, accept })
+}
+
+/// Deletes finished records older than `retention`, at start and every ten minutes.
+async fn prune(host: Arc<Host>, stop: CancellationToken) {
+    let every =
+        Duration::from_secs(600).min(host.config.host.retention.max(Duration::from_secs(1)));
+    loop {
+        match host.records.prune(host.config.host.retention) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("pruned {n} invocation records older than the retention"),
+            Err(e) => tracing::error!("pruning invocation records: {e:#}"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 impl Running {
-    /// Stops accepting, lets running invocations finish for up to `shutdown_timeout`.
-    pub async fn stop(self) {
-        self.shutdown.cancel();
+    /// Graceful shutdown: stop the listener and the triggers, let running invocations
+    /// finish for up to `shutdown_timeout`, then interrupt the rest (background ones go
+    /// back to the queue without using an attempt).
+    pub async fn stop(&self) {
+        self.accept.cancel();
         self.host.tasks.close();
         let grace = self.host.config.host.shutdown_timeout;
         if tokio::time::timeout(grace, self.host.tasks.wait())
@@ -137,40 +198,56 @@ impl Running {
             .is_err()
         {
             tracing::warn!(
-                "invocations still running after shutdown_timeout ({grace:?}); stopping them"
+                "invocations still running after shutdown_timeout ({grace:?}); interrupting them"
             );
+            self.stop_now().await;
         }
+    }
+
+    /// Interrupts whatever still runs and waits briefly for their records to be updated.
+    pub async fn stop_now(&self) {
+        self.accept.cancel();
+        self.host.tasks.close();
+        self.host.hard_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.host.tasks.wait()).await;
     }
 }
 
-/// `jobhost up`: serve until SIGINT or SIGTERM.
+/// `jobhost up`: serve until SIGINT or SIGTERM; a second signal stops at once.
 pub async fn up(config: Config) -> anyhow::Result<()> {
     let running = start(config).await?;
     shutdown_signal().await;
-    tracing::info!("shutting down");
-    running.stop().await;
+    tracing::info!(
+        "shutting down: waiting up to {:?} for running invocations",
+        running.host.config.host.shutdown_timeout
+    );
+    tokio::select! {
+        _ = running.stop() => {}
+        _ = shutdown_signal() => {
+            tracing::warn!("second signal: interrupting running invocations now");
+            running.stop_now().await;
+        }
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 
 async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// `jobhost check`: every configuration and load problem, as lines; empty when all is well.
@@ -187,6 +264,25 @@ pub fn check(config_path: &Path) -> anyhow::Result<(usize, Vec<String>)> {
         .map(|p| format!("function `{}`: {}", p.function, p.message))
         .collect();
     Ok((registry.functions.len(), problems))
+}
+
+/// `jobhost functions`: what a host on this configuration would load, with every error.
+pub fn list_functions(config: &Config) -> anyhow::Result<Vec<api::FunctionView>> {
+    let sandbox = sandbox_for(config)?;
+    let registry = registry::load(config, &sandbox, None);
+    Ok(api::function_views(&registry))
+}
+
+/// The limits `name` runs with, if its configuration is valid.
+pub fn function_limits(config: &Config, name: &str) -> Option<config::Limits> {
+    let sidecar = config.host.functions_dir.join(format!("{name}.toml"));
+    let sidecar = sidecar
+        .exists()
+        .then(|| config::load_sidecar(&sidecar, name).ok())
+        .flatten();
+    config::function_spec(config, name, sidecar.as_ref())
+        .ok()
+        .map(|s| s.limits)
 }
 
 /// `jobhost invoke NAME`: one manual invocation in this process.

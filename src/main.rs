@@ -32,6 +32,33 @@ enum Command {
         #[arg(long, default_value = "")]
         data: String,
     },
+    /// List the functions, their shapes and triggers, and any that failed to load.
+    Functions {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List invocations, newest first.
+    Invocations {
+        #[arg(long)]
+        function: Option<String>,
+        /// queued, running, succeeded, failed, dead or skipped.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        trigger: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one invocation with its captured stdout and stderr.
+    Logs {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue a dead invocation again, with a fresh round of attempts.
+    Retry { id: String },
 }
 
 fn main() -> ExitCode {
@@ -81,6 +108,137 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{} problems", problems.len());
                 Ok(ExitCode::FAILURE)
             }
+        }
+        Command::Functions { json } => {
+            let config = load_config(&cli.config)?;
+            let functions = jobhost::host::list_functions(&config)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&functions)?);
+            } else {
+                println!(
+                    "{:<24} {:<8} {:<26} TRIGGERS / ERROR",
+                    "NAME", "STATUS", "SHAPE"
+                );
+                for f in &functions {
+                    let detail = f.error.clone().unwrap_or_else(|| f.triggers.join("; "));
+                    println!(
+                        "{:<24} {:<8} {:<26} {detail}",
+                        f.name,
+                        f.status,
+                        f.shape.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Invocations {
+            function,
+            status,
+            trigger,
+            limit,
+            json,
+        } => {
+            let config = load_config(&cli.config)?;
+            let records = jobhost::records::Records::open_shared(&config.host.data_dir)?;
+            if let Some(s) = &status
+                && !jobhost::records::STATES.contains(&s.as_str())
+            {
+                anyhow::bail!(
+                    "unknown status {s:?}: use one of {}",
+                    jobhost::records::STATES.join(", ")
+                );
+            }
+            let filter = jobhost::records::Filter {
+                function,
+                state: status,
+                trigger,
+                limit: Some(limit),
+            };
+            let list = records.list(&filter)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!(
+                    "{:<36} {:<20} {:<8} {:<9} {:>7} {:<10} {:>9}  ERROR",
+                    "ID", "FUNCTION", "TRIGGER", "REASON", "ATTEMPT", "STATE", "MS"
+                );
+                for r in &list {
+                    println!(
+                        "{:<36} {:<20} {:<8} {:<9} {:>7} {:<10} {:>9}  {}",
+                        r.id,
+                        r.function,
+                        r.trigger,
+                        r.reason,
+                        r.attempt,
+                        r.state,
+                        r.duration_ms.map_or("-".to_string(), |d| d.to_string()),
+                        r.error.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs { id, json } => {
+            let config = load_config(&cli.config)?;
+            let records = jobhost::records::Records::open_shared(&config.host.data_dir)?;
+            let Some(r) = records.get(&id)? else {
+                anyhow::bail!("no invocation {id} in {}", config.host.data_dir.display());
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "invocation {} of {} ({} / {}), attempt {} of {}",
+                    r.id, r.function, r.trigger, r.reason, r.attempt, r.max_attempts
+                );
+                println!(
+                    "state: {}{}",
+                    r.state,
+                    r.error
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                );
+                println!(
+                    "created {}, started {}, finished {}",
+                    r.created_at,
+                    r.started_at.as_deref().unwrap_or("-"),
+                    r.finished_at.as_deref().unwrap_or("-")
+                );
+                println!(
+                    "--- stdout{} ---",
+                    if r.stdout_truncated {
+                        " (cut at max_output)"
+                    } else {
+                        ""
+                    }
+                );
+                print!("{}", r.stdout);
+                println!(
+                    "--- stderr{} ---",
+                    if r.stderr_truncated {
+                        " (cut at max_output)"
+                    } else {
+                        ""
+                    }
+                );
+                print!("{}", r.stderr);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retry { id } => {
+            let config = load_config(&cli.config)?;
+            let records = jobhost::records::Records::open_shared(&config.host.data_dir)?;
+            let attempts = records
+                .get(&id)?
+                .and_then(|r| jobhost::host::function_limits(&config, &r.function))
+                .map_or(config.defaults.retry.attempts, |l| l.retry.attempts);
+            let r = records.retry(&id, attempts)?;
+            println!(
+                "queued {} again ({} more attempts); a running host starts it within a second",
+                r.id, attempts
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Invoke { name, data } => {
             let config = load_config(&cli.config)?;

@@ -116,6 +116,17 @@ fn load_function(config: &Config, sandbox: &Sandbox, name: &str) -> Result<Funct
         .load(&bytes)
         .map_err(|e| format!("{}: {e}", spec.module.display()))?;
     if prepared.shape == Shape::Http
+        && spec
+            .triggers
+            .iter()
+            .any(|t| matches!(t, Trigger::Http(h) if h.mode == HttpMode::Async))
+    {
+        return Err(format!(
+            "{}: a wasi:http component answers its caller itself, so it cannot have mode = \"async\": build it as a command (fn main) to run in the background",
+            spec.module.display()
+        ));
+    }
+    if prepared.shape == Shape::Http
         && let Some(other) = spec
             .triggers
             .iter()

@@ -16,9 +16,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::api;
+use crate::config::HttpMode;
 use crate::dispatch::{self, Invocation, TriggerKind};
 use crate::host::Host;
-use crate::registry::RouteEntry;
+use crate::records::{NewInvocation, Next, now_ms};
+use crate::registry::{Function, RouteEntry};
 use crate::sandbox::{HttpServed, Outcome, Shape};
 
 pub type Body = wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -60,7 +63,7 @@ pub async fn serve(listener: TcpListener, host: Arc<Host>, shutdown: Cancellatio
     }
 }
 
-fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+pub fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
     let mut response = Response::new(full(Bytes::from(body.into())));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -70,16 +73,19 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
     response
 }
 
-fn full(bytes: Bytes) -> Body {
+pub fn full(bytes: Bytes) -> Body {
     Full::new(bytes)
         .map_err(|never| match never {})
         .boxed_unsync()
 }
 
-pub async fn handle(host: &Host, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     if path == "/healthz" {
         return text(StatusCode::OK, "ok\n");
+    }
+    if path.starts_with(api::PREFIX) {
+        return api::handle(host, req).await;
     }
     let mut matched = host.registry.routes_for(&path).peekable();
     if matched.peek().is_none() {
@@ -144,12 +150,17 @@ pub async fn handle(host: &Host, req: Request<Incoming>) -> Response<Body> {
         }
     };
 
-    let Ok(permit) = host.permits.clone().try_acquire_owned() else {
+    let vars = cgi_vars(&parts, &body, entry, &params);
+    let function = &entry.function;
+    if entry.mode == HttpMode::Async {
+        return enqueue(host, function, TriggerKind::Http, &body, &vars);
+    }
+    let Some(permit) = host.try_permit(&function.spec.name) else {
         let mut response = text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "the host is running {} invocations, its max_concurrency; try again\n",
-                host.config.host.max_concurrency
+                "`{}` is at its concurrency limit, or the host at max_concurrency ({}); try again\n",
+                function.spec.name, host.config.host.max_concurrency
             ),
         );
         response
@@ -160,12 +171,24 @@ pub async fn handle(host: &Host, req: Request<Incoming>) -> Response<Body> {
 
     let invocation = Invocation {
         id: dispatch::new_id(),
-        function: &entry.function,
+        function,
         trigger: TriggerKind::Http,
         attempt: 1,
-        vars: cgi_vars(&parts, &body, entry, &params),
+        vars,
         payload: body.clone(),
     };
+    let new = NewInvocation {
+        id: &invocation.id,
+        function: &function.spec.name,
+        trigger: "http",
+        reason: "http",
+        max_attempt: 1,
+        payload: &[],
+        vars: &[],
+    };
+    if let Err(e) = host.records.start_sync(&new) {
+        tracing::error!(id = %invocation.id, "cannot record the invocation: {e:#}");
+    }
     let id = invocation.id.clone();
     let span = invocation.span();
     let mut response = match entry.function.prepared.shape {
@@ -183,13 +206,15 @@ pub async fn handle(host: &Host, req: Request<Incoming>) -> Response<Body> {
                 .await;
             match served {
                 HttpServed::Responded(response, done) => {
-                    // The body may still stream; the outcome is logged when the guest ends,
-                    // and the permit is held until then.
-                    host.tasks.spawn(
+                    // The body may still stream; the outcome is recorded when the guest
+                    // ends, and the permit is held until then.
+                    let host = host.clone();
+                    let id = id.clone();
+                    host.clone().tasks.spawn(
                         async move {
-                            let outcome = done.await;
-                            if let Ok(outcome) = outcome {
+                            if let Ok(outcome) = done.await {
                                 dispatch::log_outcome(&outcome, TriggerKind::Http);
+                                record_sync(&host, &id, &outcome);
                             }
                             drop(permit);
                         }
@@ -199,6 +224,7 @@ pub async fn handle(host: &Host, req: Request<Incoming>) -> Response<Body> {
                 }
                 HttpServed::Failed(outcome) => {
                     span.in_scope(|| dispatch::log_outcome(&outcome, TriggerKind::Http));
+                    record_sync(host, &id, &outcome);
                     failed(&id, &outcome)
                 }
             }
@@ -206,6 +232,7 @@ pub async fn handle(host: &Host, req: Request<Incoming>) -> Response<Body> {
         Shape::Command | Shape::Module => {
             let outcome = dispatch::run_command(&host.sandbox, &invocation).await;
             drop(permit);
+            record_sync(host, &id, &outcome);
             match outcome.result {
                 Ok(()) => cgi_response(outcome.stdout),
                 Err(_) => failed(&id, &outcome),
@@ -214,6 +241,67 @@ pub async fn handle(host: &Host, req: Request<Incoming>) -> Response<Body> {
     };
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(INVOCATION_HEADER, v);
+    }
+    response
+}
+
+/// Sync HTTP is recorded but never retried: the caller decides.
+fn record_sync(host: &Host, id: &str, outcome: &Outcome) {
+    let next = if outcome.result.is_ok() {
+        Next::Succeeded
+    } else {
+        Next::Failed
+    };
+    if let Err(e) = host.records.finish(id, outcome, next) {
+        tracing::error!(%id, "cannot record the result: {e:#}");
+    }
+}
+
+/// Writes durable work to the store, then answers 202 with where to look it up.
+pub fn enqueue(
+    host: &Host,
+    function: &Function,
+    trigger: TriggerKind,
+    payload: &[u8],
+    vars: &[(String, String)],
+) -> Response<Body> {
+    let id = dispatch::new_id();
+    let new = NewInvocation {
+        id: &id,
+        function: &function.spec.name,
+        trigger: trigger.as_str(),
+        reason: trigger.as_str(),
+        max_attempt: function.spec.limits.retry.attempts,
+        payload,
+        vars,
+    };
+    if let Err(e) = host.records.enqueue(&new, now_ms()) {
+        tracing::error!(function = %function.spec.name, "cannot queue an invocation: {e:#}");
+        let mut response = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot queue the invocation: {e:#}\n"),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
+    host.wake.notify_one();
+    let location = format!("{}invocations/{id}", api::PREFIX);
+    let body = serde_json::json!({ "id": id, "state": "queued", "location": location });
+    let mut response = Response::new(full(Bytes::from(body.to_string())));
+    *response.status_mut() = StatusCode::ACCEPTED;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        headers.insert(INVOCATION_HEADER, v);
     }
     response
 }

@@ -203,9 +203,17 @@ fn over_max_concurrency_sync_http_answers_503_with_retry_after() {
     let host = std::sync::Arc::new(project.start());
     let slow = {
         let host = host.clone();
-        std::thread::spawn(move || host.post("/probe", "sleep 3000"))
+        // Retried while the quick requests below hold the only slot.
+        std::thread::spawn(move || {
+            loop {
+                let answer = host.post("/probe", "sleep 3000");
+                if answer.status != 503 {
+                    break answer;
+                }
+            }
+        })
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let busy = loop {
         let answer = host.post("/probe", "echo quick");
         if answer.status == 503 {

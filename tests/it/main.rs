@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod cli;
+mod durable;
 mod examples;
 mod http;
 mod loading;

@@ -98,8 +98,13 @@ impl Project {
         let dir = tempfile::tempdir().expect("a temp folder");
         std::fs::create_dir_all(dir.path().join("functions")).unwrap();
         let project = Project { dir };
+        // Every host listens on port 0; a test that sets its own port-0 address keeps it.
         let toml = if let Some(line) = toml.lines().find(|l| l.trim_start().starts_with("listen")) {
-            toml.replacen(line, "listen = \"127.0.0.1:0\"", 1)
+            if line.contains(":0\"") {
+                toml.to_string()
+            } else {
+                toml.replacen(line, "listen = \"127.0.0.1:0\"", 1)
+            }
         } else if toml.contains("[host]") {
             toml.replacen("[host]", "[host]\nlisten = \"127.0.0.1:0\"", 1)
         } else {
@@ -221,12 +226,27 @@ impl Host {
     }
 
     pub fn request(&self, method: &str, path: &str, body: &[u8]) -> Answer {
-        let request = ureq::http::Request::builder()
+        self.request_with(method, path, body, &[])
+    }
+
+    pub fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut request = ureq::http::Request::builder()
             .method(method)
-            .uri(self.url(path))
-            .body(body.to_vec())
-            .unwrap();
-        answer(agent().run(request).expect("the host answers"))
+            .uri(self.url(path));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        answer(
+            agent()
+                .run(request.body(body.to_vec()).unwrap())
+                .expect("the host answers"),
+        )
     }
 
     pub fn get(&self, path: &str) -> Answer {
@@ -266,6 +286,78 @@ impl Host {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// GET a JSON resource.
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let answer = self.get(path);
+        serde_json::from_str(&answer.body).unwrap_or_else(|e| {
+            panic!(
+                "GET {path} answered {} with no JSON ({e}): {}",
+                answer.status, answer.body
+            )
+        })
+    }
+
+    /// Queues a manual invocation through the API and returns its id.
+    pub fn invoke(&self, function: &str, payload: &str) -> String {
+        let answer = self.post(&format!("/_jobhost/functions/{function}/invoke"), payload);
+        assert_eq!(answer.status, 202, "{}", answer.body);
+        answer
+            .header("x-jobhost-invocation-id")
+            .unwrap()
+            .to_string()
+    }
+
+    /// Waits until the invocation's record satisfies `done` and returns it.
+    pub fn wait_for_record(
+        &self,
+        id: &str,
+        within: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_until(within, || {
+            let record = self.json(&format!("/_jobhost/invocations/{id}"));
+            done(&record).then_some(record)
+        })
+    }
+
+    /// `kill -9`.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the status and how long it took.
+    pub fn sigterm(mut self, within: Duration) -> (std::process::ExitStatus, Duration) {
+        let started = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let status = wait_until(within, || self.child.try_wait().unwrap());
+        (status, started.elapsed())
+    }
+}
+
+/// Polls `f` until it returns `Some`, failing after `within`.
+pub fn wait_until<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The state field of a record.
+pub fn state(record: &serde_json::Value) -> &str {
+    record["state"].as_str().unwrap_or_default()
 }
 
 impl Drop for Host {

@@ -1,6 +1,8 @@
 //! A test guest that does what its stdin says, to probe the sandbox from inside:
 //! `env`, `read PATH`, `write PATH`, `alloc MIB`, `loop`, `sleep MS`, `panic`, `exit N`,
-//! `flood BYTES`, `echo TEXT`, `config KEY`. Every answer starts with a CGI header block.
+//! `flood BYTES`, `echo TEXT`, `config KEY`, `job MS` (sleep, then print the invocation id
+//! and attempt), `stamp PATH` (append the time in ms to PATH, then fail). Every answer
+//! starts with a CGI header block.
 
 use std::io::{Read, Write};
 
@@ -71,6 +73,25 @@ fn main() {
             }
             None => fail(&format!("{arg} is not set")),
         },
+        "job" => {
+            let ms: u64 = arg.parse().expect("job takes milliseconds");
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            let id = std::env::var("JOBHOST_INVOCATION_ID").unwrap_or_default();
+            let attempt = std::env::var("JOBHOST_ATTEMPT").unwrap_or_default();
+            let _ = writeln!(out, "id={id} attempt={attempt}");
+        }
+        "stamp" => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(arg)
+                .expect("the stamp file opens");
+            let _ = writeln!(file, "{now}");
+            fail("stamped, and failing on purpose");
+        }
         "echo" => {
             let _ = writeln!(out, "{arg}");
         }

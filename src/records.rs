@@ -1,0 +1,452 @@
+//! The invocation store: one SQLite file under `data/` holding a record per invocation
+//! (sync HTTP too) and, in the same rows, the durable queue of background work. Named
+//! `records`, not `store`, to stay clear of `wasmtime::Store`.
+//!
+//! The journal is WAL with `synchronous = NORMAL`: a committed row survives the process
+//! being killed (even `kill -9`); an operating-system crash may lose the last commits.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::Serialize;
+
+use crate::sandbox::Outcome;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS invocations (
+    id               TEXT PRIMARY KEY,
+    function         TEXT NOT NULL,
+    trigger          TEXT NOT NULL,
+    reason           TEXT NOT NULL,
+    attempt          INTEGER NOT NULL,
+    max_attempt      INTEGER NOT NULL,
+    state            TEXT NOT NULL,
+    durable          INTEGER NOT NULL,
+    payload          BLOB NOT NULL,
+    vars             TEXT NOT NULL,
+    created_at       INTEGER NOT NULL,
+    run_after        INTEGER NOT NULL,
+    started_at       INTEGER,
+    finished_at      INTEGER,
+    duration_ms      INTEGER,
+    exit_code        INTEGER,
+    error            TEXT,
+    stdout           BLOB,
+    stderr           BLOB,
+    stdout_truncated INTEGER NOT NULL DEFAULT 0,
+    stderr_truncated INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS invocations_due ON invocations (state, run_after);
+CREATE INDEX IF NOT EXISTS invocations_function ON invocations (function, id);
+";
+
+/// The store, held by one host at a time.
+pub struct Records {
+    conn: Mutex<Connection>,
+    /// Held for the life of the host: a second host on the same `data/` is refused.
+    _lock: Option<File>,
+}
+
+/// A new invocation to record.
+pub struct NewInvocation<'a> {
+    pub id: &'a str,
+    pub function: &'a str,
+    pub trigger: &'a str,
+    pub reason: &'a str,
+    pub max_attempt: u32,
+    pub payload: &'a [u8],
+    pub vars: &'a [(String, String)],
+}
+
+/// A queued invocation claimed to run now.
+pub struct Claimed {
+    pub id: String,
+    pub function: String,
+    pub trigger: String,
+    pub attempt: u32,
+    pub max_attempt: u32,
+    pub payload: Vec<u8>,
+    pub vars: Vec<(String, String)>,
+}
+
+/// A due invocation: what the worker needs to decide whether it can start it.
+pub struct Due {
+    pub id: String,
+    pub function: String,
+}
+
+/// How a finished attempt leaves the record.
+pub enum Next {
+    Succeeded,
+    /// Failed; run again at this time (ms).
+    RetryAt(i64),
+    /// Failed, attempts used up (or not retried, for sync HTTP).
+    Dead,
+    /// Failed and never retried: sync HTTP, where the caller decides.
+    Failed,
+}
+
+/// An invocation as the API and the CLI show it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Record {
+    pub id: String,
+    pub function: String,
+    pub trigger: String,
+    pub reason: String,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub state: String,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub next_attempt_at: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+}
+
+/// Filters of `GET /_jobhost/invocations` and `jobhost invocations`.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub function: Option<String>,
+    pub state: Option<String>,
+    pub trigger: Option<String>,
+    pub limit: Option<usize>,
+}
+
+pub const STATES: &[&str] = &[
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "dead",
+    "skipped",
+];
+
+fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("jobhost.db")
+}
+
+fn open_connection(data_dir: &Path) -> anyhow::Result<Connection> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data folder {}", data_dir.display()))?;
+    let path = db_path(data_dir);
+    let conn = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(SCHEMA)
+        .with_context(|| format!("preparing {}", path.display()))?;
+    Ok(conn)
+}
+
+impl Records {
+    /// Opens the store for a host; refuses when another host holds `data_dir`.
+    pub fn open_for_host(data_dir: &Path) -> anyhow::Result<Records> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating the data folder {}", data_dir.display()))?;
+        let lock_path = data_dir.join("host.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        if lock.try_lock().is_err() {
+            bail!(
+                "another jobhost is running on the data folder {}: stop it, or give this host its own `data` in [host]",
+                data_dir.display()
+            );
+        }
+        let conn = open_connection(data_dir)?;
+        Ok(Records {
+            conn: Mutex::new(conn),
+            _lock: Some(lock),
+        })
+    }
+
+    /// Opens the store beside a running host, for the CLI's reads and retries.
+    pub fn open_shared(data_dir: &Path) -> anyhow::Result<Records> {
+        Ok(Records {
+            conn: Mutex::new(open_connection(data_dir)?),
+            _lock: None,
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records durable work; once this returns, the invocation will run.
+    pub fn enqueue(&self, new: &NewInvocation<'_>, run_after: i64) -> anyhow::Result<()> {
+        self.insert(new, "queued", true, run_after)
+    }
+
+    /// Records a sync HTTP invocation that starts now.
+    pub fn start_sync(&self, new: &NewInvocation<'_>) -> anyhow::Result<()> {
+        self.insert(new, "running", false, now_ms())
+    }
+
+    fn insert(
+        &self,
+        new: &NewInvocation<'_>,
+        state: &str,
+        durable: bool,
+        run_after: i64,
+    ) -> anyhow::Result<()> {
+        let now = now_ms();
+        let vars = serde_json::to_string(new.vars)?;
+        let (attempt, started_at) = if durable { (0, None) } else { (1, Some(now)) };
+        self.conn().execute(
+            "INSERT INTO invocations (id, function, trigger, reason, attempt, max_attempt, state, durable,
+                 payload, vars, created_at, run_after, started_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                new.id,
+                new.function,
+                new.trigger,
+                new.reason,
+                attempt,
+                new.max_attempt,
+                state,
+                durable,
+                new.payload,
+                vars,
+                now,
+                run_after,
+                started_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Durable invocations ready to run, oldest first.
+    pub fn due(&self, now: i64, limit: usize) -> anyhow::Result<Vec<Due>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, function FROM invocations
+             WHERE state IN ('queued', 'failed') AND durable = 1 AND run_after <= ?1
+             ORDER BY run_after, id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![now, limit as i64], |r| {
+            Ok(Due {
+                id: r.get(0)?,
+                function: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// When the next durable invocation becomes due, if any is waiting.
+    pub fn next_due_at(&self) -> anyhow::Result<Option<i64>> {
+        let conn = self.conn();
+        Ok(conn.query_row(
+            "SELECT MIN(run_after) FROM invocations WHERE state IN ('queued', 'failed') AND durable = 1",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Marks a due invocation running with its next attempt; `None` if it is no longer due.
+    pub fn claim(&self, id: &str) -> anyhow::Result<Option<Claimed>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let changed = tx.execute(
+            "UPDATE invocations SET state = 'running', attempt = attempt + 1, started_at = ?2,
+                 finished_at = NULL, duration_ms = NULL
+             WHERE id = ?1 AND state IN ('queued', 'failed') AND durable = 1",
+            params![id, now_ms()],
+        )?;
+        if changed == 0 {
+            return Ok(None);
+        }
+        let claimed = tx.query_row(
+            "SELECT id, function, trigger, attempt, max_attempt, payload, vars FROM invocations WHERE id = ?1",
+            params![id],
+            |r| {
+                let vars: String = r.get(6)?;
+                Ok(Claimed {
+                    id: r.get(0)?,
+                    function: r.get(1)?,
+                    trigger: r.get(2)?,
+                    attempt: r.get(3)?,
+                    max_attempt: r.get(4)?,
+                    payload: r.get(5)?,
+                    vars: serde_json::from_str(&vars).unwrap_or_default(),
+                })
+            },
+        )?;
+        tx.commit()?;
+        Ok(Some(claimed))
+    }
+
+    /// Stores the result of an attempt.
+    pub fn finish(&self, id: &str, outcome: &Outcome, next: Next) -> anyhow::Result<()> {
+        let now = now_ms();
+        let (state, run_after) = match next {
+            Next::Succeeded => ("succeeded", None),
+            Next::RetryAt(at) => ("failed", Some(at)),
+            Next::Dead => ("dead", None),
+            Next::Failed => ("failed", None),
+        };
+        let error = outcome.result.as_ref().err().map(ToString::to_string);
+        self.conn().execute(
+            "UPDATE invocations SET state = ?2, finished_at = ?3, duration_ms = ?4, exit_code = ?5,
+                 error = ?6, stdout = ?7, stderr = ?8, stdout_truncated = ?9, stderr_truncated = ?10,
+                 run_after = COALESCE(?11, run_after)
+             WHERE id = ?1",
+            params![
+                id,
+                state,
+                now,
+                outcome.duration.as_millis() as i64,
+                outcome.exit_code(),
+                error,
+                outcome.stdout.as_ref(),
+                outcome.stderr.as_ref(),
+                outcome.stdout_truncated,
+                outcome.stderr_truncated,
+                run_after
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Puts an invocation that a graceful shutdown interrupted back in the queue without
+    /// using up its attempt.
+    pub fn requeue_interrupted(&self, id: &str) -> anyhow::Result<()> {
+        self.conn().execute(
+            "UPDATE invocations SET state = 'queued', attempt = attempt - 1, started_at = NULL,
+                 run_after = ?2
+             WHERE id = ?1 AND state = 'running'",
+            params![id, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// After a crash: durable invocations that were running run again (their next run is
+    /// the next attempt); sync HTTP ones were answered or lost with their connection, so
+    /// they are marked failed. Returns (requeued, failed).
+    pub fn recover(&self) -> anyhow::Result<(usize, usize)> {
+        let conn = self.conn();
+        let requeued = conn.execute(
+            "UPDATE invocations SET state = 'queued', run_after = ?1 WHERE state = 'running' AND durable = 1",
+            params![now_ms()],
+        )?;
+        let failed = conn.execute(
+            "UPDATE invocations SET state = 'failed', finished_at = ?1,
+                 error = 'interrupted: the host stopped while it ran'
+             WHERE state = 'running' AND durable = 0",
+            params![now_ms()],
+        )?;
+        Ok((requeued, failed))
+    }
+
+    /// Re-queues a dead invocation with a fresh round of `attempts`.
+    pub fn retry(&self, id: &str, attempts: u32) -> anyhow::Result<Record> {
+        let Some(record) = self.get(id)? else {
+            bail!("no invocation {id}");
+        };
+        if record.state != "dead" {
+            bail!(
+                "invocation {id} is {}, not dead: only a dead invocation can be retried",
+                record.state
+            );
+        }
+        self.conn().execute(
+            "UPDATE invocations SET state = 'queued', reason = 'retry', max_attempt = attempt + ?2,
+                 run_after = ?3
+             WHERE id = ?1 AND state = 'dead'",
+            params![id, attempts, now_ms()],
+        )?;
+        Ok(self.get(id)?.expect("the record was just read"))
+    }
+
+    /// Deletes finished records older than `age`. Returns how many.
+    pub fn prune(&self, age: Duration) -> anyhow::Result<usize> {
+        let before = now_ms() - age.as_millis() as i64;
+        Ok(self.conn().execute(
+            "DELETE FROM invocations
+             WHERE finished_at IS NOT NULL AND finished_at < ?1
+               AND (state IN ('succeeded', 'dead', 'skipped') OR (state = 'failed' AND durable = 0))",
+            params![before],
+        )?)
+    }
+
+    pub fn get(&self, id: &str) -> anyhow::Result<Option<Record>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM invocations WHERE id = ?1"))?;
+        Ok(stmt.query_row(params![id], record).optional()?)
+    }
+
+    /// Records newest first, filtered.
+    pub fn list(&self, filter: &Filter) -> anyhow::Result<Vec<Record>> {
+        let limit = filter.limit.unwrap_or(100).clamp(1, 1000) as i64;
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM invocations
+             WHERE (?1 IS NULL OR function = ?1) AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR trigger = ?3)
+             ORDER BY id DESC LIMIT ?4"
+        ))?;
+        let rows = stmt.query_map(
+            params![filter.function, filter.state, filter.trigger, limit],
+            record,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+const COLUMNS: &str = "id, function, trigger, reason, attempt, max_attempt, state, created_at, started_at,
+    finished_at, run_after, duration_ms, exit_code, error, stdout, stderr, stdout_truncated, stderr_truncated, durable";
+
+fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
+    let text = |i: usize| -> rusqlite::Result<String> {
+        let bytes: Option<Vec<u8>> = r.get(i)?;
+        Ok(String::from_utf8_lossy(&bytes.unwrap_or_default()).into_owned())
+    };
+    let state: String = r.get(6)?;
+    let run_after: i64 = r.get(10)?;
+    let durable: bool = r.get(18)?;
+    Ok(Record {
+        id: r.get(0)?,
+        function: r.get(1)?,
+        trigger: r.get(2)?,
+        reason: r.get(3)?,
+        attempt: r.get(4)?,
+        max_attempts: r.get(5)?,
+        next_attempt_at: (durable && matches!(state.as_str(), "queued" | "failed"))
+            .then(|| rfc3339(run_after)),
+        state,
+        created_at: rfc3339(r.get(7)?),
+        started_at: r.get::<_, Option<i64>>(8)?.map(rfc3339),
+        finished_at: r.get::<_, Option<i64>>(9)?.map(rfc3339),
+        duration_ms: r.get::<_, Option<i64>>(11)?.map(|d| d.max(0) as u64),
+        exit_code: r.get(12)?,
+        error: r.get(13)?,
+        stdout: text(14)?,
+        stderr: text(15)?,
+        stdout_truncated: r.get(16)?,
+        stderr_truncated: r.get(17)?,
+    })
+}

@@ -1,0 +1,357 @@
+//! SPEC §5, §6 and §7: durable background invocations, retries, crash recovery, graceful
+//! shutdown, async HTTP, concurrency, and the status API.
+
+use std::time::Duration;
+
+use crate::support::{P1, Project, probe, state, wait_until};
+
+fn project(extra: &str) -> Project {
+    let project = Project::new(&format!(
+        r#"
+[defaults]
+timeout = "120s"
+retry = {{ attempts = 3, initial = "100ms", max = "1s" }}
+[functions.probe]
+triggers = []
+{extra}
+"#
+    ));
+    project.function("probe", &probe(P1));
+    project
+}
+
+#[test]
+fn a_kill_9_mid_run_runs_the_invocation_again_with_the_same_id_and_the_next_attempt() {
+    let project = project("");
+    let host = project.start();
+    let id = host.invoke("probe", "job 3000");
+    host.wait_for_record(&id, Duration::from_secs(30), |r| state(r) == "running");
+    host.kill9();
+
+    let host = project.start();
+    let record = host.wait_for_record(&id, Duration::from_secs(30), |r| state(r) == "succeeded");
+    assert_eq!(record["attempt"], 2);
+    assert_eq!(
+        record["stdout"].as_str().unwrap(),
+        format!("Content-Type: text/plain\n\nid={id} attempt=2\n")
+    );
+    assert_eq!(record["reason"], "manual");
+    assert!(
+        host.log()
+            .iter()
+            .any(|l| l.contains("recovered from an unclean stop"))
+    );
+}
+
+#[test]
+fn nothing_queued_before_a_kill_9_is_lost() {
+    let project = project("[host]\nmax_concurrency = 4\n");
+    let host = project.start();
+    let ids: Vec<String> = (0..100).map(|_| host.invoke("probe", "job 30")).collect();
+    wait_until(Duration::from_secs(30), || {
+        let done = host.json("/_jobhost/invocations?state=succeeded&limit=1000");
+        (done.as_array().unwrap().len() >= 10).then_some(())
+    });
+    host.kill9();
+
+    let host = project.start();
+    let records = wait_until(Duration::from_secs(60), || {
+        let all = host.json("/_jobhost/invocations?limit=1000");
+        let all = all.as_array().unwrap().clone();
+        all.iter().all(|r| state(r) == "succeeded").then_some(all)
+    });
+    assert_eq!(records.len(), 100);
+    for id in &ids {
+        let r = records
+            .iter()
+            .find(|r| r["id"] == id.as_str())
+            .expect("every queued id has a record");
+        let attempt = r["attempt"].as_u64().unwrap();
+        assert!(attempt == 1 || attempt == 2, "{r}");
+        assert!(
+            r["stdout"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("attempt={attempt}\n")),
+            "{r}"
+        );
+    }
+}
+
+#[test]
+fn a_guest_that_always_fails_ends_dead_after_its_attempts_with_growing_backoff() {
+    let project = project(
+        r#"retry = { attempts = 4, initial = "200ms", max = "10s" }
+dirs = [{ host = "stamps", guest = "/stamps", write = true }]"#,
+    );
+    project.write("stamps/.keep", b"");
+    let host = project.start();
+    let id = host.invoke("probe", "stamp /stamps/times");
+    let record = host.wait_for_record(&id, Duration::from_secs(30), |r| state(r) == "dead");
+    assert_eq!(record["attempt"], 4);
+    assert_eq!(record["error"], "exit 1");
+    let times: Vec<u64> = std::fs::read_to_string(project.path("stamps/times"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(times.len(), 4, "{times:?}");
+    let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    // 200ms, 400ms, 800ms, each less up to a quarter of jitter.
+    assert!(
+        gaps[0] >= 150 && gaps[1] > gaps[0] && gaps[2] > gaps[1],
+        "{gaps:?}"
+    );
+
+    // A dead invocation can be queued again, through the API...
+    let answer = host.post(&format!("/_jobhost/invocations/{id}/retry"), "");
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let record = host.wait_for_record(&id, Duration::from_secs(30), |r| {
+        state(r) == "dead" && r["attempt"] == 8
+    });
+    assert_eq!(record["reason"], "retry");
+    // ...and a record that is not dead cannot.
+    let ok = host.invoke("probe", "echo fine");
+    host.wait_for_record(&ok, Duration::from_secs(30), |r| state(r) == "succeeded");
+    assert_eq!(
+        host.post(&format!("/_jobhost/invocations/{ok}/retry"), "")
+            .status,
+        409
+    );
+
+    // ...and through the CLI, beside the running host.
+    let output = project.jobhost().args(["retry", &id]).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    host.wait_for_record(&id, Duration::from_secs(30), |r| {
+        state(r) == "dead" && r["attempt"] == 12
+    });
+}
+
+#[test]
+fn sigterm_lets_a_short_job_finish_and_exits_0() {
+    let project = project("[host]\nshutdown_timeout = \"5s\"\n");
+    let host = project.start();
+    let id = host.invoke("probe", "job 2000");
+    host.wait_for_record(&id, Duration::from_secs(30), |r| state(r) == "running");
+    let (status, _) = host.sigterm(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    let output = project
+        .jobhost()
+        .args(["logs", &id, "--json"])
+        .output()
+        .unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(state(&record), "succeeded", "{record}");
+}
+
+#[test]
+fn sigterm_interrupts_a_long_job_after_shutdown_timeout_and_queues_it_without_using_an_attempt() {
+    let project = project("[host]\nshutdown_timeout = \"2s\"\n");
+    let host = project.start();
+    let id = host.invoke("probe", "job 60000");
+    host.wait_for_record(&id, Duration::from_secs(30), |r| {
+        state(r) == "running" && r["attempt"] == 1
+    });
+    let (status, took) = host.sigterm(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        took < Duration::from_secs(3),
+        "exit took {took:?} with shutdown_timeout 2s"
+    );
+    let output = project
+        .jobhost()
+        .args(["invocations", "--json"])
+        .output()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let record = &list[0];
+    assert_eq!(
+        (state(record), record["attempt"].as_u64()),
+        ("queued", Some(0)),
+        "{record}"
+    );
+
+    // It runs on the next start, as attempt 1 again.
+    let host = project.start();
+    host.wait_for_record(&id, Duration::from_secs(30), |r| {
+        state(r) == "running" && r["attempt"] == 1
+    });
+}
+
+#[test]
+fn async_http_answers_202_and_location_resolves_to_the_finished_record() {
+    let project = project(
+        r#"[functions.later]
+module = "probe.wasm"
+triggers = [{ http = "/later", mode = "async" }]"#,
+    );
+    let host = project.start();
+    let answer = host.post("/later?x=1", "echo done later");
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(answer.header("retry-after"), Some("1"));
+    let location = answer.header("location").unwrap().to_string();
+    let record = wait_until(Duration::from_secs(30), || {
+        let r = host.json(&location);
+        (state(&r) == "succeeded").then_some(r)
+    });
+    assert_eq!(record["trigger"], "http");
+    assert_eq!(record["stdout"], "Content-Type: text/plain\n\ndone later\n");
+    assert_eq!(record["exit_code"], 0);
+}
+
+#[test]
+fn per_function_concurrency_1_never_runs_two_at_once() {
+    let project = project("concurrency = 1\n[host]\nmax_concurrency = 8\n");
+    let host = project.start();
+    let ids: Vec<String> = (0..6).map(|_| host.invoke("probe", "job 150")).collect();
+    let mut spans: Vec<(String, String)> = ids
+        .iter()
+        .map(|id| {
+            let r = host.wait_for_record(id, Duration::from_secs(30), |r| state(r) == "succeeded");
+            (
+                r["started_at"].as_str().unwrap().to_string(),
+                r["finished_at"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "overlapping runs: {pair:?}");
+    }
+}
+
+#[test]
+fn sync_http_invocations_are_recorded_and_listed_with_filters() {
+    let project = project("[functions.web]\nmodule = \"probe.wasm\"\n");
+    let host = project.start();
+    let ok = host.post("/web", "echo recorded");
+    let failed = host.post("/web", "exit 2");
+    let ok_id = ok.header("x-jobhost-invocation-id").unwrap().to_string();
+    let failed_id = failed
+        .header("x-jobhost-invocation-id")
+        .unwrap()
+        .to_string();
+    let record = host.json(&format!("/_jobhost/invocations/{ok_id}"));
+    assert_eq!(
+        (
+            state(&record),
+            record["trigger"].as_str(),
+            record["reason"].as_str()
+        ),
+        ("succeeded", Some("http"), Some("http"))
+    );
+    assert_eq!(record["stdout"], "Content-Type: text/plain\n\nrecorded\n");
+    for field in [
+        "created_at",
+        "started_at",
+        "finished_at",
+        "duration_ms",
+        "exit_code",
+        "stdout_truncated",
+    ] {
+        assert!(!record[field].is_null(), "{field} missing: {record}");
+    }
+    let failed = host.json(&format!("/_jobhost/invocations/{failed_id}"));
+    assert_eq!(
+        (
+            state(&failed),
+            failed["error"].as_str(),
+            failed["attempt"].as_u64()
+        ),
+        ("failed", Some("exit 2"), Some(1))
+    );
+
+    let list = host.json("/_jobhost/invocations?function=web&state=failed");
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let list = host.json("/_jobhost/invocations?limit=1");
+    assert_eq!(list[0]["id"], failed_id.as_str(), "newest first");
+    assert_eq!(host.get("/_jobhost/invocations?state=bogus").status, 400);
+    assert_eq!(host.get("/_jobhost/invocations/nope").status, 404);
+
+    let functions = host.json("/_jobhost/functions");
+    assert!(
+        functions
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["name"] == "web" && f["status"] == "ready")
+    );
+
+    let output = project
+        .jobhost()
+        .args(["invocations", "--function", "web"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table.contains(&ok_id) && table.contains("exit 2"),
+        "{table}"
+    );
+    let output = project.jobhost().args(["logs", &ok_id]).output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).contains("recorded"));
+}
+
+#[test]
+fn a_second_host_on_the_same_data_folder_refuses_to_start() {
+    let project = project("");
+    let _host = project.start();
+    let output = project.jobhost().arg("up").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("another jobhost is running on the data folder")
+    );
+}
+
+#[test]
+fn the_admin_api_needs_the_token_off_loopback() {
+    let project =
+        project("[host]\nlisten = \"0.0.0.0:0\"\nadmin_token = { env = \"JOBHOST_TEST_TOKEN\" }\n");
+    let host = project.start_with(|cmd| {
+        cmd.env("JOBHOST_TEST_TOKEN", "t0ken");
+    });
+    assert_eq!(host.get("/_jobhost/invocations").status, 401);
+    let with = host.request_with(
+        "GET",
+        "/_jobhost/invocations",
+        b"",
+        &[("authorization", "Bearer t0ken")],
+    );
+    assert_eq!(with.status, 200);
+    let wrong = host.request_with(
+        "GET",
+        "/_jobhost/invocations",
+        b"",
+        &[("authorization", "Bearer nope")],
+    );
+    assert_eq!(wrong.status, 401);
+    // Function routes need no token.
+    assert_eq!(host.get("/healthz").status, 200);
+    drop(host);
+
+    let host = project.start();
+    assert_eq!(
+        host.get("/_jobhost/functions").status,
+        403,
+        "no token configured: the API stays shut"
+    );
+}
+
+#[test]
+fn finished_records_older_than_retention_are_pruned() {
+    let project = project("[host]\nretention = \"1s\"\n[functions.web]\nmodule = \"probe.wasm\"\n");
+    let host = project.start();
+    let id = host
+        .post("/web", "echo short-lived")
+        .header("x-jobhost-invocation-id")
+        .unwrap()
+        .to_string();
+    assert_eq!(host.get(&format!("/_jobhost/invocations/{id}")).status, 200);
+    wait_until(Duration::from_secs(15), || {
+        (host.get(&format!("/_jobhost/invocations/{id}")).status == 404).then_some(())
+    });
+}
