@@ -36,6 +36,9 @@ pub struct Host {
     pub function_permits: BTreeMap<String, Arc<Semaphore>>,
     /// Wakes the queue worker: new durable work, or a slot came free.
     pub wake: Notify,
+    /// Cancelled on the first shutdown signal: the listener and triggers stop, and requests
+    /// still arriving on open connections answer 503.
+    pub accept: CancellationToken,
     /// Cancelled when `shutdown_timeout` has passed: running invocations are interrupted.
     pub hard_stop: CancellationToken,
     pub tasks: TaskTracker,
@@ -71,8 +74,6 @@ impl Host {
 pub struct Running {
     pub addr: SocketAddr,
     pub host: Arc<Host>,
-    /// Stops the listener and the triggers.
-    accept: CancellationToken,
 }
 
 fn wants_fuel(config: &Config) -> bool {
@@ -148,10 +149,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         registry,
         records,
         wake: Notify::new(),
+        accept: CancellationToken::new(),
         hard_stop: CancellationToken::new(),
         tasks: TaskTracker::new(),
     });
-    let accept = CancellationToken::new();
+    let accept = host.accept.clone();
     host.tasks.spawn(triggers::http::serve(
         listener,
         host.clone(),
@@ -165,7 +167,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         startup_ms = started.elapsed().as_millis() as u64,
         "listening on http://{addr}"
     );
-    Ok(Running { addr, host, accept })
+    Ok(Running { addr, host })
 }
 
 /// Deletes finished records older than `retention`, at start and every ten minutes.
@@ -190,7 +192,7 @@ impl Running {
     /// finish for up to `shutdown_timeout`, then interrupt the rest (background ones go
     /// back to the queue without using an attempt).
     pub async fn stop(&self) {
-        self.accept.cancel();
+        self.host.accept.cancel();
         self.host.tasks.close();
         let grace = self.host.config.host.shutdown_timeout;
         if tokio::time::timeout(grace, self.host.tasks.wait())
@@ -206,7 +208,7 @@ impl Running {
 
     /// Interrupts whatever still runs and waits briefly for their records to be updated.
     pub async fn stop_now(&self) {
-        self.accept.cancel();
+        self.host.accept.cancel();
         self.host.tasks.close();
         self.host.hard_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.host.tasks.wait()).await;

@@ -84,6 +84,16 @@ pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> 
     if path == "/healthz" {
         return text(StatusCode::OK, "ok\n");
     }
+    if host.accept.is_cancelled() {
+        let mut response = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the host is shutting down\n",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
     if path.starts_with(api::PREFIX) {
         return api::handle(host, req).await;
     }

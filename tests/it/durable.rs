@@ -183,6 +183,42 @@ fn sigterm_interrupts_a_long_job_after_shutdown_timeout_and_queues_it_without_us
 }
 
 #[test]
+fn a_second_signal_stops_at_once() {
+    let project = project("[host]\nshutdown_timeout = \"60s\"\n");
+    let host = project.start();
+    let id = host.invoke("probe", "job 60000");
+    host.wait_for_record(&id, Duration::from_secs(30), |r| state(r) == "running");
+    let pid = host.pid().to_string();
+    let term = || {
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    term();
+    let mut host = host;
+    host.wait_for_log("shutting down", Duration::from_secs(10));
+    term();
+    let (status, took) = host.sigterm_wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let output = project
+        .jobhost()
+        .args(["logs", &id, "--json"])
+        .output()
+        .unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        (state(&record), record["attempt"].as_u64()),
+        ("queued", Some(0)),
+        "{record}"
+    );
+}
+
+#[test]
 fn async_http_answers_202_and_location_resolves_to_the_finished_record() {
     let project = project(
         r#"[functions.later]

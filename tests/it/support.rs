@@ -328,13 +328,18 @@ impl Host {
     }
 
     /// Sends SIGTERM and waits for the exit; returns the status and how long it took.
-    pub fn sigterm(mut self, within: Duration) -> (std::process::ExitStatus, Duration) {
-        let started = Instant::now();
+    pub fn sigterm(self, within: Duration) -> (std::process::ExitStatus, Duration) {
         let status = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
+        self.sigterm_wait(within)
+    }
+
+    /// Waits for the process to exit after a signal already sent.
+    pub fn sigterm_wait(mut self, within: Duration) -> (std::process::ExitStatus, Duration) {
+        let started = Instant::now();
         let status = wait_until(within, || self.child.try_wait().unwrap());
         (status, started.elapsed())
     }
