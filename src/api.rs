@@ -91,7 +91,7 @@ pub fn describe(trigger: &Trigger) -> String {
                 }
             )
         }
-        Trigger::Timer(t) => format!("timer {}", t.describe),
+        Trigger::Timer(t) => format!("timer {}", t.schedule.key()),
         Trigger::Watch(w) => format!("watch {}", w.folder.display()),
     }
 }

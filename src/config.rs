@@ -12,6 +12,8 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
+use crate::schedule::Schedule;
+
 /// The validated configuration of one host.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -90,12 +92,35 @@ pub enum HttpMode {
     Async,
 }
 
-/// Timer and watch triggers are validated here; they fire once the timer and watch
-/// issues land, and until then `up` says so in its log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TimerTrigger {
-    pub describe: String,
+    pub schedule: Schedule,
+    pub overlap: Overlap,
+    pub catch_up: CatchUp,
+    pub run_on_startup: bool,
 }
+
+/// What an occurrence does while the previous run of the timer is still going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlap {
+    /// Recorded as `skipped`.
+    Skip,
+    /// Runs once after; never more than one waiting.
+    Queue,
+}
+
+/// What the occurrences missed while the host was down do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    /// One past-due run, with the first missed occurrence.
+    Once,
+    None,
+}
+
+/// Watch triggers are validated here; they fire once the watch issue lands, and until
+/// then `up` says so in its log.
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatchTrigger {
@@ -250,8 +275,8 @@ struct RawTrigger {
     tz: Option<String>,
     every: Option<Dur>,
     at: Option<String>,
-    overlap: Option<String>,
-    catch_up: Option<String>,
+    overlap: Option<Overlap>,
+    catch_up: Option<CatchUp>,
     run_on_startup: Option<bool>,
     watch: Option<String>,
     pattern: Option<String>,
@@ -931,14 +956,18 @@ fn trigger(t: RawTrigger, root: &Path) -> Result<Trigger, String> {
         "watch" => Ok(Trigger::Watch(WatchTrigger {
             folder: root.join(t.watch.unwrap_or_default()),
         })),
-        _ => {
-            let describe = match (&t.cron, &t.every, &t.at) {
-                (Some(c), _, _) => format!("cron {c:?}"),
-                (_, Some(e), _) => format!("every {:?}", e.0),
-                (_, _, Some(a)) => format!("at {a}"),
-                _ => String::new(),
+        kind => {
+            let schedule = match kind {
+                "cron" => Schedule::cron(t.cron.as_deref().unwrap_or_default(), t.tz.as_deref())?,
+                "every" => Schedule::every(t.every.map(|d| d.0).unwrap_or_default())?,
+                _ => Schedule::at(t.at.as_deref().unwrap_or_default())?,
             };
-            Ok(Trigger::Timer(TimerTrigger { describe }))
+            Ok(Trigger::Timer(TimerTrigger {
+                schedule,
+                overlap: t.overlap.unwrap_or(Overlap::Skip),
+                catch_up: t.catch_up.unwrap_or(CatchUp::Once),
+                run_on_startup: t.run_on_startup.unwrap_or(false),
+            }))
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::sandbox::{self, Outcome, Run, Sandbox};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TriggerKind {
     Http,
+    Timer,
     Manual,
 }
 
@@ -20,6 +21,7 @@ impl TriggerKind {
     pub fn as_str(self) -> &'static str {
         match self {
             TriggerKind::Http => "http",
+            TriggerKind::Timer => "timer",
             TriggerKind::Manual => "manual",
         }
     }
@@ -28,6 +30,7 @@ impl TriggerKind {
     pub fn parse(text: &str) -> Option<TriggerKind> {
         match text {
             "http" => Some(TriggerKind::Http),
+            "timer" => Some(TriggerKind::Timer),
             "manual" => Some(TriggerKind::Manual),
             _ => None,
         }

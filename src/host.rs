@@ -111,18 +111,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     for function in registry.functions.values() {
         for trigger in &function.spec.triggers {
-            match trigger {
-                Trigger::Http(_) => {}
-                Trigger::Timer(t) => tracing::warn!(
-                    function = %function.spec.name,
-                    "timer trigger ({}) will not fire: timers are not in this build yet",
-                    t.describe
-                ),
-                Trigger::Watch(w) => tracing::warn!(
+            if let Trigger::Watch(w) = trigger {
+                tracing::warn!(
                     function = %function.spec.name,
                     "watch trigger on {} will not fire: watches are not in this build yet",
                     w.folder.display()
-                ),
+                );
             }
         }
     }
@@ -161,6 +155,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     ));
     host.tasks.spawn(queue::run(host.clone(), accept.clone()));
     host.tasks.spawn(prune(host.clone(), accept.clone()));
+    let mut timer_keys = Vec::new();
+    for function in host.registry.functions.values() {
+        for trigger in &function.spec.triggers {
+            if let Trigger::Timer(timer) = trigger {
+                let key = triggers::timer::key(&function.spec.name, timer);
+                timer_keys.push(key.clone());
+                let task = triggers::timer::run(
+                    host.clone(),
+                    function.clone(),
+                    timer.clone(),
+                    key,
+                    accept.clone(),
+                );
+                host.tasks.spawn(task);
+            }
+        }
+    }
+    host.records.forget_timers_except(&timer_keys)?;
     tracing::info!(
         functions = host.registry.functions.len(),
         problems = host.registry.problems.len(),

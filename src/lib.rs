@@ -16,4 +16,5 @@ pub mod queue;
 pub mod records;
 pub mod registry;
 pub mod sandbox;
+pub mod schedule;
 pub mod triggers;

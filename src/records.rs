@@ -50,7 +50,13 @@ CREATE TABLE IF NOT EXISTS invocations (
     stdout           BLOB,
     stderr           BLOB,
     stdout_truncated INTEGER NOT NULL DEFAULT 0,
-    stderr_truncated INTEGER NOT NULL DEFAULT 0
+    stderr_truncated INTEGER NOT NULL DEFAULT 0,
+    timer            TEXT
+);
+CREATE INDEX IF NOT EXISTS invocations_timer ON invocations (timer, state);
+CREATE TABLE IF NOT EXISTS timers (
+    key        TEXT PRIMARY KEY,
+    last       INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS invocations_due ON invocations (state, run_after);
 CREATE INDEX IF NOT EXISTS invocations_function ON invocations (function, id);
@@ -72,6 +78,8 @@ pub struct NewInvocation<'a> {
     pub max_attempt: u32,
     pub payload: &'a [u8],
     pub vars: &'a [(String, String)],
+    /// The timer that fired it: runs of one timer never overlap.
+    pub timer: Option<&'a str>,
 }
 
 /// A queued invocation claimed to run now.
@@ -202,6 +210,11 @@ impl Records {
         self.insert(new, "queued", true, run_after)
     }
 
+    /// Records a timer occurrence skipped because the previous run is still going.
+    pub fn skipped(&self, new: &NewInvocation<'_>) -> anyhow::Result<()> {
+        self.insert(new, "skipped", true, now_ms())
+    }
+
     /// Records a sync HTTP invocation that starts now.
     pub fn start_sync(&self, new: &NewInvocation<'_>) -> anyhow::Result<()> {
         self.insert(new, "running", false, now_ms())
@@ -219,8 +232,8 @@ impl Records {
         let (attempt, started_at) = if durable { (0, None) } else { (1, Some(now)) };
         self.conn().execute(
             "INSERT INTO invocations (id, function, trigger, reason, attempt, max_attempt, state, durable,
-                 payload, vars, created_at, run_after, started_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 payload, vars, created_at, run_after, started_at, timer, finished_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 new.id,
                 new.function,
@@ -234,7 +247,9 @@ impl Records {
                 vars,
                 now,
                 run_after,
-                started_at
+                started_at,
+                new.timer,
+                (state == "skipped").then_some(now)
             ],
         )?;
         Ok(())
@@ -244,8 +259,10 @@ impl Records {
     pub fn due(&self, now: i64, limit: usize) -> anyhow::Result<Vec<Due>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT id, function FROM invocations
+            "SELECT id, function FROM invocations AS i
              WHERE state IN ('queued', 'failed') AND durable = 1 AND run_after <= ?1
+               AND (timer IS NULL OR NOT EXISTS
+                    (SELECT 1 FROM invocations AS r WHERE r.timer = i.timer AND r.state = 'running'))
              ORDER BY run_after, id LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![now, limit as i64], |r| {
@@ -360,6 +377,52 @@ impl Records {
             params![now_ms()],
         )?;
         Ok((requeued, failed))
+    }
+
+    /// Whether a run of `timer` is going (running) and how many wait (queued).
+    pub fn timer_active(&self, timer: &str) -> anyhow::Result<(bool, usize)> {
+        let conn = self.conn();
+        let count = |state: &str| -> rusqlite::Result<i64> {
+            conn.query_row(
+                "SELECT COUNT(*) FROM invocations WHERE timer = ?1 AND state = ?2",
+                params![timer, state],
+                |r| r.get(0),
+            )
+        };
+        Ok((count("running")? > 0, count("queued")? as usize))
+    }
+
+    /// The last occurrence a timer handled, in ms.
+    pub fn timer_last(&self, timer: &str) -> anyhow::Result<Option<i64>> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT last FROM timers WHERE key = ?1",
+                params![timer],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn set_timer_last(&self, timer: &str, last: i64) -> anyhow::Result<()> {
+        self.conn().execute(
+            "INSERT INTO timers (key, last) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET last = ?2",
+            params![timer, last],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets the schedule state of timers no longer configured.
+    pub fn forget_timers_except(&self, keep: &[String]) -> anyhow::Result<()> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT key FROM timers")?;
+        let keys: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for key in keys.iter().filter(|k| !keep.contains(k)) {
+            conn.execute("DELETE FROM timers WHERE key = ?1", params![key])?;
+        }
+        Ok(())
     }
 
     /// Re-queues a dead invocation with a fresh round of `attempts`.

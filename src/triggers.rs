@@ -2,3 +2,4 @@
 //! `dispatch`; none builds an engine.
 
 pub mod http;
+pub mod timer;

@@ -195,6 +195,7 @@ pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> 
         max_attempt: 1,
         payload: &[],
         vars: &[],
+        timer: None,
     };
     if let Err(e) = host.records.start_sync(&new) {
         tracing::error!(id = %invocation.id, "cannot record the invocation: {e:#}");
@@ -284,6 +285,7 @@ pub fn enqueue(
         max_attempt: function.spec.limits.retry.attempts,
         payload,
         vars,
+        timer: None,
     };
     if let Err(e) = host.records.enqueue(&new, now_ms()) {
         tracing::error!(function = %function.spec.name, "cannot queue an invocation: {e:#}");

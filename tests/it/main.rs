@@ -11,3 +11,4 @@ mod http;
 mod loading;
 mod sandbox;
 mod support;
+mod timers;

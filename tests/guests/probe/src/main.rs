@@ -2,7 +2,8 @@
 //! `env`, `read PATH`, `write PATH`, `alloc MIB`, `loop`, `sleep MS`, `panic`, `exit N`,
 //! `flood BYTES`, `echo TEXT`, `config KEY`, `job MS` (sleep, then print the invocation id
 //! and attempt), `stamp PATH` (append the time in ms to PATH, then fail). Every answer
-//! starts with a CGI header block.
+//! starts with a CGI header block. An event (JSON on stdin, from a timer or a watch) runs the
+//! command in the function's `PROBE_EVENT` variable, `env` by default.
 
 use std::io::{Read, Write};
 
@@ -11,6 +12,10 @@ fn main() {
     std::io::stdin()
         .read_to_string(&mut input)
         .expect("stdin is readable");
+    // A trigger's event (JSON) runs the command in the function's PROBE_EVENT, or `env`.
+    if input.trim_start().starts_with('{') {
+        input = std::env::var("PROBE_EVENT").unwrap_or_else(|_| "env".to_string());
+    }
     let (command, arg) = input.trim().split_once(' ').unwrap_or((input.trim(), ""));
     let mut out = std::io::stdout().lock();
     let _ = write!(out, "Content-Type: text/plain\n\n");
