@@ -119,13 +119,55 @@ pub enum CatchUp {
     None,
 }
 
-/// Watch triggers are validated here; they fire once the watch issue lands, and until
-/// then `up` says so in its log.
-
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct WatchTrigger {
     pub folder: PathBuf,
+    /// The glob as written (`*.png`); matched against the file name, or against the path
+    /// inside the folder when it contains a `/`.
+    pub pattern: Option<String>,
+    pub matcher: Option<globset::GlobMatcher>,
+    pub recursive: bool,
+    pub events: Vec<FileEvent>,
+    pub debounce: Duration,
 }
+
+impl PartialEq for WatchTrigger {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            &self.folder,
+            &self.pattern,
+            self.recursive,
+            &self.events,
+            self.debounce,
+        ) == (
+            &other.folder,
+            &other.pattern,
+            other.recursive,
+            &other.events,
+            other.debounce,
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileEvent {
+    Created,
+    Modified,
+    Removed,
+}
+
+impl FileEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileEvent::Created => "created",
+            FileEvent::Modified => "modified",
+            FileEvent::Removed => "removed",
+        }
+    }
+}
+
+const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DirMount {
@@ -281,7 +323,7 @@ struct RawTrigger {
     watch: Option<String>,
     pattern: Option<String>,
     recursive: Option<bool>,
-    events: Option<Vec<String>>,
+    events: Option<Vec<FileEvent>>,
     debounce: Option<Dur>,
 }
 
@@ -953,9 +995,36 @@ fn trigger(t: RawTrigger, root: &Path) -> Result<Trigger, String> {
                 max_body: t.max_body.map_or(DEFAULT_MAX_BODY, |s| s.0),
             }))
         }
-        "watch" => Ok(Trigger::Watch(WatchTrigger {
-            folder: root.join(t.watch.unwrap_or_default()),
-        })),
+        "watch" => {
+            let folder = t.watch.unwrap_or_default();
+            if folder.is_empty() {
+                return Err("watch needs a folder, such as \"data/inbox\"".to_string());
+            }
+            let matcher = match &t.pattern {
+                Some(p) => Some(
+                    globset::Glob::new(p)
+                        .map_err(|e| {
+                            format!("pattern {p:?} is not a glob ({e}), such as \"*.png\"")
+                        })?
+                        .compile_matcher(),
+                ),
+                None => None,
+            };
+            let events = t
+                .events
+                .unwrap_or_else(|| vec![FileEvent::Created, FileEvent::Modified]);
+            if events.is_empty() {
+                return Err("events is empty: list some of created, modified, removed".to_string());
+            }
+            Ok(Trigger::Watch(WatchTrigger {
+                folder: root.join(folder),
+                pattern: t.pattern,
+                matcher,
+                recursive: t.recursive.unwrap_or(false),
+                events,
+                debounce: t.debounce.map_or(DEFAULT_DEBOUNCE, |d| d.0),
+            }))
+        }
         kind => {
             let schedule = match kind {
                 "cron" => Schedule::cron(t.cron.as_deref().unwrap_or_default(), t.tz.as_deref())?,

@@ -2,11 +2,16 @@
 //! environment the guest sees, one tracing span, and the log lines of its result.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use tracing::Instrument;
 
+use crate::config::DirMount;
 use crate::registry::Function;
+
+/// Where a watch trigger's folder appears in the sandbox.
+pub const INPUT: &str = "/input";
 use crate::sandbox::{self, Outcome, Run, Sandbox};
 
 /// What fired an invocation (`JOBHOST_TRIGGER`).
@@ -14,6 +19,7 @@ use crate::sandbox::{self, Outcome, Run, Sandbox};
 pub enum TriggerKind {
     Http,
     Timer,
+    File,
     Manual,
 }
 
@@ -22,6 +28,7 @@ impl TriggerKind {
         match self {
             TriggerKind::Http => "http",
             TriggerKind::Timer => "timer",
+            TriggerKind::File => "file",
             TriggerKind::Manual => "manual",
         }
     }
@@ -31,6 +38,7 @@ impl TriggerKind {
         match text {
             "http" => Some(TriggerKind::Http),
             "timer" => Some(TriggerKind::Timer),
+            "file" => Some(TriggerKind::File),
             "manual" => Some(TriggerKind::Manual),
             _ => None,
         }
@@ -57,6 +65,8 @@ pub struct Invocation<'a> {
     /// Trigger-specific variables (CGI variables for HTTP).
     pub vars: Vec<(String, String)>,
     pub payload: Bytes,
+    /// A watched folder, mounted read-only at `/input`.
+    pub input: Option<PathBuf>,
 }
 
 impl Invocation<'_> {
@@ -91,12 +101,24 @@ impl Invocation<'_> {
         )
     }
 
+    fn dirs(&self) -> Vec<DirMount> {
+        let mut dirs = self.function.spec.dirs.clone();
+        if let Some(input) = &self.input {
+            dirs.push(DirMount {
+                host: input.clone(),
+                guest: INPUT.to_string(),
+                write: false,
+            });
+        }
+        dirs
+    }
+
     pub fn run(&self) -> Run<'_> {
         Run {
             limits: &self.function.spec.limits,
             env: self.env(),
             stdin: self.payload.clone(),
-            dirs: &self.function.spec.dirs,
+            dirs: self.dirs(),
             config: sandbox::values(&self.function.spec.config),
             program: &self.function.spec.name,
         }

@@ -109,17 +109,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     for problem in &registry.problems {
         tracing::error!(function = %problem.function, "{}", problem.message);
     }
-    for function in registry.functions.values() {
-        for trigger in &function.spec.triggers {
-            if let Trigger::Watch(w) = trigger {
-                tracing::warn!(
-                    function = %function.spec.name,
-                    "watch trigger on {} will not fire: watches are not in this build yet",
-                    w.folder.display()
-                );
-            }
-        }
-    }
     let function_permits = registry
         .functions
         .values()
@@ -158,17 +147,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut timer_keys = Vec::new();
     for function in host.registry.functions.values() {
         for trigger in &function.spec.triggers {
-            if let Trigger::Timer(timer) = trigger {
-                let key = triggers::timer::key(&function.spec.name, timer);
-                timer_keys.push(key.clone());
-                let task = triggers::timer::run(
-                    host.clone(),
-                    function.clone(),
-                    timer.clone(),
-                    key,
-                    accept.clone(),
-                );
-                host.tasks.spawn(task);
+            match trigger {
+                Trigger::Timer(timer) => {
+                    let key = triggers::timer::key(&function.spec.name, timer);
+                    timer_keys.push(key.clone());
+                    let f = function.clone();
+                    let task =
+                        triggers::timer::run(host.clone(), f, timer.clone(), key, accept.clone());
+                    host.tasks.spawn(task);
+                }
+                Trigger::Watch(watch) => {
+                    let key = triggers::watch::key(&function.spec.name, watch);
+                    let f = function.clone();
+                    let task =
+                        triggers::watch::run(host.clone(), f, watch.clone(), key, accept.clone());
+                    host.tasks.spawn(task);
+                }
+                Trigger::Http(_) => {}
             }
         }
     }
@@ -324,6 +319,7 @@ pub async fn invoke(config: &Config, name: &str, data: Bytes) -> anyhow::Result<
         attempt: 1,
         vars: Vec::new(),
         payload: data,
+        input: None,
     };
     Ok(dispatch::run_command(&sandbox, &invocation).await)
 }

@@ -73,6 +73,7 @@ async fn run_claimed(host: Arc<Host>, function: Arc<Function>, claimed: Claimed,
         attempt: claimed.attempt,
         vars: claimed.vars,
         payload: Bytes::from(claimed.payload),
+        input: claimed.input_dir,
     };
     let span = invocation.span();
     let outcome = tokio::select! {

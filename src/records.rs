@@ -5,6 +5,7 @@
 //! The journal is WAL with `synchronous = NORMAL`: a committed row survives the process
 //! being killed (even `kill -9`); an operating-system crash may lose the last commits.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -51,9 +52,17 @@ CREATE TABLE IF NOT EXISTS invocations (
     stderr           BLOB,
     stdout_truncated INTEGER NOT NULL DEFAULT 0,
     stderr_truncated INTEGER NOT NULL DEFAULT 0,
-    timer            TEXT
+    timer            TEXT,
+    input_dir        TEXT
 );
 CREATE INDEX IF NOT EXISTS invocations_timer ON invocations (timer, state);
+CREATE TABLE IF NOT EXISTS receipts (
+    watch      TEXT NOT NULL,
+    path       TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    mtime      INTEGER NOT NULL,
+    PRIMARY KEY (watch, path)
+);
 CREATE TABLE IF NOT EXISTS timers (
     key        TEXT PRIMARY KEY,
     last       INTEGER NOT NULL
@@ -80,6 +89,15 @@ pub struct NewInvocation<'a> {
     pub vars: &'a [(String, String)],
     /// The timer that fired it: runs of one timer never overlap.
     pub timer: Option<&'a str>,
+    /// The watched folder a file event comes from, mounted read-only at `/input`.
+    pub input_dir: Option<&'a Path>,
+}
+
+/// What a watch remembers of a file it handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    pub size: u64,
+    pub mtime: i64,
 }
 
 /// A queued invocation claimed to run now.
@@ -91,6 +109,7 @@ pub struct Claimed {
     pub max_attempt: u32,
     pub payload: Vec<u8>,
     pub vars: Vec<(String, String)>,
+    pub input_dir: Option<PathBuf>,
 }
 
 /// A due invocation: what the worker needs to decide whether it can start it.
@@ -227,34 +246,108 @@ impl Records {
         durable: bool,
         run_after: i64,
     ) -> anyhow::Result<()> {
-        let now = now_ms();
-        let vars = serde_json::to_string(new.vars)?;
-        let (attempt, started_at) = if durable { (0, None) } else { (1, Some(now)) };
-        self.conn().execute(
-            "INSERT INTO invocations (id, function, trigger, reason, attempt, max_attempt, state, durable,
-                 payload, vars, created_at, run_after, started_at, timer, finished_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-            params![
-                new.id,
-                new.function,
-                new.trigger,
-                new.reason,
-                attempt,
-                new.max_attempt,
-                state,
-                durable,
-                new.payload,
-                vars,
-                now,
-                run_after,
-                started_at,
-                new.timer,
-                (state == "skipped").then_some(now)
-            ],
-        )?;
+        insert_on(&self.conn(), new, state, durable, run_after)
+    }
+
+    /// Queues a file event and stores the file's receipt (`None` forgets it) in one
+    /// transaction: a handled file is never forgotten, a forgotten one never handled.
+    /// `new` is `None` for a change that the watch's `events` does not fire for.
+    pub fn enqueue_file(
+        &self,
+        new: Option<&NewInvocation<'_>>,
+        watch: &str,
+        path: &str,
+        receipt: Option<Receipt>,
+    ) -> anyhow::Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        if let Some(new) = new {
+            insert_on(&tx, new, "queued", true, now_ms())?;
+        }
+        match receipt {
+            Some(r) => tx.execute(
+                "INSERT INTO receipts (watch, path, size, mtime) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (watch, path) DO UPDATE SET size = ?3, mtime = ?4",
+                params![watch, path, r.size as i64, r.mtime],
+            )?,
+            None => tx.execute(
+                "DELETE FROM receipts WHERE watch = ?1 AND path = ?2",
+                params![watch, path],
+            )?,
+        };
+        tx.commit()?;
         Ok(())
     }
 
+    /// The receipt of one file of a watch.
+    pub fn receipt(&self, watch: &str, path: &str) -> anyhow::Result<Option<Receipt>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT size, mtime FROM receipts WHERE watch = ?1 AND path = ?2")?;
+        let receipt = stmt
+            .query_row(params![watch, path], |r| {
+                Ok(Receipt {
+                    size: r.get::<_, i64>(0)? as u64,
+                    mtime: r.get(1)?,
+                })
+            })
+            .optional()?;
+        Ok(receipt)
+    }
+
+    /// Every receipt of a watch, by path.
+    pub fn receipts(&self, watch: &str) -> anyhow::Result<HashMap<String, Receipt>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT path, size, mtime FROM receipts WHERE watch = ?1")?;
+        let rows = stmt.query_map(params![watch], |r| {
+            let receipt = Receipt {
+                size: r.get::<_, i64>(1)? as u64,
+                mtime: r.get(2)?,
+            };
+            Ok((r.get::<_, String>(0)?, receipt))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn insert_on(
+    conn: &Connection,
+    new: &NewInvocation<'_>,
+    state: &str,
+    durable: bool,
+    run_after: i64,
+) -> anyhow::Result<()> {
+    let now = now_ms();
+    let vars = serde_json::to_string(new.vars)?;
+    let (attempt, started_at) = if durable { (0, None) } else { (1, Some(now)) };
+    conn.execute(
+        "INSERT INTO invocations (id, function, trigger, reason, attempt, max_attempt, state, durable,
+             payload, vars, created_at, run_after, started_at, timer, finished_at, input_dir)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        params![
+            new.id,
+            new.function,
+            new.trigger,
+            new.reason,
+            attempt,
+            new.max_attempt,
+            state,
+            durable,
+            new.payload,
+            vars,
+            now,
+            run_after,
+            started_at,
+            new.timer,
+            (state == "skipped").then_some(now),
+            new.input_dir.map(|p| p.to_string_lossy().into_owned())
+        ],
+    )?;
+    Ok(())
+}
+
+impl Records {
     /// Durable invocations ready to run, oldest first.
     pub fn due(&self, now: i64, limit: usize) -> anyhow::Result<Vec<Due>> {
         let conn = self.conn();
@@ -298,7 +391,7 @@ impl Records {
             return Ok(None);
         }
         let claimed = tx.query_row(
-            "SELECT id, function, trigger, attempt, max_attempt, payload, vars FROM invocations WHERE id = ?1",
+            "SELECT id, function, trigger, attempt, max_attempt, payload, vars, input_dir FROM invocations WHERE id = ?1",
             params![id],
             |r| {
                 let vars: String = r.get(6)?;
@@ -310,6 +403,7 @@ impl Records {
                     max_attempt: r.get(4)?,
                     payload: r.get(5)?,
                     vars: serde_json::from_str(&vars).unwrap_or_default(),
+                    input_dir: r.get::<_, Option<String>>(7)?.map(PathBuf::from),
                 })
             },
         )?;

@@ -99,7 +99,7 @@ pub struct Run<'a> {
     pub limits: &'a Limits,
     pub env: Vec<(String, String)>,
     pub stdin: Bytes,
-    pub dirs: &'a [DirMount],
+    pub dirs: Vec<DirMount>,
     pub config: Values,
     /// argv[0], the function's name.
     pub program: &'a str,
@@ -692,7 +692,7 @@ fn wasi_builder(
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
-    for dir in run.dirs {
+    for dir in &run.dirs {
         let perms = if dir.write {
             FsPerms::ReadWrite
         } else {

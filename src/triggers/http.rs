@@ -186,6 +186,7 @@ pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> 
         attempt: 1,
         vars,
         payload: body.clone(),
+        input: None,
     };
     let new = NewInvocation {
         id: &invocation.id,
@@ -196,6 +197,7 @@ pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> 
         payload: &[],
         vars: &[],
         timer: None,
+        input_dir: None,
     };
     if let Err(e) = host.records.start_sync(&new) {
         tracing::error!(id = %invocation.id, "cannot record the invocation: {e:#}");
@@ -286,6 +288,7 @@ pub fn enqueue(
         payload,
         vars,
         timer: None,
+        input_dir: None,
     };
     if let Err(e) = host.records.enqueue(&new, now_ms()) {
         tracing::error!(function = %function.spec.name, "cannot queue an invocation: {e:#}");

@@ -156,6 +156,7 @@ fn fire(
         payload: event.as_bytes(),
         vars: &vars,
         timer: Some(key),
+        input_dir: None,
     };
     let skip = match host.records.timer_active(key) {
         Ok((running, waiting)) => match timer.overlap {

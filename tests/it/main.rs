@@ -12,3 +12,4 @@ mod loading;
 mod sandbox;
 mod support;
 mod timers;
+mod watch;

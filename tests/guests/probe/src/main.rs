@@ -1,7 +1,8 @@
 //! A test guest that does what its stdin says, to probe the sandbox from inside:
 //! `env`, `read PATH`, `write PATH`, `alloc MIB`, `loop`, `sleep MS`, `panic`, `exit N`,
 //! `flood BYTES`, `echo TEXT`, `config KEY`, `job MS` (sleep, then print the invocation id
-//! and attempt), `stamp PATH` (append the time in ms to PATH, then fail). Every answer
+//! and attempt), `stamp PATH` (append the time in ms to PATH, then fail), `input` (read the
+//! file of a watch event). Every answer
 //! starts with a CGI header block. An event (JSON on stdin, from a timer or a watch) runs the
 //! command in the function's `PROBE_EVENT` variable, `env` by default.
 
@@ -96,6 +97,16 @@ fn main() {
                 .expect("the stamp file opens");
             let _ = writeln!(file, "{now}");
             fail("stamped, and failing on purpose");
+        }
+        "input" => {
+            let path = std::env::var("JOBHOST_FILE_PATH").unwrap_or_default();
+            let event = std::env::var("JOBHOST_FILE_EVENT").unwrap_or_default();
+            match std::fs::read(&path) {
+                Ok(bytes) => {
+                    let _ = writeln!(out, "read {} bytes of {path} ({event})", bytes.len());
+                }
+                Err(e) => fail(&format!("cannot read {path}: {e}")),
+            }
         }
         "echo" => {
             let _ = writeln!(out, "{arg}");

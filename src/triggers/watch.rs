@@ -1,0 +1,322 @@
+//! Watch triggers: a file fires once per settled change. notify's debouncer reports a path
+//! once it has been quiet for `debounce` (its callback only forwards into a channel); the
+//! actor loop here then checks the file again and compares it with the receipt in the
+//! store (size and modification time), so bursts, atomic saves and renames fire once, and
+//! a restart neither re-fires handled files nor misses ones that came while it was down.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use notify::RecursiveMode;
+use notify_debouncer_mini::{DebounceEventResult, DebouncedEventKind, new_debouncer};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{FileEvent, WatchTrigger};
+use crate::dispatch::{self, INPUT};
+use crate::host::Host;
+use crate::records::{NewInvocation, Receipt};
+use crate::registry::Function;
+
+/// How often the folder itself is checked: created after the host started, or removed
+/// and created again.
+const FOLDER_CHECK: Duration = Duration::from_millis(250);
+
+/// The key receipts are stored under.
+pub fn key(function: &str, watch: &WatchTrigger) -> String {
+    format!(
+        "{function} {} {} {}",
+        watch.folder.display(),
+        watch.pattern.as_deref().unwrap_or("*"),
+        if watch.recursive { "recursive" } else { "flat" }
+    )
+}
+
+/// Temporary and swap files, and anything in a dot-folder (or a dot-file), never fire.
+fn ignored(rel: &Path) -> bool {
+    let components: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let Some(name) = components.last() else {
+        return true;
+    };
+    components.iter().any(|c| c.starts_with('.'))
+        || name.ends_with(".swp")
+        || name.ends_with(".swx")
+        || name.ends_with('~')
+        || name.ends_with(".tmp")
+}
+
+fn wanted(watch: &WatchTrigger, rel: &Path) -> bool {
+    if ignored(rel) || (!watch.recursive && rel.components().count() != 1) {
+        return false;
+    }
+    match (&watch.matcher, &watch.pattern) {
+        (Some(m), Some(p)) if p.contains('/') => m.is_match(rel),
+        (Some(m), _) => rel.file_name().is_some_and(|n| m.is_match(n)),
+        _ => true,
+    }
+}
+
+/// The file's receipt now, or `None` if it is not a regular file.
+fn stat(path: &Path) -> Option<Receipt> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i64 / 1000);
+    Some(Receipt {
+        size: meta.len(),
+        mtime,
+    })
+}
+
+fn rel_text(rel: &Path) -> String {
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The folder's identity, to notice it was removed and created again.
+fn identity(folder: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(folder).ok().filter(|m| m.is_dir())?;
+    Some((meta.dev(), meta.ino()))
+}
+
+struct Watch {
+    host: Arc<Host>,
+    function: Arc<Function>,
+    watch: WatchTrigger,
+    key: String,
+}
+
+pub async fn run(
+    host: Arc<Host>,
+    function: Arc<Function>,
+    watch: WatchTrigger,
+    key: String,
+    stop: CancellationToken,
+) {
+    let w = Watch {
+        host,
+        function,
+        watch,
+        key,
+    };
+    let name = w.function.spec.name.clone();
+    let folder = w.watch.folder.clone();
+    let mut said_missing = false;
+    loop {
+        let Some(id) = identity(&folder) else {
+            if !said_missing {
+                tracing::warn!(function = %name, "watched folder {} does not exist yet; waiting for it", folder.display());
+                said_missing = true;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(FOLDER_CHECK) => continue,
+            }
+        };
+        said_missing = false;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DebounceEventResult>();
+        let debouncer = new_debouncer(w.watch.debounce, move |result| {
+            let _ = tx.send(result);
+        });
+        let mut debouncer = match debouncer {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(function = %name, "cannot watch {}: {e}", folder.display());
+                return;
+            }
+        };
+        let mode = if w.watch.recursive {
+            RecursiveMode::Recursive
+        } else {
+            RecursiveMode::NonRecursive
+        };
+        if let Err(e) = debouncer.watcher().watch(&folder, mode) {
+            tracing::warn!(function = %name, "cannot watch {} yet: {e}", folder.display());
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(FOLDER_CHECK) => continue,
+            }
+        }
+        tracing::info!(function = %name, "watching {}", folder.display());
+        // What changed while nobody watched: before the start, or while the folder was gone.
+        w.reconcile();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                Some(result) = rx.recv() => match result {
+                    Ok(events) => {
+                        let mut paths = HashSet::new();
+                        for event in events {
+                            if event.kind == DebouncedEventKind::Any {
+                                paths.insert(event.path);
+                            }
+                        }
+                        for path in paths {
+                            w.settled(&path);
+                        }
+                    }
+                    Err(e) => tracing::warn!(function = %name, "watch error on {}: {e}", folder.display()),
+                },
+                _ = tokio::time::sleep(FOLDER_CHECK) => {
+                    if identity(&folder) != Some(id) {
+                        tracing::warn!(function = %name, "watched folder {} was removed; waiting for it to come back", folder.display());
+                        break;
+                    }
+                }
+            }
+        }
+        drop(debouncer);
+    }
+}
+
+impl Watch {
+    /// A path that has been quiet for `debounce`: check it again and fire if it changed.
+    fn settled(&self, path: &Path) {
+        let Ok(rel) = path.strip_prefix(&self.watch.folder) else {
+            return;
+        };
+        if rel.as_os_str().is_empty() {
+            return; // the folder itself; its removal is noticed by the identity check
+        }
+        if path.is_dir() {
+            // A folder moved in or created: whatever it holds is new.
+            if self.watch.recursive {
+                self.reconcile();
+            }
+            return;
+        }
+        if !wanted(&self.watch, rel) {
+            return;
+        }
+        let rel = rel_text(rel);
+        let before = match self.host.records.receipt(&self.key, &rel) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(function = %self.function.spec.name, "reading receipts: {e:#}");
+                return;
+            }
+        };
+        self.changed(&rel, before, stat(path));
+    }
+
+    /// Compares the folder with the receipts and fires for every difference.
+    fn reconcile(&self) {
+        let mut receipts = match self.host.records.receipts(&self.key) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(function = %self.function.spec.name, "reading receipts: {e:#}");
+                return;
+            }
+        };
+        let mut files = Vec::new();
+        self.scan(&self.watch.folder, &mut files);
+        for (rel, now) in files {
+            let before = receipts.remove(&rel);
+            self.changed(&rel, before, Some(now));
+        }
+        for (rel, before) in receipts {
+            self.changed(&rel, Some(before), None);
+        }
+    }
+
+    fn scan(&self, dir: &Path, out: &mut Vec<(String, Receipt)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(rel) = path.strip_prefix(&self.watch.folder) else {
+                continue;
+            };
+            if path.is_dir() {
+                if self.watch.recursive && !ignored(rel) {
+                    self.scan(&path, out);
+                }
+            } else if wanted(&self.watch, rel)
+                && let Some(receipt) = stat(&path)
+            {
+                out.push((rel_text(rel), receipt));
+            }
+        }
+    }
+
+    fn changed(&self, rel: &str, before: Option<Receipt>, now: Option<Receipt>) {
+        let event = match (before, now) {
+            (None, Some(_)) => FileEvent::Created,
+            (Some(b), Some(n)) if b != n => FileEvent::Modified,
+            (Some(_), None) => FileEvent::Removed,
+            _ => return,
+        };
+        let fire = self.watch.events.contains(&event);
+        let id = dispatch::new_id();
+        let guest_path = format!("{INPUT}/{rel}");
+        let vars = vec![
+            ("JOBHOST_FILE_PATH".to_string(), guest_path.clone()),
+            ("JOBHOST_FILE_EVENT".to_string(), event.as_str().to_string()),
+        ];
+        let payload = serde_json::json!({
+            "trigger": "file",
+            "event": event.as_str(),
+            "path": guest_path,
+            "size": now.map(|r| r.size),
+        })
+        .to_string();
+        let new = NewInvocation {
+            id: &id,
+            function: &self.function.spec.name,
+            trigger: "file",
+            reason: "file",
+            max_attempt: self.function.spec.limits.retry.attempts,
+            payload: payload.as_bytes(),
+            vars: &vars,
+            timer: None,
+            input_dir: Some(&self.watch.folder),
+        };
+        match self
+            .host
+            .records
+            .enqueue_file(fire.then_some(&new), &self.key, rel, now)
+        {
+            Ok(()) if fire => {
+                tracing::info!(function = %self.function.spec.name, %id, "{} {rel}", event.as_str());
+                self.host.wake.notify_one();
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(function = %self.function.spec.name, "cannot queue {} {rel}: {e:#}", event.as_str())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_swap_and_dot_files_never_fire() {
+        for (path, expect) in [
+            ("a.png", false),
+            ("a.png.swp", true),
+            ("a.png~", true),
+            (".#a.png", true),
+            ("a.tmp", true),
+            (".cache/a.png", true),
+            ("sub/a.png", false),
+        ] {
+            assert_eq!(ignored(Path::new(path)), expect, "{path}");
+        }
+    }
+}
