@@ -61,14 +61,20 @@ pub fn function_views(registry: &Registry) -> Vec<FunctionView> {
             error: None,
         })
         .collect();
-    out.extend(registry.problems.iter().map(|p| FunctionView {
-        name: p.function.clone(),
-        status: "error",
-        shape: None,
-        module: None,
-        triggers: Vec::new(),
-        error: Some(p.message.clone()),
-    }));
+    for problem in &registry.problems {
+        // A function whose new version failed still serves its previous one: one entry.
+        match out.iter_mut().find(|f| f.name == problem.function) {
+            Some(serving) => serving.error = Some(problem.message.clone()),
+            None => out.push(FunctionView {
+                name: problem.function.clone(),
+                status: "error",
+                shape: None,
+                module: None,
+                triggers: Vec::new(),
+                error: Some(problem.message.clone()),
+            }),
+        }
+    }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
@@ -138,9 +144,9 @@ pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> 
     let segments: Vec<&str> = path.split('/').collect();
     let method = req.method().clone();
     match (method, segments.as_slice()) {
-        (Method::GET, ["functions"]) => json(StatusCode::OK, &function_views(&host.registry)),
+        (Method::GET, ["functions"]) => json(StatusCode::OK, &function_views(&host.registry())),
         (Method::POST, ["functions", name, "invoke"]) => {
-            let Some(function) = host.registry.functions.get(*name).cloned() else {
+            let Some(function) = host.registry().functions.get(*name).cloned() else {
                 return error(
                     StatusCode::NOT_FOUND,
                     format!("no function named `{name}` is loaded"),
@@ -183,7 +189,7 @@ pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> 
         },
         (Method::POST, ["invocations", id, "retry"]) => {
             let attempts = host.records.get(id).ok().flatten().and_then(|r| {
-                host.registry
+                host.registry()
                     .functions
                     .get(&r.function)
                     .map(|f| f.spec.limits.retry.attempts)

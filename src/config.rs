@@ -27,7 +27,7 @@ pub struct Config {
     pub declared: BTreeMap<String, RawFunctionAt>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HostSettings {
     pub listen: SocketAddr,
     pub functions_dir: PathBuf,
@@ -56,7 +56,7 @@ pub struct Retry {
 }
 
 /// One function, validated: what a module in `functions/` runs with.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FunctionSpec {
     pub name: String,
     pub module: PathBuf,

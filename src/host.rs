@@ -1,11 +1,11 @@
-//! A running host: configuration, sandbox and functions loaded once, the listener bound,
-//! every task tracked and stopped by one shutdown signal. Also the in-process `invoke` and
-//! `check` of the CLI.
+//! A running host: the store locked and recovered, functions loaded (and swapped whole on
+//! reload), the listener bound, every task tracked and stopped by one shutdown signal.
+//! Also the in-process `check`, `functions` and `invoke` of the CLI.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -20,20 +20,24 @@ use crate::config::{self, Config, Trigger};
 use crate::dispatch::{self, Invocation, TriggerKind};
 use crate::queue;
 use crate::records::Records;
-use crate::registry::{self, Registry};
+use crate::registry::{self, Function, Registry};
+use crate::reload;
 use crate::sandbox::{Outcome, Sandbox, SandboxSettings, Shape};
 use crate::triggers;
 
 /// Shared state of a running host.
 pub struct Host {
+    /// The configuration the host started with; its `[host]` settings hold until a restart.
     pub config: Config,
     pub sandbox: Sandbox,
-    pub registry: Registry,
+    /// The functions now; swapped whole by a reload, so a request or a run keeps the
+    /// version it started with.
+    registry: RwLock<Arc<Registry>>,
+    /// Each function's timer and watch tasks, stopped when it is reloaded or removed.
+    trigger_tasks: Mutex<HashMap<String, CancellationToken>>,
     pub records: Records,
     /// `max_concurrency`: one permit per running invocation.
     pub permits: Arc<Semaphore>,
-    /// Each function's own `concurrency`, for those that set it.
-    pub function_permits: BTreeMap<String, Arc<Semaphore>>,
     /// Wakes the queue worker: new durable work, or a slot came free.
     pub wake: Notify,
     /// Cancelled on the first shutdown signal: the listener and triggers stop, and requests
@@ -51,10 +55,18 @@ pub struct Permit {
 }
 
 impl Host {
+    /// The functions as they are now.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// A permit to run `function` now, or `None` when a limit is reached.
-    pub fn try_permit(&self, function: &str) -> Option<Permit> {
+    pub fn try_permit(&self, function: &Function) -> Option<Permit> {
         let host = self.permits.clone().try_acquire_owned().ok()?;
-        let function = match self.function_permits.get(function) {
+        let function = match &function.permits {
             Some(s) => Some(s.clone().try_acquire_owned().ok()?),
             None => None,
         };
@@ -67,6 +79,71 @@ impl Host {
     /// `/_jobhost/` needs the admin token when the listener is not on loopback.
     pub fn admin_needs_token(&self) -> bool {
         !self.config.host.listen.ip().is_loopback()
+    }
+
+    /// Makes `next` the functions: logs what changed, restarts the timers and watches of
+    /// every function that changed, stops those of removed ones.
+    pub fn install(self: &Arc<Self>, next: Registry) {
+        let previous = self.registry();
+        for problem in &next.problems {
+            let known = previous
+                .problems
+                .iter()
+                .any(|p| p.function == problem.function && p.message == problem.message);
+            if !known {
+                tracing::error!(function = %problem.function, "{}", problem.message);
+            }
+        }
+        let mut tasks = self.trigger_tasks.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, old) in &previous.functions {
+            let kept = next
+                .functions
+                .get(name)
+                .is_some_and(|new| Arc::ptr_eq(old, new));
+            if !kept && let Some(token) = tasks.remove(name) {
+                token.cancel();
+            }
+            if !next.functions.contains_key(name) {
+                tracing::info!(function = %name, "removed");
+            }
+        }
+        for (name, function) in &next.functions {
+            let kept = previous
+                .functions
+                .get(name)
+                .is_some_and(|old| Arc::ptr_eq(old, function));
+            if !kept {
+                let token = self.accept.child_token();
+                self.start_triggers(function, &token);
+                tasks.insert(name.clone(), token);
+            }
+        }
+        drop(tasks);
+        *self.registry.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        // Work that waited for a function may run now.
+        self.wake.notify_one();
+    }
+
+    fn start_triggers(self: &Arc<Self>, function: &Arc<Function>, stop: &CancellationToken) {
+        for trigger in &function.spec.triggers {
+            match trigger {
+                Trigger::Timer(timer) => {
+                    let key = triggers::timer::key(&function.spec.name, timer);
+                    let f = function.clone();
+                    let task =
+                        triggers::timer::run(self.clone(), f, timer.clone(), key, stop.clone());
+                    self.tasks.spawn(task);
+                }
+                Trigger::Watch(watch) => {
+                    let key = triggers::watch::key(&function.spec.name, watch);
+                    let f = function.clone();
+                    let task =
+                        triggers::watch::run(self.clone(), f, watch.clone(), key, stop.clone());
+                    self.tasks.spawn(task);
+                }
+                Trigger::Http(_) => {}
+            }
+        }
     }
 }
 
@@ -105,20 +182,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         );
     }
     let sandbox = sandbox_for(&config)?;
+    std::fs::create_dir_all(&config.host.functions_dir).with_context(|| {
+        format!(
+            "creating the functions folder {}",
+            config.host.functions_dir.display()
+        )
+    })?;
     let registry = registry::load(&config, &sandbox, None);
-    for problem in &registry.problems {
-        tracing::error!(function = %problem.function, "{}", problem.message);
-    }
-    let function_permits = registry
+    let timer_keys: Vec<String> = registry
         .functions
         .values()
-        .filter_map(|f| {
-            Some((
-                f.spec.name.clone(),
-                Arc::new(Semaphore::new(f.spec.concurrency?)),
-            ))
+        .flat_map(|f| {
+            f.spec.triggers.iter().filter_map(|t| match t {
+                Trigger::Timer(timer) => Some(triggers::timer::key(&f.spec.name, timer)),
+                _ => None,
+            })
         })
         .collect();
+    records.forget_timers_except(&timer_keys)?;
     let listen = config.host.listen;
     let listener = TcpListener::bind(listen).await.with_context(|| {
         format!("binding {listen} (host.listen): is another program using the port?")
@@ -126,16 +207,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     let host = Arc::new(Host {
         permits: Arc::new(Semaphore::new(config.host.max_concurrency)),
-        function_permits,
         config,
         sandbox,
-        registry,
+        registry: RwLock::new(Arc::new(Registry::default())),
+        trigger_tasks: Mutex::new(HashMap::new()),
         records,
         wake: Notify::new(),
         accept: CancellationToken::new(),
         hard_stop: CancellationToken::new(),
         tasks: TaskTracker::new(),
     });
+    let unsettled = registry.unsettled;
+    host.install(registry);
     let accept = host.accept.clone();
     host.tasks.spawn(triggers::http::serve(
         listener,
@@ -144,33 +227,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     ));
     host.tasks.spawn(queue::run(host.clone(), accept.clone()));
     host.tasks.spawn(prune(host.clone(), accept.clone()));
-    let mut timer_keys = Vec::new();
-    for function in host.registry.functions.values() {
-        for trigger in &function.spec.triggers {
-            match trigger {
-                Trigger::Timer(timer) => {
-                    let key = triggers::timer::key(&function.spec.name, timer);
-                    timer_keys.push(key.clone());
-                    let f = function.clone();
-                    let task =
-                        triggers::timer::run(host.clone(), f, timer.clone(), key, accept.clone());
-                    host.tasks.spawn(task);
-                }
-                Trigger::Watch(watch) => {
-                    let key = triggers::watch::key(&function.spec.name, watch);
-                    let f = function.clone();
-                    let task =
-                        triggers::watch::run(host.clone(), f, watch.clone(), key, accept.clone());
-                    host.tasks.spawn(task);
-                }
-                Trigger::Http(_) => {}
-            }
-        }
-    }
-    host.records.forget_timers_except(&timer_keys)?;
+    host.tasks
+        .spawn(reload::run(host.clone(), unsettled, accept.clone()));
+    let registry = host.registry();
     tracing::info!(
-        functions = host.registry.functions.len(),
-        problems = host.registry.problems.len(),
+        functions = registry.functions.len(),
+        problems = registry.problems.len(),
         startup_ms = started.elapsed().as_millis() as u64,
         "listening on http://{addr}"
     );

@@ -15,6 +15,7 @@ pub mod host;
 pub mod queue;
 pub mod records;
 pub mod registry;
+pub mod reload;
 pub mod sandbox;
 pub mod schedule;
 pub mod triggers;

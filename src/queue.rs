@@ -42,12 +42,13 @@ pub async fn run(host: Arc<Host>, stop: CancellationToken) {
 }
 
 fn start_due(host: &Arc<Host>) -> anyhow::Result<()> {
+    let registry = host.registry();
     for due in host.records.due(now_ms(), 256)? {
         // A function that is not loaded keeps its work queued until it is.
-        let Some(function) = host.registry.functions.get(&due.function) else {
+        let Some(function) = registry.functions.get(&due.function) else {
             continue;
         };
-        let Some(permit) = host.try_permit(&due.function) else {
+        let Some(permit) = host.try_permit(function) else {
             continue;
         };
         let Some(claimed) = host.records.claim(&due.id)? else {

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use sha2::Digest;
+
 use crate::config::{self, Config, FunctionSpec, HttpMode, HttpTrigger, Route, Trigger};
 use crate::sandbox::{Prepared, Sandbox, Shape};
 
@@ -13,6 +15,10 @@ use crate::sandbox::{Prepared, Sandbox, Shape};
 pub struct Function {
     pub spec: FunctionSpec,
     pub prepared: Prepared,
+    /// SHA-256 of the module's bytes: a reload with the same bytes and spec keeps it.
+    pub module_hash: [u8; 32],
+    /// Its own `concurrency`, shared by every version of the function.
+    pub permits: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// One HTTP route and the function it fires.
@@ -36,7 +42,13 @@ pub struct Registry {
     pub functions: BTreeMap<String, Arc<Function>>,
     pub routes: Vec<RouteEntry>,
     pub problems: Vec<LoadProblem>,
+    /// A module that failed to load while it was still being written: load again later
+    /// before calling it an error.
+    pub unsettled: bool,
 }
+
+/// A module younger than this that does not load may still be being copied.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The names of the functions: every `NAME.wasm` and `NAME.toml` in `functions/` and every
 /// `[functions.NAME]`.
@@ -58,36 +70,101 @@ pub fn function_names(config: &Config) -> Vec<String> {
     names
 }
 
+/// What to make of a module that does not load while it is younger than a second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Young {
+    /// Report it: `check`, start-up and the CLI look at a folder at rest.
+    Report,
+    /// It may still be copying: wait for it to settle (hot reload).
+    Wait,
+}
+
 /// Loads every function; `only` restricts it to one (for `jobhost invoke`).
 pub fn load(config: &Config, sandbox: &Sandbox, only: Option<&str>) -> Registry {
+    reload(config, sandbox, &Registry::default(), only, Young::Report)
+}
+
+/// Loads the functions again, keeping every one whose module bytes and spec are unchanged.
+/// A function that fails to load keeps its previous version serving, with the error shown
+/// beside it; a module that fails while it is younger than a second is taken to be still
+/// copying, and is retried (`unsettled`) rather than reported.
+pub fn reload(
+    config: &Config,
+    sandbox: &Sandbox,
+    previous: &Registry,
+    only: Option<&str>,
+    young: Young,
+) -> Registry {
     let mut registry = Registry::default();
     for name in function_names(config) {
         if only.is_some_and(|o| o != name) {
             continue;
         }
+        let old = previous.functions.get(&name);
         let started = Instant::now();
-        match load_function(config, sandbox, &name) {
+        match load_function(config, sandbox, &name, old) {
             Ok(function) => {
-                tracing::info!(
-                    function = %name,
-                    shape = %function.prepared.shape,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "loaded {}",
-                    function.spec.module.display()
-                );
-                registry.functions.insert(name, Arc::new(function));
+                if !old.is_some_and(|o| Arc::ptr_eq(o, &function)) {
+                    tracing::info!(
+                        function = %name,
+                        shape = %function.prepared.shape,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "{} {}",
+                        if old.is_some() { "reloaded" } else { "loaded" },
+                        function.spec.module.display()
+                    );
+                }
+                registry.functions.insert(name, function);
             }
-            Err(message) => registry.problems.push(LoadProblem {
-                function: name,
-                message,
-            }),
+            Err(failure) => {
+                if failure.unsettled && young == Young::Wait {
+                    registry.unsettled = true;
+                    tracing::debug!(function = %name, "not loaded yet, the module may still be copying: {}", failure.message);
+                    if let Some(old) = old {
+                        registry.functions.insert(name, old.clone());
+                    }
+                    continue;
+                }
+                let message = match old {
+                    Some(old) if failure.module_exists => {
+                        registry.functions.insert(name.clone(), old.clone());
+                        format!("{}; the previous version keeps serving", failure.message)
+                    }
+                    _ => failure.message,
+                };
+                registry.problems.push(LoadProblem {
+                    function: name,
+                    message,
+                });
+            }
         }
     }
     registry.build_routes();
     registry
 }
 
-fn load_function(config: &Config, sandbox: &Sandbox, name: &str) -> Result<Function, String> {
+struct LoadFailure {
+    message: String,
+    module_exists: bool,
+    unsettled: bool,
+}
+
+impl From<String> for LoadFailure {
+    fn from(message: String) -> Self {
+        LoadFailure {
+            message,
+            module_exists: false,
+            unsettled: false,
+        }
+    }
+}
+
+fn load_function(
+    config: &Config,
+    sandbox: &Sandbox,
+    name: &str,
+    old: Option<&Arc<Function>>,
+) -> Result<Arc<Function>, LoadFailure> {
     config::check_function_name(name)?;
     let sidecar_path = config.host.functions_dir.join(format!("{name}.toml"));
     let sidecar = if sidecar_path.exists() {
@@ -100,7 +177,8 @@ fn load_function(config: &Config, sandbox: &Sandbox, name: &str) -> Result<Funct
         return Err(format!(
             "{}: `fuel` is set but the host started without fuel counting: restart the host to enable it",
             module_label(&spec.module)
-        ));
+        )
+        .into());
     }
     let bytes = std::fs::read(&spec.module).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -112,9 +190,29 @@ fn load_function(config: &Config, sandbox: &Sandbox, name: &str) -> Result<Funct
             format!("{}: cannot read the module: {e}", spec.module.display())
         }
     })?;
-    let prepared = sandbox
+    let module_hash: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+    if let Some(old) = old
+        && old.module_hash == module_hash
+        && old.spec == spec
+    {
+        return Ok(old.clone());
+    }
+    let loaded = sandbox
         .load(&bytes)
-        .map_err(|e| format!("{}: {e}", spec.module.display()))?;
+        .map_err(|e| format!("{}: {e}", spec.module.display()));
+    let prepared = match loaded {
+        Ok(p) => p,
+        Err(message) => {
+            let young = std::fs::metadata(&spec.module)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() < SETTLE);
+            return Err(LoadFailure {
+                message,
+                module_exists: true,
+                unsettled: young,
+            });
+        }
+    };
     if prepared.shape == Shape::Http
         && spec
             .triggers
@@ -124,7 +222,8 @@ fn load_function(config: &Config, sandbox: &Sandbox, name: &str) -> Result<Funct
         return Err(format!(
             "{}: a wasi:http component answers its caller itself, so it cannot have mode = \"async\": build it as a command (fn main) to run in the background",
             spec.module.display()
-        ));
+        )
+        .into());
     }
     if prepared.shape == Shape::Http
         && let Some(other) = spec
@@ -135,9 +234,22 @@ fn load_function(config: &Config, sandbox: &Sandbox, name: &str) -> Result<Funct
         return Err(format!(
             "{}: a wasi:http component serves HTTP triggers only, but it has {other:?}: build it as a command (fn main) to use timers or watches",
             spec.module.display()
-        ));
+        )
+        .into());
     }
-    Ok(Function { spec, prepared })
+    // Concurrency slots carry over from the previous version, so a reload never lets more
+    // runs through than `concurrency` allows.
+    let permits = match (spec.concurrency, old) {
+        (Some(n), Some(old)) if old.spec.concurrency == Some(n) => old.permits.clone(),
+        (Some(n), _) => Some(Arc::new(tokio::sync::Semaphore::new(n))),
+        (None, _) => None,
+    };
+    Ok(Arc::new(Function {
+        spec,
+        prepared,
+        module_hash,
+        permits,
+    }))
 }
 
 fn module_label(path: &Path) -> String {

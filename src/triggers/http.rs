@@ -97,7 +97,8 @@ pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> 
     if path.starts_with(api::PREFIX) {
         return api::handle(host, req).await;
     }
-    let mut matched = host.registry.routes_for(&path).peekable();
+    let registry = host.registry();
+    let mut matched = registry.routes_for(&path).peekable();
     if matched.peek().is_none() {
         return text(
             StatusCode::NOT_FOUND,
@@ -165,7 +166,7 @@ pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> 
     if entry.mode == HttpMode::Async {
         return enqueue(host, function, TriggerKind::Http, &body, &vars);
     }
-    let Some(permit) = host.try_permit(&function.spec.name) else {
+    let Some(permit) = host.try_permit(function) else {
         let mut response = text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(

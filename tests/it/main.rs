@@ -9,6 +9,7 @@ mod durable;
 mod examples;
 mod http;
 mod loading;
+mod reload;
 mod sandbox;
 mod support;
 mod timers;
