@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tracing::Instrument;
 
 use crate::config::DirMount;
+use crate::metrics;
 use crate::registry::Function;
 
 /// Where a watch trigger's folder appears in the sandbox.
@@ -132,16 +133,17 @@ pub async fn run_command(sandbox: &Sandbox, invocation: &Invocation<'_>) -> Outc
         let outcome = sandbox
             .run_command(&invocation.function.prepared, invocation.run())
             .await;
-        log_outcome(&outcome, invocation.trigger);
+        log_outcome(&invocation.function.spec.name, invocation.trigger, &outcome);
         outcome
     }
     .instrument(span)
     .await
 }
 
-/// Logs an outcome in the current span: stderr lines at ERROR, stdout at INFO when it is
+/// Counts an outcome and logs it in the current span: stderr lines at ERROR, stdout at INFO when it is
 /// not the response body, and one line with the result.
-pub fn log_outcome(outcome: &Outcome, trigger: TriggerKind) {
+pub fn log_outcome(function: &str, trigger: TriggerKind, outcome: &Outcome) {
+    metrics::get().invocation(function, trigger.as_str(), outcome);
     for line in String::from_utf8_lossy(&outcome.stderr).lines() {
         tracing::error!(target: "guest", "{line}");
     }

@@ -12,6 +12,7 @@ pub mod api;
 pub mod config;
 pub mod dispatch;
 pub mod host;
+pub mod metrics;
 pub mod queue;
 pub mod records;
 pub mod registry;

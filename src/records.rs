@@ -367,6 +367,16 @@ impl Records {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Durable invocations waiting to run: queued, or failed and awaiting a retry.
+    pub fn queue_depth(&self) -> anyhow::Result<i64> {
+        let conn = self.conn();
+        Ok(conn.query_row(
+            "SELECT COUNT(*) FROM invocations WHERE state IN ('queued', 'failed') AND durable = 1",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
     /// When the next durable invocation becomes due, if any is waiting.
     pub fn next_due_at(&self) -> anyhow::Result<Option<i64>> {
         let conn = self.conn();

@@ -139,6 +139,8 @@ pub struct Outcome {
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
     pub duration: Duration,
+    /// How long instantiating the guest took, when it got that far.
+    pub instantiation: Option<Duration>,
 }
 
 impl Outcome {
@@ -190,6 +192,7 @@ struct Guard {
     memory_used: u64,
     memory_hit: bool,
     timed_out: bool,
+    instantiated_in: Option<Duration>,
 }
 
 impl ResourceLimiter for Guard {
@@ -503,17 +506,18 @@ impl Sandbox {
         let started = Instant::now();
         let stdout = Capture::new(run.limits.max_output);
         let stderr = Capture::new(run.limits.max_output);
-        let result = match &prepared.pre {
+        let (result, instantiation) = match &prepared.pre {
             Pre::Command(pre) => {
                 self.run_command_component(pre, &run, &stdout, &stderr)
                     .await
             }
             Pre::Module(pre) => self.run_module(pre, &run, &stdout, &stderr).await,
-            Pre::Http(_) => Err(Failure::Host(
-                "a wasi:http component can only serve HTTP triggers".to_string(),
-            )),
+            Pre::Http(_) => {
+                let why = "a wasi:http component can only serve HTTP triggers";
+                (Err(Failure::Host(why.to_string())), None)
+            }
         };
-        finish(result, &stdout, &stderr, started)
+        finish(result, &stdout, &stderr, started, instantiation)
     }
 
     async fn run_command_component(
@@ -522,18 +526,23 @@ impl Sandbox {
         run: &Run<'_>,
         stdout: &Capture,
         stderr: &Capture,
-    ) -> Result<(), Failure> {
-        let state = component_state(run, stdout, stderr)?;
-        let mut store = self.new_store(state, run.limits)?;
+    ) -> (Result<(), Failure>, Option<Duration>) {
+        let setup =
+            component_state(run, stdout, stderr).and_then(|s| self.new_store(s, run.limits));
+        let mut store = match setup {
+            Ok(store) => store,
+            Err(failure) => return (Err(failure), None),
+        };
         let call = async {
+            let started = Instant::now();
             let command = pre.instantiate_async(&mut store).await?;
+            store.data_mut().guard.instantiated_in = Some(started.elapsed());
             command.wasi_cli_run().call_run(&mut store).await
         };
         let result = tokio::time::timeout(run.limits.timeout, call).await;
-        classify(
-            result.map(|r| r.map(|exit| exit.map_err(|()| 1))),
-            store.data_mut().guard(),
-        )
+        let guard = store.data_mut().guard();
+        let result = classify(result.map(|r| r.map(|exit| exit.map_err(|()| 1))), guard);
+        (result, guard.instantiated_in)
     }
 
     async fn run_module(
@@ -542,21 +551,32 @@ impl Sandbox {
         run: &Run<'_>,
         stdout: &Capture,
         stderr: &Capture,
-    ) -> Result<(), Failure> {
-        let mut builder = wasi_builder(run, stdout, stderr)?;
-        let state = ModuleState {
-            wasi: builder.build_p1(),
-            config: run.config.clone(),
-            guard: guard(run.limits),
+    ) -> (Result<(), Failure>, Option<Duration>) {
+        let setup = wasi_builder(run, stdout, stderr).and_then(|mut builder| {
+            let state = ModuleState {
+                wasi: builder.build_p1(),
+                config: run.config.clone(),
+                guard: guard(run.limits),
+            };
+            self.new_store(state, run.limits)
+        });
+        let mut store = match setup {
+            Ok(store) => store,
+            Err(failure) => return (Err(failure), None),
         };
-        let mut store = self.new_store(state, run.limits)?;
         let call = async {
+            let started = Instant::now();
             let instance = pre.instantiate_async(&mut store).await?;
+            store.data_mut().guard.instantiated_in = Some(started.elapsed());
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
             start.call_async(&mut store, ()).await
         };
         let result = tokio::time::timeout(run.limits.timeout, call).await;
-        classify(result.map(|r| r.map(Ok)), store.data_mut().guard())
+        let guard = store.data_mut().guard();
+        (
+            classify(result.map(|r| r.map(Ok)), guard),
+            guard.instantiated_in,
+        )
     }
 
     /// Serves one request with a wasi:http component, as `wasmtime serve` would.
@@ -571,7 +591,7 @@ impl Sandbox {
         let stderr = Capture::new(run.limits.max_output);
         let Pre::Http(pre) = &prepared.pre else {
             let failure = Failure::Host("not a wasi:http component".to_string());
-            return HttpServed::Failed(finish(Err(failure), &stdout, &stderr, started));
+            return HttpServed::Failed(finish(Err(failure), &stdout, &stderr, started, None));
         };
         let setup = (|| {
             let state = component_state(&run, &stdout, &stderr)?;
@@ -593,7 +613,7 @@ impl Sandbox {
         let (mut store, req, out, receiver) = match setup {
             Ok(s) => s,
             Err(failure) => {
-                return HttpServed::Failed(finish(Err(failure), &stdout, &stderr, started));
+                return HttpServed::Failed(finish(Err(failure), &stdout, &stderr, started, None));
             }
         };
         let pre = pre.clone();
@@ -601,16 +621,20 @@ impl Sandbox {
         let (task_stdout, task_stderr) = (stdout.clone(), stderr.clone());
         let task = tokio::spawn(async move {
             let call = async {
+                let started = Instant::now();
                 let proxy = pre.instantiate_async(&mut store).await?;
+                store.data_mut().guard.instantiated_in = Some(started.elapsed());
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, req, out)
                     .await
             };
             let result = tokio::time::timeout(timeout, call).await;
-            let result = classify(result.map(|r| r.map(Ok)), store.data_mut().guard());
+            let guard = store.data_mut().guard();
+            let result = classify(result.map(|r| r.map(Ok)), guard);
+            let instantiation = guard.instantiated_in;
             drop(store);
-            finish(result, &task_stdout, &task_stderr, started)
+            finish(result, &task_stdout, &task_stderr, started, instantiation)
         });
         match receiver.await {
             Ok(Ok(response)) => HttpServed::Responded(response, task),
@@ -650,6 +674,7 @@ fn panicked(e: tokio::task::JoinError, started: Instant) -> Outcome {
         stdout_truncated: false,
         stderr_truncated: false,
         duration: started.elapsed(),
+        instantiation: None,
     }
 }
 
@@ -674,6 +699,7 @@ fn guard(limits: &Limits) -> Guard {
         memory_used: 0,
         memory_hit: false,
         timed_out: false,
+        instantiated_in: None,
     }
 }
 
@@ -782,6 +808,7 @@ fn finish(
     stdout: &Capture,
     stderr: &Capture,
     started: Instant,
+    instantiation: Option<Duration>,
 ) -> Outcome {
     let (stdout, stdout_truncated) = stdout.take();
     let (stderr, stderr_truncated) = stderr.take();
@@ -792,6 +819,7 @@ fn finish(
         stdout_truncated,
         stderr_truncated,
         duration: started.elapsed(),
+        instantiation,
     }
 }
 

@@ -20,6 +20,7 @@ use crate::api;
 use crate::config::HttpMode;
 use crate::dispatch::{self, Invocation, TriggerKind};
 use crate::host::Host;
+use crate::metrics;
 use crate::records::{NewInvocation, Next, now_ms};
 use crate::registry::{Function, RouteEntry};
 use crate::sandbox::{HttpServed, Outcome, Shape};
@@ -83,6 +84,17 @@ pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> 
     let path = req.uri().path().to_string();
     if path == "/healthz" {
         return text(StatusCode::OK, "ok\n");
+    }
+    if path == "/metrics" {
+        let queued = host.records.queue_depth().unwrap_or(0);
+        let running = host.config.host.max_concurrency - host.permits.available_permits();
+        let body = metrics::get().render(queued, running as i64);
+        let mut response = text(StatusCode::OK, body);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        return response;
     }
     if host.accept.is_cancelled() {
         let mut response = text(
@@ -224,10 +236,11 @@ pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> 
                     // ends, and the permit is held until then.
                     let host = host.clone();
                     let id = id.clone();
+                    let name = function.spec.name.clone();
                     host.clone().tasks.spawn(
                         async move {
                             if let Ok(outcome) = done.await {
-                                dispatch::log_outcome(&outcome, TriggerKind::Http);
+                                dispatch::log_outcome(&name, TriggerKind::Http, &outcome);
                                 record_sync(&host, &id, &outcome);
                             }
                             drop(permit);
@@ -237,7 +250,9 @@ pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> 
                     response
                 }
                 HttpServed::Failed(outcome) => {
-                    span.in_scope(|| dispatch::log_outcome(&outcome, TriggerKind::Http));
+                    span.in_scope(|| {
+                        dispatch::log_outcome(&function.spec.name, TriggerKind::Http, &outcome)
+                    });
                     record_sync(host, &id, &outcome);
                     failed(&id, &outcome)
                 }

@@ -146,6 +146,9 @@ fn fire(
         "schedule": timer.schedule.key(),
     })
     .to_string();
+    if reason == Reason::Scheduled {
+        crate::metrics::get().timer_lateness((Utc::now() - at).to_std().unwrap_or_default());
+    }
     let id = dispatch::new_id();
     let new = NewInvocation {
         id: &id,

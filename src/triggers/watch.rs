@@ -260,6 +260,10 @@ impl Watch {
             _ => return,
         };
         let fire = self.watch.events.contains(&event);
+        if fire && let Some(now) = now {
+            let written = UNIX_EPOCH + Duration::from_micros(now.mtime.max(0) as u64);
+            crate::metrics::get().watch_latency(written.elapsed().unwrap_or_default());
+        }
         let id = dispatch::new_id();
         let guest_path = format!("{INPUT}/{rel}");
         let vars = vec![

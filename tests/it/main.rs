@@ -9,6 +9,7 @@ mod durable;
 mod examples;
 mod http;
 mod loading;
+mod metrics;
 mod reload;
 mod sandbox;
 mod support;

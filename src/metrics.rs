@@ -1,0 +1,172 @@
+//! `GET /metrics` in the Prometheus text format (prometheus-client): invocations by
+//! function, trigger and outcome, durations, queue depth, running invocations, timer
+//! lateness, watch latency, compile and instantiation times.
+//!
+//! The metrics are one process-wide set, as Prometheus clients are: every part of the host
+//! records into it without being handed a reference.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::sandbox::{Failure, Outcome};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InvocationLabels {
+    function: String,
+    trigger: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabels {
+    function: String,
+    trigger: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    invocations: Family<InvocationLabels, Counter>,
+    durations: Family<FunctionLabels, Histogram>,
+    queue_depth: Gauge,
+    running: Gauge,
+    timer_lateness: Histogram,
+    watch_latency: Histogram,
+    compile: Histogram,
+    instantiate: Histogram,
+}
+
+/// Buckets from 50 µs to about 7 minutes.
+fn seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.00005, 2.0, 24))
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let mut registry = Registry::with_prefix("jobhost");
+    let invocations = Family::<InvocationLabels, Counter>::default();
+    registry.register(
+        "invocations",
+        "Invocations finished, by function, trigger and outcome",
+        invocations.clone(),
+    );
+    let durations =
+        Family::<FunctionLabels, Histogram>::new_with_constructor(seconds as fn() -> Histogram);
+    registry.register(
+        "invocation_duration_seconds",
+        "Run time of invocations",
+        durations.clone(),
+    );
+    let queue_depth = Gauge::default();
+    registry.register(
+        "queue_depth",
+        "Durable invocations waiting to run (queued or awaiting a retry)",
+        queue_depth.clone(),
+    );
+    let running = Gauge::default();
+    registry.register(
+        "running_invocations",
+        "Invocations running now",
+        running.clone(),
+    );
+    let timer_lateness = seconds();
+    registry.register(
+        "timer_lateness_seconds",
+        "From a timer's occurrence to its queueing",
+        timer_lateness.clone(),
+    );
+    let watch_latency = seconds();
+    registry.register(
+        "watch_latency_seconds",
+        "From a watched file's last write to its queueing",
+        watch_latency.clone(),
+    );
+    let compile = seconds();
+    registry.register(
+        "module_compile_seconds",
+        "Loading a module: compiling (or reading the cache) and linking",
+        compile.clone(),
+    );
+    let instantiate = seconds();
+    registry.register(
+        "instantiation_seconds",
+        "Instantiating a guest for one invocation",
+        instantiate.clone(),
+    );
+    Metrics {
+        registry,
+        invocations,
+        durations,
+        queue_depth,
+        running,
+        timer_lateness,
+        watch_latency,
+        compile,
+        instantiate,
+    }
+});
+
+pub fn get() -> &'static Metrics {
+    &METRICS
+}
+
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    match &outcome.result {
+        Ok(()) => "succeeded",
+        Err(Failure::Timeout) => "timeout",
+        Err(Failure::MemoryLimit) => "memory_limit",
+        Err(Failure::CpuLimit) => "cpu_limit",
+        Err(Failure::Trap(_)) => "trap",
+        Err(Failure::Exit(_)) => "exit",
+        Err(Failure::Host(_)) => "host_error",
+    }
+}
+
+impl Metrics {
+    pub fn invocation(&self, function: &str, trigger: &str, outcome: &Outcome) {
+        let labels = InvocationLabels {
+            function: function.to_string(),
+            trigger: trigger.to_string(),
+            outcome: outcome_label(outcome).to_string(),
+        };
+        self.invocations.get_or_create(&labels).inc();
+        let labels = FunctionLabels {
+            function: function.to_string(),
+            trigger: trigger.to_string(),
+        };
+        self.durations
+            .get_or_create(&labels)
+            .observe(outcome.duration.as_secs_f64());
+        if let Some(d) = outcome.instantiation {
+            self.instantiate.observe(d.as_secs_f64());
+        }
+    }
+
+    pub fn timer_lateness(&self, late: Duration) {
+        self.timer_lateness.observe(late.as_secs_f64());
+    }
+
+    pub fn watch_latency(&self, latency: Duration) {
+        self.watch_latency.observe(latency.as_secs_f64());
+    }
+
+    pub fn compiled(&self, took: Duration) {
+        self.compile.observe(took.as_secs_f64());
+    }
+
+    /// The text of `/metrics`, with the gauges read now.
+    pub fn render(&self, queue_depth: i64, running: i64) -> String {
+        self.queue_depth.set(queue_depth);
+        self.running.set(running);
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
