@@ -23,7 +23,7 @@ fn run<'a>(limits: &'a Limits) -> Run<'a> {
         env: vec![("JOBHOST_FUNCTION".into(), "bench".into())],
         stdin: Bytes::new(),
         dirs: Vec::new(),
-        config: jobhost::sandbox::values(&Default::default()),
+        config: jobhost::sandbox::GuestConfig::default(),
         program: "bench",
     }
 }

@@ -13,7 +13,7 @@ use crate::registry::Function;
 
 /// Where a watch trigger's folder appears in the sandbox.
 pub const INPUT: &str = "/input";
-use crate::sandbox::{self, Outcome, Run, Sandbox};
+use crate::sandbox::{Outcome, Run, Sandbox};
 
 /// What fired an invocation (`JOBHOST_TRIGGER`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +120,7 @@ impl Invocation<'_> {
             env: self.env(),
             stdin: self.payload.clone(),
             dirs: self.dirs(),
-            config: sandbox::values(&self.function.spec.config),
+            config: self.function.config.clone(),
             program: &self.function.spec.name,
         }
     }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use sha2::Digest;
 
 use crate::config::{self, Config, FunctionSpec, HttpMode, HttpTrigger, Route, Trigger};
-use crate::sandbox::{Prepared, Sandbox, Shape};
+use crate::sandbox::{GuestConfig, Prepared, Sandbox, Shape};
 
 /// A function ready to run: its validated spec and its linked module.
 pub struct Function {
@@ -19,6 +19,8 @@ pub struct Function {
     pub module_hash: [u8; 32],
     /// Its own `concurrency`, shared by every version of the function.
     pub permits: Option<Arc<tokio::sync::Semaphore>>,
+    /// Its configuration as guests read it.
+    pub config: GuestConfig,
 }
 
 /// One HTTP route and the function it fires.
@@ -244,11 +246,13 @@ fn load_function(
         (Some(n), _) => Some(Arc::new(tokio::sync::Semaphore::new(n))),
         (None, _) => None,
     };
+    let config = GuestConfig::new(&spec.config);
     Ok(Arc::new(Function {
         spec,
         prepared,
         module_hash,
         permits,
+        config,
     }))
 }
 

@@ -6,7 +6,6 @@
 mod capture;
 mod imports;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -33,7 +32,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 
 use crate::config::{DirMount, Limits};
 use capture::Capture;
-pub(crate) use imports::Values;
+pub use imports::GuestConfig;
 
 /// How often the epoch advances; a guest past its deadline stops within one tick.
 const TICK: Duration = Duration::from_millis(10);
@@ -100,7 +99,7 @@ pub struct Run<'a> {
     pub env: Vec<(String, String)>,
     pub stdin: Bytes,
     pub dirs: Vec<DirMount>,
-    pub config: Values,
+    pub config: GuestConfig,
     /// argv[0], the function's name.
     pub program: &'a str,
 }
@@ -231,15 +230,14 @@ pub(crate) struct ComponentState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    config_vars: wasmtime_wasi_config::WasiConfigVariables,
-    config: Values,
+    config: GuestConfig,
     hooks: NoOutgoing,
     guard: Guard,
 }
 
 pub(crate) struct ModuleState {
     wasi: WasiP1Ctx,
-    config: Values,
+    config: GuestConfig,
     guard: Guard,
 }
 
@@ -747,11 +745,6 @@ fn component_state(
         wasi: builder.build(),
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
-        config_vars: run
-            .config
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect(),
         config: run.config.clone(),
         hooks: NoOutgoing,
         guard: guard(run.limits),
@@ -821,9 +814,4 @@ fn finish(
         duration: started.elapsed(),
         instantiation,
     }
-}
-
-/// The configuration a function's guest sees.
-pub fn values(config: &BTreeMap<String, String>) -> Values {
-    Arc::new(config.clone())
 }

@@ -29,6 +29,28 @@ mod draft {
 /// Configuration a guest can read: the function's `config` over the shared table.
 pub(crate) type Values = Arc<BTreeMap<String, String>>;
 
+/// A function's configuration in the two forms the imports read, built once per function
+/// version so that an invocation only clones two `Arc`s.
+#[derive(Clone, Default)]
+pub struct GuestConfig {
+    pub(crate) values: Values,
+    pub(crate) wasi: Arc<wasmtime_wasi_config::WasiConfigVariables>,
+}
+
+impl GuestConfig {
+    pub fn new(config: &BTreeMap<String, String>) -> GuestConfig {
+        GuestConfig {
+            values: Arc::new(config.clone()),
+            wasi: Arc::new(
+                config
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
 struct DraftConfig;
 
 impl HasData for DraftConfig {
@@ -57,10 +79,10 @@ pub(crate) fn add_config_to_component_linker(
     linker: &mut wasmtime::component::Linker<ComponentState>,
 ) -> wasmtime::Result<()> {
     wasmtime_wasi_config::add_to_linker(linker, |s: &mut ComponentState| {
-        wasmtime_wasi_config::WasiConfig::from(&s.config_vars)
+        wasmtime_wasi_config::WasiConfig::from(&*s.config.wasi)
     })?;
     draft::wasi::config::store::add_to_linker::<ComponentState, DraftConfig>(linker, |s| {
-        &s.config
+        &s.config.values
     })?;
     Ok(())
 }
@@ -96,7 +118,7 @@ pub(crate) fn add_config_to_module_linker(
             let Ok(key) = String::from_utf8(key) else {
                 wasmtime::bail!("jobhost.config_get: the key is not UTF-8");
             };
-            let Some(value) = caller.data().config.get(&key).cloned() else {
+            let Some(value) = caller.data().config.values.get(&key).cloned() else {
                 return Ok(-1);
             };
             if value.len() <= buf_len as u32 as usize {

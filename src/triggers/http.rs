@@ -173,8 +173,12 @@ pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> 
         }
     };
 
-    let vars = cgi_vars(&parts, &body, entry, &params);
     let function = &entry.function;
+    // A wasi:http component sees the request itself; commands see it as CGI variables.
+    let vars = match function.prepared.shape {
+        Shape::Http => Vec::new(),
+        Shape::Command | Shape::Module => cgi_vars(&parts, &body, entry, &params),
+    };
     if entry.mode == HttpMode::Async {
         return enqueue(host, function, TriggerKind::Http, &body, &vars);
     }
