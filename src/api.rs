@@ -141,6 +141,11 @@ pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> 
         .trim_start_matches(PREFIX)
         .trim_end_matches('/')
         .to_string();
+    if path.starts_with("invocations") {
+        // Read your writes: sync HTTP records are written in batches off the request path.
+        let recorder = host.sync_records.clone();
+        let _ = tokio::task::spawn_blocking(move || recorder.flush()).await;
+    }
     let segments: Vec<&str> = path.split('/').collect();
     let method = req.method().clone();
     match (method, segments.as_slice()) {

@@ -19,7 +19,7 @@ use crate::api;
 use crate::config::{self, Config, Trigger};
 use crate::dispatch::{self, Invocation, TriggerKind};
 use crate::queue;
-use crate::records::Records;
+use crate::records::{Records, SyncRecorder};
 use crate::registry::{self, Function, Registry};
 use crate::reload;
 use crate::sandbox::{Outcome, Sandbox, SandboxSettings, Shape};
@@ -36,6 +36,8 @@ pub struct Host {
     /// Each function's timer and watch tasks, stopped when it is reloaded or removed.
     trigger_tasks: Mutex<HashMap<String, CancellationToken>>,
     pub records: Records,
+    /// Records sync HTTP invocations in batches, off the request path.
+    pub sync_records: SyncRecorder,
     /// `max_concurrency`: one permit per running invocation.
     pub permits: Arc<Semaphore>,
     /// Wakes the queue worker: new durable work, or a slot came free.
@@ -173,6 +175,7 @@ pub fn sandbox_for(config: &Config) -> anyhow::Result<Sandbox> {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let started = Instant::now();
     let records = Records::open_for_host(&config.host.data_dir)?;
+    let sync_records = SyncRecorder::start(&config.host.data_dir)?;
     let (requeued, interrupted) = records.recover()?;
     if requeued > 0 || interrupted > 0 {
         tracing::warn!(
@@ -211,6 +214,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         sandbox,
         registry: RwLock::new(Arc::new(Registry::default())),
         trigger_tasks: Mutex::new(HashMap::new()),
+        sync_records,
         records,
         wake: Notify::new(),
         accept: CancellationToken::new(),
@@ -273,6 +277,13 @@ impl Running {
             );
             self.stop_now().await;
         }
+        self.flush_records().await;
+    }
+
+    /// Writes out the sync HTTP records still in memory.
+    async fn flush_records(&self) {
+        let recorder = self.host.sync_records.clone();
+        let _ = tokio::task::spawn_blocking(move || recorder.flush()).await;
     }
 
     /// Interrupts whatever still runs and waits briefly for their records to be updated.
@@ -281,6 +292,7 @@ impl Running {
         self.host.tasks.close();
         self.host.hard_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.host.tasks.wait()).await;
+        self.flush_records().await;
     }
 }
 

@@ -118,15 +118,88 @@ pub struct Due {
     pub function: String,
 }
 
+/// A finished sync HTTP invocation, recorded in a batch by [`SyncRecorder`].
+pub struct SyncRecord {
+    pub id: String,
+    pub function: String,
+    pub started_at: i64,
+    pub outcome: Outcome,
+}
+
+enum SyncMessage {
+    Record(Box<SyncRecord>),
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// Writes sync HTTP records on a thread of its own, each batch in one transaction, so a
+/// request never waits for SQLite. Sync HTTP is recorded but never retried, so nothing
+/// durable waits here; `flush` gives readers (the API, shutdown) every record sent before.
+#[derive(Clone)]
+pub struct SyncRecorder {
+    tx: std::sync::mpsc::Sender<SyncMessage>,
+}
+
+/// The most records written in one transaction.
+const SYNC_BATCH: usize = 512;
+
+impl SyncRecorder {
+    /// Starts the writer on a connection of its own, so that its commits (and the WAL
+    /// checkpoints they trigger) never hold up the store's other users.
+    pub fn start(data_dir: &Path) -> anyhow::Result<SyncRecorder> {
+        let mut conn = open_connection(data_dir)?;
+        let (tx, rx) = std::sync::mpsc::channel::<SyncMessage>();
+        std::thread::Builder::new()
+            .name("jobhost-records".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = Vec::new();
+                    let mut flushes = Vec::new();
+                    let mut next = Some(first);
+                    while let Some(message) = next.take() {
+                        match message {
+                            SyncMessage::Record(r) => batch.push(*r),
+                            SyncMessage::Flush(done) => flushes.push(done),
+                        }
+                        if batch.len() < SYNC_BATCH {
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                    if !batch.is_empty()
+                        && let Err(e) = insert_sync(&mut conn, &batch)
+                    {
+                        tracing::error!(
+                            "cannot record {} sync HTTP invocations: {e:#}",
+                            batch.len()
+                        );
+                    }
+                    for done in flushes {
+                        let _ = done.send(());
+                    }
+                }
+            })?;
+        Ok(SyncRecorder { tx })
+    }
+
+    pub fn record(&self, record: SyncRecord) {
+        let _ = self.tx.send(SyncMessage::Record(Box::new(record)));
+    }
+
+    /// Waits until every record sent before is written (or five seconds passed).
+    pub fn flush(&self) {
+        let (done, wait) = std::sync::mpsc::channel();
+        if self.tx.send(SyncMessage::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
 /// How a finished attempt leaves the record.
 pub enum Next {
     Succeeded,
     /// Failed; run again at this time (ms).
     RetryAt(i64),
-    /// Failed, attempts used up (or not retried, for sync HTTP).
+    /// Failed, attempts used up.
     Dead,
-    /// Failed and never retried: sync HTTP, where the caller decides.
-    Failed,
 }
 
 /// An invocation as the API and the CLI show it.
@@ -234,11 +307,6 @@ impl Records {
         self.insert(new, "skipped", true, now_ms())
     }
 
-    /// Records a sync HTTP invocation that starts now.
-    pub fn start_sync(&self, new: &NewInvocation<'_>) -> anyhow::Result<()> {
-        self.insert(new, "running", false, now_ms())
-    }
-
     fn insert(
         &self,
         new: &NewInvocation<'_>,
@@ -309,6 +377,43 @@ impl Records {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// Records finished sync HTTP invocations, many in one transaction.
+fn insert_sync(conn: &mut Connection, batch: &[SyncRecord]) -> anyhow::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO invocations (id, function, trigger, reason, attempt, max_attempt, state,
+                 durable, payload, vars, created_at, run_after, started_at, finished_at,
+                 duration_ms, exit_code, error, stdout, stderr, stdout_truncated, stderr_truncated)
+             VALUES (?1, ?2, 'http', 'http', 1, 1, ?3, 0, x'', '[]', ?4, ?4, ?4, ?5, ?6, ?7, ?8,
+                 ?9, ?10, ?11, ?12)",
+        )?;
+        for r in batch {
+            let o = &r.outcome;
+            stmt.execute(params![
+                r.id,
+                r.function,
+                if o.result.is_ok() {
+                    "succeeded"
+                } else {
+                    "failed"
+                },
+                r.started_at,
+                r.started_at + o.duration.as_millis() as i64,
+                o.duration.as_millis() as i64,
+                o.exit_code(),
+                o.result.as_ref().err().map(ToString::to_string),
+                o.stdout.as_ref(),
+                o.stderr.as_ref(),
+                o.stdout_truncated,
+                o.stderr_truncated
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 fn insert_on(
@@ -428,7 +533,6 @@ impl Records {
             Next::Succeeded => ("succeeded", None),
             Next::RetryAt(at) => ("failed", Some(at)),
             Next::Dead => ("dead", None),
-            Next::Failed => ("failed", None),
         };
         let error = outcome.result.as_ref().err().map(ToString::to_string);
         self.conn().execute(

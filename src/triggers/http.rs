@@ -21,7 +21,7 @@ use crate::config::HttpMode;
 use crate::dispatch::{self, Invocation, TriggerKind};
 use crate::host::Host;
 use crate::metrics;
-use crate::records::{NewInvocation, Next, now_ms};
+use crate::records::{NewInvocation, SyncRecord, now_ms};
 use crate::registry::{Function, RouteEntry};
 use crate::sandbox::{HttpServed, Outcome, Shape};
 
@@ -205,20 +205,7 @@ pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> 
         payload: body.clone(),
         input: None,
     };
-    let new = NewInvocation {
-        id: &invocation.id,
-        function: &function.spec.name,
-        trigger: "http",
-        reason: "http",
-        max_attempt: 1,
-        payload: &[],
-        vars: &[],
-        timer: None,
-        input_dir: None,
-    };
-    if let Err(e) = host.records.start_sync(&new) {
-        tracing::error!(id = %invocation.id, "cannot record the invocation: {e:#}");
-    }
+    let started_at = now_ms();
     let id = invocation.id.clone();
     let span = invocation.span();
     let mut response = match entry.function.prepared.shape {
@@ -245,7 +232,7 @@ pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> 
                         async move {
                             if let Ok(outcome) = done.await {
                                 dispatch::log_outcome(&name, TriggerKind::Http, &outcome);
-                                record_sync(&host, &id, &outcome);
+                                record_sync(&host, &id, &name, started_at, outcome);
                             }
                             drop(permit);
                         }
@@ -257,19 +244,21 @@ pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> 
                     span.in_scope(|| {
                         dispatch::log_outcome(&function.spec.name, TriggerKind::Http, &outcome)
                     });
-                    record_sync(host, &id, &outcome);
-                    failed(&id, &outcome)
+                    let response = failed(&id, &outcome);
+                    record_sync(host, &id, &function.spec.name, started_at, outcome);
+                    response
                 }
             }
         }
         Shape::Command | Shape::Module => {
             let outcome = dispatch::run_command(&host.sandbox, &invocation).await;
             drop(permit);
-            record_sync(host, &id, &outcome);
-            match outcome.result {
-                Ok(()) => cgi_response(outcome.stdout),
+            let response = match &outcome.result {
+                Ok(()) => cgi_response(outcome.stdout.clone()),
                 Err(_) => failed(&id, &outcome),
-            }
+            };
+            record_sync(host, &id, &function.spec.name, started_at, outcome);
+            response
         }
     };
     if let Ok(v) = HeaderValue::from_str(&id) {
@@ -279,15 +268,13 @@ pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> 
 }
 
 /// Sync HTTP is recorded but never retried: the caller decides.
-fn record_sync(host: &Host, id: &str, outcome: &Outcome) {
-    let next = if outcome.result.is_ok() {
-        Next::Succeeded
-    } else {
-        Next::Failed
-    };
-    if let Err(e) = host.records.finish(id, outcome, next) {
-        tracing::error!(%id, "cannot record the result: {e:#}");
-    }
+fn record_sync(host: &Host, id: &str, function: &str, started_at: i64, outcome: Outcome) {
+    host.sync_records.record(SyncRecord {
+        id: id.to_string(),
+        function: function.to_string(),
+        started_at,
+        outcome,
+    });
 }
 
 /// Writes durable work to the store, then answers 202 with where to look it up.

@@ -46,8 +46,10 @@ fn a_dropped_module_is_served_within_a_second_and_a_replaced_one_swaps_after_req
         })
     };
     wait_until(Duration::from_secs(10), || {
-        let list = host.json("/_jobhost/invocations?state=running");
-        (!list.as_array().unwrap().is_empty()).then_some(())
+        let metrics = host.get("/metrics").body;
+        metrics
+            .contains("\njobhost_running_invocations 1\n")
+            .then_some(())
     });
     std::fs::copy(
         example("wordcount-p1", P1),
