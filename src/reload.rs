@@ -15,10 +15,11 @@ use crate::config::{self, Config};
 use crate::host::Host;
 use crate::registry::{self, Young};
 
-/// How long `functions/` and `runtime.toml` must be quiet before a reload.
-const QUIET: Duration = Duration::from_millis(100);
+/// How long `functions/` and `runtime.toml` must be quiet before a reload. Short: a module
+/// caught half-copied does not load, is seen to be young, and is tried again (`RETRY`).
+const QUIET: Duration = Duration::from_millis(25);
 /// How soon a module that did not load while it was still being written is tried again.
-const RETRY: Duration = Duration::from_millis(300);
+const RETRY: Duration = Duration::from_millis(250);
 
 pub async fn run(host: Arc<Host>, mut unsettled: bool, stop: CancellationToken) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DebounceEventResult>();
