@@ -41,7 +41,9 @@ fn main() {
 }
 
 fn read_png(path: &str) -> (u32, u32, Vec<u8>) {
-    let mut decoder = png::Decoder::new(std::io::BufReader::new(File::open(path).expect("the PNG opens")));
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(
+        File::open(path).expect("the PNG opens"),
+    ));
     decoder.set_transformations(png::Transformations::normalize_to_color8());
     let mut reader = decoder.read_info().expect("a PNG header");
     let mut buf = vec![0; reader.output_buffer_size().expect("a sane size")];
@@ -49,8 +51,14 @@ fn read_png(path: &str) -> (u32, u32, Vec<u8>) {
     let pixels = &buf[..info.buffer_size()];
     let rgba = match info.color_type {
         png::ColorType::Rgba => pixels.to_vec(),
-        png::ColorType::Rgb => pixels.chunks(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect(),
-        png::ColorType::GrayscaleAlpha => pixels.chunks(2).flat_map(|p| [p[0], p[0], p[0], p[1]]).collect(),
+        png::ColorType::Rgb => pixels
+            .chunks(3)
+            .flat_map(|p| [p[0], p[1], p[2], 255])
+            .collect(),
+        png::ColorType::GrayscaleAlpha => pixels
+            .chunks(2)
+            .flat_map(|p| [p[0], p[0], p[0], p[1]])
+            .collect(),
         png::ColorType::Grayscale => pixels.iter().flat_map(|&g| [g, g, g, 255]).collect(),
         png::ColorType::Indexed => unreachable!("normalize_to_color8 expands palettes"),
     };
@@ -63,9 +71,15 @@ fn fit(width: u32, height: u32, max: u32) -> (u32, u32) {
         return (width, height);
     }
     if width >= height {
-        (max, (height as u64 * max as u64 / width as u64).max(1) as u32)
+        (
+            max,
+            (height as u64 * max as u64 / width as u64).max(1) as u32,
+        )
     } else {
-        ((width as u64 * max as u64 / height as u64).max(1) as u32, max)
+        (
+            (width as u64 * max as u64 / height as u64).max(1) as u32,
+            max,
+        )
     }
 }
 
