@@ -52,6 +52,7 @@ pub async fn run(host: Arc<Host>, mut unsettled: bool, stop: CancellationToken) 
                 ))
     };
     let mut current = host.config.clone();
+    let mut had_file = config_path.exists();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -63,13 +64,26 @@ pub async fn run(host: Arc<Host>, mut unsettled: bool, stop: CancellationToken) 
             }
             _ = tokio::time::sleep(RETRY), if unsettled => {}
         }
-        unsettled = reload(&host, &mut current).await;
+        unsettled = reload(&host, &mut current, &mut had_file).await;
     }
 }
 
 /// Reads everything again and installs it; returns whether a module is still settling.
-async fn reload(host: &Arc<Host>, current: &mut Config) -> bool {
-    match config::load(&host.config.path) {
+async fn reload(host: &Arc<Host>, current: &mut Config, had_file: &mut bool) -> bool {
+    // An editor that saves by moving the old file away first leaves no runtime.toml for a
+    // moment; reading that as "all defaults" would drop every declared function.
+    let exists = host.config.path.exists();
+    let loaded = if exists || !*had_file {
+        config::load(&host.config.path)
+    } else {
+        tracing::warn!(
+            "{} is gone; the previous configuration keeps running until it is back",
+            host.config.path.display()
+        );
+        Ok(current.clone())
+    };
+    *had_file |= exists;
+    match loaded {
         Ok(config) => {
             if config.host != current.host {
                 tracing::warn!(

@@ -197,3 +197,27 @@ fn runtime_toml_edits_take_effect_and_an_invalid_edit_keeps_the_old_configuratio
     host.wait_for_log("the previous one keeps running", Duration::from_secs(10));
     assert_eq!(host.post("/cfg", "config greeting").body, "greeting=v2\n");
 }
+
+#[test]
+fn a_runtime_toml_moved_away_for_a_moment_keeps_the_previous_configuration() {
+    // Some editors save by moving the old file away and writing a new one.
+    let toml = "[config]\ngreeting = \"v1\"\n[functions.cfg]\nmodule = \"probe.wasm\"\ntriggers = [{ http = \"/cfg\" }]\n";
+    let project = Project::new(toml);
+    project.function("probe", &probe(P1));
+    let mut host = project.start();
+    assert_eq!(host.post("/cfg", "config greeting").body, "greeting=v1\n");
+
+    std::fs::rename(project.path("runtime.toml"), project.path("runtime.toml~")).unwrap();
+    host.wait_for_log("is gone", Duration::from_secs(10));
+    assert_eq!(host.post("/cfg", "config greeting").body, "greeting=v1\n");
+
+    let edited = toml.replace("\"v1\"", "\"v2\"");
+    project.write("runtime.toml", edited.as_bytes());
+    until_answer(
+        &host,
+        "/cfg",
+        "config greeting",
+        "greeting=v2\n",
+        Duration::from_secs(10),
+    );
+}

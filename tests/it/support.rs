@@ -89,7 +89,8 @@ pub fn wat(text: &str) -> Vec<u8> {
 
 /// A folder for one host: `runtime.toml`, `functions/`, and whatever a test puts there.
 pub struct Project {
-    pub dir: tempfile::TempDir,
+    /// Shared with every host started here, so the folder outlives them all.
+    pub dir: Arc<tempfile::TempDir>,
 }
 
 impl Project {
@@ -97,7 +98,7 @@ impl Project {
     pub fn new(toml: &str) -> Project {
         let dir = tempfile::tempdir().expect("a temp folder");
         std::fs::create_dir_all(dir.path().join("functions")).unwrap();
-        let project = Project { dir };
+        let project = Project { dir: Arc::new(dir) };
         // Every host listens on port 0; a test that sets its own port-0 address keeps it.
         let toml = if let Some(line) = toml.lines().find(|l| l.trim_start().starts_with("listen")) {
             if line.contains(":0\"") {
@@ -162,6 +163,7 @@ impl Project {
             child,
             log,
             addr: String::new(),
+            _dir: self.dir.clone(),
         };
         let line = host.wait_for_log("listening on http://", Duration::from_secs(60));
         let addr = line.split("listening on http://").nth(1).unwrap();
@@ -175,6 +177,8 @@ pub struct Host {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
     pub addr: String,
+    /// The project's folder, kept until the host is gone.
+    _dir: Arc<tempfile::TempDir>,
 }
 
 pub struct Answer {
@@ -369,6 +373,14 @@ impl Drop for Host {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failed test shows what the host said, so a failure on CI can be read.
+        if std::thread::panicking() {
+            let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            eprintln!(
+                "--- jobhost log ---\n{}\n--- end of log ---",
+                log.join("\n")
+            );
+        }
     }
 }
 
