@@ -120,7 +120,9 @@ def http_throughput(duration, skip_wasmtime):
     servers = []
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
-        port = jobhost_project(tmp, {"hello": hello})
+        # max_concurrency above the highest level, so every request runs (wasmtime serve has
+        # no such limit); the default of 64 would answer part of the load with 503.
+        port = jobhost_project(tmp, {"hello": hello}, f"max_concurrency = {2 * LEVELS[-1]}\n")
         servers.append(("jobhost", lambda: Server(
             [str(REPO / "target/release/jobhost"), "--config", str(tmp / "runtime.toml"), "up"],
             f"http://127.0.0.1:{port}/hello", env={**os.environ, "JOBHOST_LOG": "warn"})))
@@ -316,6 +318,8 @@ def main():
             vs_w = f"{r['rps'] / http['wasmtime serve'][c]['rps']:.2f}x" if "wasmtime serve" in http else "-"
             vs_n = f"{r['rps'] / http['native hyper'][c]['rps']:.2f}x"
             lines.append(f"| {c} | {name} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {vs_w} | {vs_n} |")
+    failed = [f"{name} at {c}: {per[c]['non2xx']}" for name, per in http.items() for c in LEVELS if per[c]["non2xx"]]
+    lines += ["", f"Answers other than 2xx: {', '.join(failed) if failed else 'none'}."]
     lines += [
         "",
         "## Lifecycle",

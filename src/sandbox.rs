@@ -36,6 +36,8 @@ pub use imports::GuestConfig;
 
 /// How often the epoch advances; a guest past its deadline stops within one tick.
 const TICK: Duration = Duration::from_millis(10);
+/// Bytes of each pooled linear memory kept resident between instances.
+const KEEP_RESIDENT: usize = 4 << 20;
 
 /// Engine-wide settings, fixed for the life of the host.
 #[derive(Debug, Clone)]
@@ -313,7 +315,15 @@ impl Sandbox {
             .total_memories(slots.saturating_mul(4).max(32))
             .total_tables(slots.saturating_mul(16).max(64))
             .total_stacks(slots.saturating_mul(2).max(16))
-            .max_memory_size(4 << 30);
+            .max_memory_size(4 << 30)
+            // A slot's memory is reset with memset (only its dirty pages, where the kernel
+            // can list them) rather than handed back with madvise: no TLB shootdown when an
+            // instance ends, no page faults when the next one starts. This is what puts the
+            // per-request cost below `wasmtime serve`'s defaults (BENCHMARKS.md).
+            .pagemap_scan(wasmtime::Enabled::Auto)
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(64 << 10)
+            .decommit_batch_size(16);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
 
