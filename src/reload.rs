@@ -17,7 +17,7 @@ use crate::registry::{self, Young};
 
 /// How long `functions/` and `runtime.toml` must be quiet before a reload. Short: a module
 /// caught half-copied does not load, is seen to be young, and is tried again (`RETRY`).
-const QUIET: Duration = Duration::from_millis(25);
+const QUIET: Duration = Duration::from_millis(10);
 /// How soon a module that did not load while it was still being written is tried again.
 const RETRY: Duration = Duration::from_millis(250);
 
