@@ -1,5 +1,5 @@
-//! jobhost runs WebAssembly functions in fresh wasmtime sandboxes, fired by HTTP routes
-//! (and, as the issues land, timers, watched folders and manual calls).
+//! jobhost runs WebAssembly functions in fresh wasmtime sandboxes, fired by HTTP routes,
+//! timers, watched folders and manual calls.
 //!
 //! The map: `config` turns `runtime.toml` into validated types; `registry` turns
 //! `functions/` into compiled, linked functions and routes; `sandbox` is the only module
