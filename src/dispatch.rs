@@ -152,7 +152,8 @@ pub fn log_outcome(function: &str, trigger: TriggerKind, outcome: &Outcome) {
             tracing::info!(target: "guest", "{line}");
         }
     }
-    let duration_ms = outcome.duration.as_secs_f64() * 1000.0;
+    // Whole microseconds, so the log shows 0.682, not 0.6818529999999999.
+    let duration_ms = outcome.duration.as_micros() as f64 / 1000.0;
     match &outcome.result {
         Ok(()) => tracing::info!(duration_ms, "succeeded"),
         Err(failure) => tracing::warn!(duration_ms, error = %failure, "failed"),

@@ -16,6 +16,7 @@ fn the_repository_runtime_toml_serves_every_example() {
         .status()
         .expect("./run starts");
     assert!(status.success(), "./run build failed");
+    // `./run` sets USER when the machine does not (runtime.toml reads it); so does this.
     let host = project.start_with(|cmd| {
         cmd.env("USER", "tester");
     });
