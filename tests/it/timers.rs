@@ -45,14 +45,19 @@ fn with_reason<'a>(list: &'a [serde_json::Value], reason: &str) -> Vec<&'a serde
     list.iter().filter(|r| r["reason"] == reason).collect()
 }
 
+/// Waits until `host` has at least `n` succeeded runs, and returns every record.
+fn until_succeeded(host: &Host, n: usize) -> Vec<serde_json::Value> {
+    wait_until(Duration::from_secs(30), || {
+        let list = records(host);
+        (list.iter().filter(|r| state(r) == "succeeded").count() >= n).then_some(list)
+    })
+}
+
 #[test]
 fn every_200ms_fires_on_the_grid_without_gaps_doubles_or_early_runs() {
     let project = timer_project(r#"{ every = "200ms" }"#, "");
     let host = project.start();
-    let list = wait_until(Duration::from_secs(30), || {
-        let list = records(&host);
-        (list.iter().filter(|r| state(r) == "succeeded").count() >= 15).then_some(list)
-    });
+    let list = until_succeeded(&host, 15);
     let times: Vec<DateTime<Utc>> = list
         .iter()
         .filter(|r| state(r) == "succeeded")
@@ -125,10 +130,7 @@ fn overlap_queue_keeps_at_most_one_waiting() {
         "env = { PROBE_EVENT = \"job 700\" }",
     );
     let host = project.start();
-    let list = wait_until(Duration::from_secs(30), || {
-        let list = records(&host);
-        (list.iter().filter(|r| state(r) == "succeeded").count() >= 3).then_some(list)
-    });
+    let list = until_succeeded(&host, 3);
     assert!(
         list.iter().filter(|r| state(r) == "queued").count() <= 1,
         "{list:#?}"
@@ -149,10 +151,7 @@ fn stop_across(host: Host, n: i64) -> DateTime<Utc> {
 }
 
 fn last_scheduled(host: &Host) -> DateTime<Utc> {
-    let list = wait_until(Duration::from_secs(30), || {
-        let list = records(host);
-        (list.iter().filter(|r| state(r) == "succeeded").count() >= 2).then_some(list)
-    });
+    let list = until_succeeded(host, 2);
     list.iter().filter_map(scheduled_at).max().unwrap()
 }
 
@@ -208,14 +207,7 @@ fn after_downtime_catch_up_none_runs_nothing_past_due() {
     let count = records(&host).len();
     stop_across(host, 3);
     let host = project.start();
-    wait_until(Duration::from_secs(30), || {
-        (records(&host)
-            .iter()
-            .filter(|r| state(r) == "succeeded")
-            .count()
-            >= count + 2)
-            .then_some(())
-    });
+    until_succeeded(&host, count + 2);
     assert!(with_reason(&records(&host), "past_due").is_empty());
 }
 
@@ -231,14 +223,7 @@ fn an_edited_schedule_is_not_a_miss() {
         .replace("every = \"500ms\"", "every = \"700ms\"");
     project.write("runtime.toml", toml.as_bytes());
     let host = project.start();
-    wait_until(Duration::from_secs(30), || {
-        (records(&host)
-            .iter()
-            .filter(|r| state(r) == "succeeded")
-            .count()
-            >= count + 2)
-            .then_some(())
-    });
+    until_succeeded(&host, count + 2);
     assert!(with_reason(&records(&host), "past_due").is_empty());
 }
 
