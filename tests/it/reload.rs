@@ -161,13 +161,19 @@ fn a_removed_module_answers_404_and_its_timer_stops() {
     });
 }
 
-#[test]
-fn runtime_toml_edits_take_effect_and_an_invalid_edit_keeps_the_old_configuration() {
+/// A host serving `cfg` at `/cfg`, which answers with the shared `greeting` ("v1").
+fn config_project() -> (Project, Host) {
     let toml = "[config]\ngreeting = \"v1\"\n[functions.cfg]\nmodule = \"probe.wasm\"\ntriggers = [{ http = \"/cfg\" }]\n";
     let project = Project::new(toml);
     project.function("probe", &probe(P1));
-    let mut host = project.start();
+    let host = project.start();
     assert_eq!(host.post("/cfg", "config greeting").body, "greeting=v1\n");
+    (project, host)
+}
+
+#[test]
+fn runtime_toml_edits_take_effect_and_an_invalid_edit_keeps_the_old_configuration() {
+    let (project, mut host) = config_project();
 
     let edited = std::fs::read_to_string(project.path("runtime.toml"))
         .unwrap()
@@ -201,17 +207,15 @@ fn runtime_toml_edits_take_effect_and_an_invalid_edit_keeps_the_old_configuratio
 #[test]
 fn a_runtime_toml_moved_away_for_a_moment_keeps_the_previous_configuration() {
     // Some editors save by moving the old file away and writing a new one.
-    let toml = "[config]\ngreeting = \"v1\"\n[functions.cfg]\nmodule = \"probe.wasm\"\ntriggers = [{ http = \"/cfg\" }]\n";
-    let project = Project::new(toml);
-    project.function("probe", &probe(P1));
-    let mut host = project.start();
-    assert_eq!(host.post("/cfg", "config greeting").body, "greeting=v1\n");
+    let (project, mut host) = config_project();
 
     std::fs::rename(project.path("runtime.toml"), project.path("runtime.toml~")).unwrap();
     host.wait_for_log("is gone", Duration::from_secs(10));
     assert_eq!(host.post("/cfg", "config greeting").body, "greeting=v1\n");
 
-    let edited = toml.replace("\"v1\"", "\"v2\"");
+    let edited = std::fs::read_to_string(project.path("runtime.toml~"))
+        .unwrap()
+        .replace("\"v1\"", "\"v2\"");
     project.write("runtime.toml", edited.as_bytes());
     until_answer(
         &host,
