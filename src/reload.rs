@@ -1,5 +1,5 @@
-//! Hot reload: watches `functions/` and `runtime.toml`; once a change there has been quiet
-//! for a moment, reads the configuration and the functions again on a blocking thread (so
+//! Hot reload: watches `functions/` and `runtime.toml`; once a change there (not a mere
+//! read) has been quiet for a moment, reads the configuration and the functions again on a blocking thread (so
 //! compiling never stalls serving) and installs the new set whole. An invalid
 //! configuration keeps the previous one; a module that fails keeps its previous version.
 
@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::RecursiveMode;
-use notify_debouncer_mini::{DebounceEventResult, new_debouncer};
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecursiveMode, Watcher};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
@@ -22,11 +22,14 @@ const QUIET: Duration = Duration::from_millis(10);
 const RETRY: Duration = Duration::from_millis(250);
 
 pub async fn run(host: Arc<Host>, mut unsettled: bool, stop: CancellationToken) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DebounceEventResult>();
-    let mut debouncer = match new_debouncer(QUIET, move |result| {
-        let _ = tx.send(result);
+    // notify's own watcher rather than its debouncer: the debouncer drops the event kind,
+    // and without it the reload's own reads (inotify reports every open) look like changes,
+    // so the host would reload forever. The quiet period is one resettable timer.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<notify::Result<Event>>();
+    let mut watcher = match notify::recommended_watcher(move |event| {
+        let _ = tx.send(event);
     }) {
-        Ok(d) => d,
+        Ok(w) => w,
         Err(e) => {
             tracing::error!("cannot watch for changes; hot reload is off: {e}");
             return;
@@ -39,7 +42,7 @@ pub async fn run(host: Arc<Host>, mut unsettled: bool, stop: CancellationToken) 
         .map(Path::to_path_buf)
         .unwrap_or_default();
     for dir in [&functions_dir, &config_dir] {
-        if let Err(e) = debouncer.watcher().watch(dir, RecursiveMode::NonRecursive) {
+        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
             tracing::error!("cannot watch {} for changes: {e}", dir.display());
         }
     }
@@ -52,32 +55,60 @@ pub async fn run(host: Arc<Host>, mut unsettled: bool, stop: CancellationToken) 
                 ))
     };
     let mut current = host.config.clone();
-    let mut had_file = config_path.exists();
+    let mut had_file = usable(&config_path);
+    // When the last change is QUIET old; `None` while nothing changed.
+    let mut quiet_at: Option<tokio::time::Instant> = None;
     loop {
+        let quiet = async {
+            match quiet_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = stop.cancelled() => return,
-            Some(result) = rx.recv() => {
-                let Ok(events) = result else { continue };
-                if !events.iter().any(|e| relevant(&e.path)) {
-                    continue;
+            Some(event) = rx.recv() => {
+                if let Ok(event) = event
+                    && is_change(&event.kind)
+                    && event.paths.iter().any(|p| relevant(p))
+                {
+                    quiet_at = Some(tokio::time::Instant::now() + QUIET);
                 }
+                continue;
             }
-            _ = tokio::time::sleep(RETRY), if unsettled => {}
+            _ = quiet => quiet_at = None,
+            _ = tokio::time::sleep(RETRY), if unsettled && quiet_at.is_none() => {}
         }
+        tracing::debug!("reloading: functions/ or the configuration changed");
         unsettled = reload(&host, &mut current, &mut had_file).await;
     }
+}
+
+/// Whether an event is a change; opening or reading a file (the reload itself does) is not.
+fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+/// A configuration file there to read: present and not empty.
+fn usable(path: &Path) -> bool {
+    path.metadata().is_ok_and(|m| m.len() > 0)
 }
 
 /// Reads everything again and installs it; returns whether a module is still settling.
 async fn reload(host: &Arc<Host>, current: &mut Config, had_file: &mut bool) -> bool {
     // An editor that saves by moving the old file away first leaves no runtime.toml for a
-    // moment; reading that as "all defaults" would drop every declared function.
-    let exists = host.config.path.exists();
+    // moment, and one that truncates and writes leaves it empty; reading either as "all
+    // defaults" would drop every declared function.
+    let exists = usable(&host.config.path);
     let loaded = if exists || !*had_file {
         config::load(&host.config.path)
     } else {
         tracing::warn!(
-            "{} is gone; the previous configuration keeps running until it is back",
+            "{} is gone or empty; the previous configuration keeps running until it is back",
             host.config.path.display()
         );
         Ok(current.clone())

@@ -205,12 +205,23 @@ fn runtime_toml_edits_take_effect_and_an_invalid_edit_keeps_the_old_configuratio
 }
 
 #[test]
-fn a_runtime_toml_moved_away_for_a_moment_keeps_the_previous_configuration() {
-    // Some editors save by moving the old file away and writing a new one.
+fn a_runtime_toml_moved_away_or_emptied_for_a_moment_keeps_the_previous_configuration() {
+    // Some editors save by moving the old file away (or truncating it) and writing anew.
     let (project, mut host) = config_project();
 
     std::fs::rename(project.path("runtime.toml"), project.path("runtime.toml~")).unwrap();
-    host.wait_for_log("is gone", Duration::from_secs(10));
+    host.wait_for_log("is gone or empty", Duration::from_secs(10));
+    assert_eq!(host.post("/cfg", "config greeting").body, "greeting=v1\n");
+    // Truncated and not yet written again: the same.
+    project.write("runtime.toml", b"");
+    wait_until(Duration::from_secs(10), || {
+        let said = host
+            .log()
+            .iter()
+            .filter(|l| l.contains("is gone or empty"))
+            .count();
+        (said >= 2).then_some(())
+    });
     assert_eq!(host.post("/cfg", "config greeting").body, "greeting=v1\n");
 
     let edited = std::fs::read_to_string(project.path("runtime.toml~"))
@@ -223,5 +234,35 @@ fn a_runtime_toml_moved_away_for_a_moment_keeps_the_previous_configuration() {
         "config greeting",
         "greeting=v2\n",
         Duration::from_secs(10),
+    );
+}
+
+#[test]
+fn a_change_reloads_once_and_reading_the_files_does_not_reload() {
+    let project = Project::new("");
+    let host = project.start_with(|cmd| {
+        cmd.env("JOBHOST_LOG", "info,jobhost::reload=debug");
+    });
+    project.function("echo", &probe(P1));
+    until_answer(&host, "/echo", "echo hi", "hi\n", Duration::from_secs(10));
+    // What a backup tool or an editor does: open and read, change nothing.
+    let quiet_until = Instant::now() + Duration::from_millis(500);
+    wait_until(Duration::from_secs(5), || {
+        std::fs::read(project.path("runtime.toml")).unwrap();
+        std::fs::read(project.path("functions/echo.wasm")).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        (Instant::now() > quiet_until).then_some(())
+    });
+    let reloads = host
+        .log()
+        .iter()
+        .filter(|l| l.contains("reloading:"))
+        .count();
+    // One for the copy (two if a loaded machine spread its writes past the quiet period);
+    // reloading on reads showed as a reload every 10 ms.
+    assert!(
+        (1..=2).contains(&reloads),
+        "{reloads} reloads: {:#?}",
+        host.log()
     );
 }
