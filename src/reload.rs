@@ -58,6 +58,9 @@ pub async fn run(host: Arc<Host>, mut unsettled: bool, stop: CancellationToken) 
     let mut had_file = usable(&config_path);
     // When the last change is QUIET old; `None` while nothing changed.
     let mut quiet_at: Option<tokio::time::Instant> = None;
+    // When a module still settling is tried again; a fixed time, so events that are not
+    // changes cannot keep putting it off.
+    let mut retry_at = tokio::time::Instant::now() + RETRY;
     loop {
         let quiet = async {
             match quiet_at {
@@ -77,10 +80,11 @@ pub async fn run(host: Arc<Host>, mut unsettled: bool, stop: CancellationToken) 
                 continue;
             }
             _ = quiet => quiet_at = None,
-            _ = tokio::time::sleep(RETRY), if unsettled && quiet_at.is_none() => {}
+            _ = tokio::time::sleep_until(retry_at), if unsettled && quiet_at.is_none() => {}
         }
         tracing::debug!("reloading: functions/ or the configuration changed");
         unsettled = reload(&host, &mut current, &mut had_file).await;
+        retry_at = tokio::time::Instant::now() + RETRY;
     }
 }
 
