@@ -191,6 +191,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.host.functions_dir.display()
         )
     })?;
+    // Watching starts before the first load: a module dropped meanwhile is not missed.
+    let watching = reload::watch(&config);
     let registry = registry::load(&config, &sandbox, None);
     let timer_keys: Vec<String> = registry
         .functions
@@ -231,8 +233,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     ));
     host.tasks.spawn(queue::run(host.clone(), accept.clone()));
     host.tasks.spawn(prune(host.clone(), accept.clone()));
-    host.tasks
-        .spawn(reload::run(host.clone(), unsettled, accept.clone()));
+    if let Some(watching) = watching {
+        host.tasks.spawn(reload::run(
+            host.clone(),
+            watching,
+            unsettled,
+            accept.clone(),
+        ));
+    }
     let registry = host.registry();
     tracing::info!(
         functions = registry.functions.len(),

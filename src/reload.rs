@@ -1,6 +1,6 @@
 //! Hot reload: watches `functions/` and `runtime.toml`; once a change there (not a mere
-//! read) has been quiet for a moment, reads the configuration and the functions again on a blocking thread (so
-//! compiling never stalls serving) and installs the new set whole. An invalid
+//! read) has been quiet for a moment, reads the configuration and the functions again on a
+//! blocking thread (so compiling never stalls serving) and installs the new set whole. An invalid
 //! configuration keeps the previous one; a module that fails keeps its previous version.
 
 use std::path::Path;
@@ -21,31 +21,56 @@ const QUIET: Duration = Duration::from_millis(10);
 /// How soon a module that did not load while it was still being written is tried again.
 const RETRY: Duration = Duration::from_millis(250);
 
-pub async fn run(host: Arc<Host>, mut unsettled: bool, stop: CancellationToken) {
+/// The watch on `functions/` and the folder of `runtime.toml`, set up before the functions
+/// are first loaded so that nothing changed during start-up goes unseen.
+pub struct Watching {
+    _watcher: notify::RecommendedWatcher,
+    events: tokio::sync::mpsc::UnboundedReceiver<notify::Result<Event>>,
+}
+
+/// Starts watching; `None` (logged) when the platform will not, and hot reload is off.
+pub fn watch(config: &Config) -> Option<Watching> {
     // notify's own watcher rather than its debouncer: the debouncer drops the event kind,
     // and without it the reload's own reads (inotify reports every open) look like changes,
-    // so the host would reload forever. The quiet period is one resettable timer.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<notify::Result<Event>>();
+    // so the host would reload forever. The quiet period is one resettable timer in `run`.
+    let (tx, events) = tokio::sync::mpsc::unbounded_channel::<notify::Result<Event>>();
     let mut watcher = match notify::recommended_watcher(move |event| {
         let _ = tx.send(event);
     }) {
         Ok(w) => w,
         Err(e) => {
             tracing::error!("cannot watch for changes; hot reload is off: {e}");
-            return;
+            return None;
         }
     };
-    let functions_dir = host.config.host.functions_dir.clone();
-    let config_path = host.config.path.clone();
-    let config_dir = config_path
+    let config_dir = config
+        .path
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    for dir in [&functions_dir, &config_dir] {
+    for dir in [&config.host.functions_dir, &config_dir] {
         if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
             tracing::error!("cannot watch {} for changes: {e}", dir.display());
         }
     }
+    Some(Watching {
+        _watcher: watcher,
+        events,
+    })
+}
+
+pub async fn run(
+    host: Arc<Host>,
+    watching: Watching,
+    mut unsettled: bool,
+    stop: CancellationToken,
+) {
+    let Watching {
+        _watcher,
+        events: mut rx,
+    } = watching;
+    let functions_dir = host.config.host.functions_dir.clone();
+    let config_path = host.config.path.clone();
     let relevant = |path: &Path| {
         path == config_path
             || (path.parent() == Some(functions_dir.as_path())
