@@ -1,43 +1,24 @@
-//! `/_jobhost/`: the status API of SPEC §7. Functions, invocations with filters, one
-//! invocation, manual invoke and retry; a bearer token when the listener is not loopback.
+//! `/_jobhost/`: the status API. Functions, invocations with filters, one invocation,
+//! manual invoke and retry; a bearer token when the listener is not on loopback.
 
-use std::sync::Arc;
-
-use bytes::Bytes;
+use chrono::Utc;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
 
-use crate::config::Trigger;
-use crate::dispatch::TriggerKind;
-use crate::host::Host;
-use crate::records::{Filter, STATES};
+use crate::answer::{self, API_PREFIX, Body, error, json};
+use crate::config::{Trigger, TriggerKind};
 use crate::registry::Registry;
-use crate::triggers::http::{Body, enqueue, full, text};
-
-pub const PREFIX: &str = "/_jobhost/";
+use crate::runtime::Runtime;
+use crate::sandbox::Shape;
+use crate::store::{Filter, Reason, RetryError, State};
 
 /// Largest payload `POST functions/{name}/invoke` takes.
 const MAX_INVOKE_BODY: usize = 10 << 20;
 
-fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
-    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
-    let mut response = Response::new(full(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
-    json(status, &serde_json::json!({ "error": message.into() }))
-}
-
-/// One function as `GET /_jobhost/functions` shows it.
+/// One function as `GET /_jobhost/functions` and `jobhost functions` show it.
 #[derive(Serialize)]
 pub struct FunctionView {
     pub name: String,
@@ -45,20 +26,42 @@ pub struct FunctionView {
     pub shape: Option<String>,
     pub module: Option<String>,
     pub triggers: Vec<String>,
+    /// The next five runs of its timers, in each schedule's time zone.
+    pub upcoming: Vec<String>,
     pub error: Option<String>,
 }
 
 pub fn function_views(registry: &Registry) -> Vec<FunctionView> {
+    let now = Utc::now();
     let mut out: Vec<FunctionView> = registry
         .functions
         .values()
-        .map(|f| FunctionView {
-            name: f.spec.name.clone(),
-            status: "ready",
-            shape: Some(f.prepared.shape.to_string()),
-            module: Some(f.spec.module.display().to_string()),
-            triggers: f.spec.triggers.iter().map(describe).collect(),
-            error: None,
+        .map(|f| {
+            let mut upcoming: Vec<_> = f
+                .spec
+                .triggers
+                .iter()
+                .filter_map(|t| match t {
+                    Trigger::Timer(timer) => Some(&timer.schedule),
+                    _ => None,
+                })
+                .flat_map(|s| {
+                    s.upcoming(now, 5)
+                        .into_iter()
+                        .map(move |t| (t, s.format(t)))
+                })
+                .collect();
+            upcoming.sort();
+            upcoming.truncate(5);
+            FunctionView {
+                name: f.spec.name.clone(),
+                status: "ready",
+                shape: Some(f.prepared.shape.to_string()),
+                module: Some(f.spec.module.display().to_string()),
+                triggers: f.spec.triggers.iter().map(ToString::to_string).collect(),
+                upcoming: upcoming.into_iter().map(|(_, text)| text).collect(),
+                error: None,
+            }
         })
         .collect();
     for problem in &registry.problems {
@@ -71,6 +74,7 @@ pub fn function_views(registry: &Registry) -> Vec<FunctionView> {
                 shape: None,
                 module: None,
                 triggers: Vec::new(),
+                upcoming: Vec::new(),
                 error: Some(problem.message.clone()),
             }),
         }
@@ -79,35 +83,12 @@ pub fn function_views(registry: &Registry) -> Vec<FunctionView> {
     out
 }
 
-pub fn describe(trigger: &Trigger) -> String {
-    match trigger {
-        Trigger::Http(h) => {
-            let methods = if h.methods.is_empty() {
-                "*".to_string()
-            } else {
-                h.methods.join(",")
-            };
-            format!(
-                "http {methods} {}{}",
-                h.route.text,
-                if h.mode == crate::config::HttpMode::Async {
-                    " (async)"
-                } else {
-                    ""
-                }
-            )
-        }
-        Trigger::Timer(t) => format!("timer {}", t.schedule.key()),
-        Trigger::Watch(w) => format!("watch {}", w.folder.display()),
-    }
-}
-
 /// `None` when the request may use the API, else the answer that refuses it.
-fn refusal(host: &Host, req: &Request<Incoming>) -> Option<Response<Body>> {
-    if !host.admin_needs_token() {
+fn refusal(rt: &Runtime, req: &Request<Incoming>) -> Option<Response<Body>> {
+    if !rt.admin_needs_token() {
         return None;
     }
-    let Some(token) = host.config.host.admin_token.as_deref() else {
+    let Some(token) = rt.host.admin_token.as_deref() else {
         return Some(error(
             StatusCode::FORBIDDEN,
             "the status API is off: the host listens beyond loopback and has no host.admin_token",
@@ -131,86 +112,97 @@ fn refusal(host: &Host, req: &Request<Incoming>) -> Option<Response<Body>> {
     }
 }
 
-pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> {
-    if let Some(response) = refusal(host, &req) {
+pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
+    if let Some(response) = refusal(rt, &req) {
         return response;
     }
     let path = req
         .uri()
         .path()
-        .trim_start_matches(PREFIX)
+        .trim_start_matches(API_PREFIX)
         .trim_end_matches('/')
         .to_string();
     if path.starts_with("invocations") {
-        // Read your writes: sync HTTP records are written in batches off the request path.
-        let recorder = host.sync_records.clone();
-        let _ = tokio::task::spawn_blocking(move || recorder.flush()).await;
+        // Read your writes: synchronous records are written in batches off the request path.
+        if let Err(e) = rt.store.history.flush().await {
+            tracing::error!("writing pending records: {e:#}");
+        }
     }
     let segments: Vec<&str> = path.split('/').collect();
     let method = req.method().clone();
     match (method, segments.as_slice()) {
-        (Method::GET, ["functions"]) => json(StatusCode::OK, &function_views(&host.registry())),
+        (Method::GET, ["functions"]) => json(StatusCode::OK, &function_views(&rt.functions())),
         (Method::POST, ["functions", name, "invoke"]) => {
-            let Some(function) = host.registry().functions.get(*name).cloned() else {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    format!("no function named `{name}` is loaded"),
-                );
-            };
-            if function.prepared.shape == crate::sandbox::Shape::Http {
-                return error(
-                    StatusCode::CONFLICT,
-                    format!("`{name}` is a wasi:http component: call it over its HTTP route"),
-                );
-            }
-            let body = match Limited::new(req.into_body(), MAX_INVOKE_BODY)
-                .collect()
-                .await
-            {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    return error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("cannot read the payload: {e}"),
-                    );
-                }
-            };
-            enqueue(host, &function, TriggerKind::Manual, &body, &[])
+            let name = name.to_string();
+            invoke(rt, &name, req).await
         }
         (Method::GET, ["invocations"]) => {
             let filter = match filter(req.uri().query().unwrap_or_default()) {
                 Ok(f) => f,
                 Err(why) => return error(StatusCode::BAD_REQUEST, why),
             };
-            match host.records.list(&filter) {
+            match rt.store.history.list(&filter).await {
                 Ok(list) => json(StatusCode::OK, &list),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
             }
         }
-        (Method::GET, ["invocations", id]) => match host.records.get(id) {
+        (Method::GET, ["invocations", id]) => match rt.store.history.get(id).await {
             Ok(Some(record)) => json(StatusCode::OK, &record),
             Ok(None) => error(StatusCode::NOT_FOUND, format!("no invocation {id}")),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
         },
-        (Method::POST, ["invocations", id, "retry"]) => {
-            let attempts = host.records.get(id).ok().flatten().and_then(|r| {
-                host.registry()
-                    .functions
-                    .get(&r.function)
-                    .map(|f| f.spec.limits.retry.attempts)
-            });
-            match host.records.retry(id, attempts.unwrap_or(1)) {
-                Ok(record) => {
-                    host.wake.notify_one();
-                    json(StatusCode::ACCEPTED, &record)
-                }
-                Err(e) => error(StatusCode::CONFLICT, format!("{e:#}")),
-            }
-        }
-        _ => text(
+        (Method::POST, ["invocations", id, "retry"]) => match rt.dispatch.retry(id).await {
+            Ok(record) => json(StatusCode::ACCEPTED, &record),
+            Err(e @ RetryError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+            Err(e @ RetryError::NotDead { .. }) => error(StatusCode::CONFLICT, e.to_string()),
+            Err(RetryError::Store(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        },
+        _ => error(
             StatusCode::NOT_FOUND,
-            format!("no such API: {} {}\n", req.method(), req.uri().path()),
+            format!("no such API: {} {}", req.method(), req.uri().path()),
         ),
+    }
+}
+
+/// `POST functions/{name}/invoke`: a durable manual invocation with the body as payload.
+async fn invoke(rt: &Runtime, name: &str, req: Request<Incoming>) -> Response<Body> {
+    let Some(function) = rt.functions().functions.get(name).cloned() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no function named `{name}` is loaded"),
+        );
+    };
+    if function.prepared.shape == Shape::Http {
+        return error(
+            StatusCode::CONFLICT,
+            format!("`{name}` is a wasi:http component: call it over its HTTP route"),
+        );
+    }
+    let payload = match Limited::new(req.into_body(), MAX_INVOKE_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("cannot read the payload: {e}"),
+            );
+        }
+    };
+    let new = rt.dispatch.new_invocation(
+        &function,
+        TriggerKind::Manual,
+        Reason::Manual,
+        payload,
+        Vec::new(),
+    );
+    match rt.dispatch.submit(new).await {
+        Ok(id) => answer::accepted(&id),
+        Err(e) => {
+            tracing::error!(function = %name, "cannot queue an invocation: {e:#}");
+            answer::unavailable(format!("cannot queue the invocation: {e:#}"))
+        }
     }
 }
 
@@ -219,19 +211,21 @@ pub fn filter(query: &str) -> Result<Filter, String> {
     let mut filter = Filter::default();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = value.to_string();
         match key {
-            "function" => filter.function = Some(value),
+            "function" => filter.function = Some(value.to_string()),
             "state" | "status" => {
-                if !STATES.contains(&value.as_str()) {
-                    return Err(format!(
-                        "unknown state {value:?}: use one of {}",
-                        STATES.join(", ")
-                    ));
-                }
-                filter.state = Some(value);
+                filter.state = Some(State::parse(value).ok_or_else(|| {
+                    format!("unknown state {value:?}: use one of {}", State::names())
+                })?);
             }
-            "trigger" => filter.trigger = Some(value),
+            "trigger" => {
+                filter.trigger = Some(TriggerKind::parse(value).ok_or_else(|| {
+                    format!(
+                        "unknown trigger {value:?}: use one of {}",
+                        TriggerKind::names()
+                    )
+                })?);
+            }
             "limit" => {
                 let n: usize = value
                     .parse()

@@ -1,78 +1,131 @@
-//! An invocation, from a trigger's event to the sandbox's `Outcome`: its id, the
-//! environment the guest sees, one tracing span, and the log lines of its result.
+//! The whole life of an invocation, whatever fired it: admission within the limits
+//! (`max_concurrency` and each function's `concurrency`), the guest's environment, one
+//! tracing span, the run in the sandbox, the record, the retry-or-dead decision for
+//! durable work, and the metrics. Triggers, the HTTP front, the API and the CLI hand work
+//! here; none of them runs a guest or writes a result itself.
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::Full;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::Instrument;
 
-use crate::config::DirMount;
+use crate::config::{DirMount, Retry, TriggerKind};
 use crate::metrics;
 use crate::registry::Function;
+use crate::sandbox::{Body, HttpServed, Outcome, Run, Sandbox};
+use crate::store::{
+    Claimed, HostId, NewInvocation, Next, Output, Reason, Record, RetryError, Store, SyncRecord,
+    now_ms,
+};
 
 /// Where a watch trigger's folder appears in the sandbox.
 pub const INPUT: &str = "/input";
-use crate::sandbox::{Outcome, Run, Sandbox};
-
-/// What fired an invocation (`JOBHOST_TRIGGER`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TriggerKind {
-    Http,
-    Timer,
-    File,
-    Manual,
-}
-
-impl TriggerKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TriggerKind::Http => "http",
-            TriggerKind::Timer => "timer",
-            TriggerKind::File => "file",
-            TriggerKind::Manual => "manual",
-        }
-    }
-
-    /// The kind stored in a record; `None` for a kind this build does not know.
-    pub fn parse(text: &str) -> Option<TriggerKind> {
-        match text {
-            "http" => Some(TriggerKind::Http),
-            "timer" => Some(TriggerKind::Timer),
-            "file" => Some(TriggerKind::File),
-            "manual" => Some(TriggerKind::Manual),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for TriggerKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// An invocation id: a UUIDv7, so ids sort by creation time.
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// One invocation about to run.
-pub struct Invocation<'a> {
-    pub id: String,
-    pub function: &'a Function,
-    pub trigger: TriggerKind,
-    pub attempt: u32,
-    /// Trigger-specific variables (CGI variables for HTTP).
-    pub vars: Vec<(String, String)>,
-    pub payload: Bytes,
-    /// A watched folder, mounted read-only at `/input`.
-    pub input: Option<PathBuf>,
+/// Hands invocations to the sandbox and their results to the store.
+pub struct Dispatcher {
+    sandbox: Sandbox,
+    store: Store,
+    owner: HostId,
+    /// `max_concurrency`: one permit per running invocation.
+    permits: Arc<Semaphore>,
+    max_concurrency: usize,
+    /// Wakes the queue worker: new durable work, or a slot came free.
+    wake: Notify,
+    /// Cancelled when the shutdown grace has passed: running invocations are interrupted.
+    hard_stop: CancellationToken,
+    tasks: TaskTracker,
 }
 
-impl Invocation<'_> {
+/// What a dispatcher is built from.
+pub struct Parts {
+    pub sandbox: Sandbox,
+    pub store: Store,
+    pub owner: HostId,
+    pub max_concurrency: usize,
+    pub hard_stop: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+/// The right to run one invocation now, within both limits.
+pub struct Permit {
+    _host: OwnedSemaphorePermit,
+    _function: Option<OwnedSemaphorePermit>,
+}
+
+/// No slot is free now: a waiting caller is told to come back (HTTP 503 with
+/// `Retry-After`); durable work stays queued.
+#[derive(Debug)]
+pub struct Busy {
+    pub function: String,
+    pub max_concurrency: usize,
+}
+
+impl fmt::Display for Busy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`{}` is at its concurrency limit, or the host at max_concurrency ({}); try again",
+            self.function, self.max_concurrency
+        )
+    }
+}
+
+/// Which guest output lines also go to the host's log; the record keeps both either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Echo {
+    /// stderr: the caller gets stdout (sync HTTP).
+    Stderr,
+    /// Both: nobody waits for them (background work).
+    Both,
+    /// Neither: the terminal shows them (`jobhost invoke`).
+    Neither,
+}
+
+/// A synchronous call: someone waits for its answer.
+pub struct Call<'a> {
+    pub function: &'a Arc<Function>,
+    pub trigger: TriggerKind,
+    pub vars: Vec<(String, String)>,
+    pub payload: Bytes,
+    pub echo: Echo,
+}
+
+/// The answer of a wasi:http component.
+pub enum Served {
+    /// The guest answered; the body may still stream. The outcome is logged and recorded
+    /// when the guest ends.
+    Responded(http::Response<Body>),
+    /// The guest failed before it answered.
+    Failed(Outcome),
+}
+
+/// One invocation about to run.
+struct Invocation {
+    id: String,
+    function: Arc<Function>,
+    trigger: TriggerKind,
+    attempt: u32,
+    vars: Vec<(String, String)>,
+    payload: Bytes,
+    /// A watched folder, mounted read-only at `/input`.
+    input: Option<PathBuf>,
+}
+
+impl Invocation {
     /// The environment the guest sees: only what the host sets, never its own.
-    pub fn env(&self) -> Vec<(String, String)> {
+    fn env(&self) -> Vec<(String, String)> {
         let mut env = vec![
             (
                 "JOBHOST_FUNCTION".to_string(),
@@ -93,16 +146,11 @@ impl Invocation<'_> {
         env
     }
 
-    pub fn span(&self) -> tracing::Span {
-        tracing::info_span!(
-            "invocation",
-            function = %self.function.spec.name,
-            trigger = %self.trigger,
-            id = %self.id
-        )
+    fn span(&self) -> tracing::Span {
+        span(&self.function.spec.name, self.trigger.as_str(), &self.id)
     }
 
-    fn dirs(&self) -> Vec<DirMount> {
+    fn run(&self) -> Run<'_> {
         let mut dirs = self.function.spec.dirs.clone();
         if let Some(input) = &self.input {
             dirs.push(DirMount {
@@ -111,43 +159,349 @@ impl Invocation<'_> {
                 write: false,
             });
         }
-        dirs
-    }
-
-    pub fn run(&self) -> Run<'_> {
         Run {
             limits: &self.function.spec.limits,
             env: self.env(),
             stdin: self.payload.clone(),
-            dirs: self.dirs(),
+            dirs,
             config: self.function.config.clone(),
             program: &self.function.spec.name,
         }
     }
 }
 
-/// Runs a command invocation and logs its result.
-pub async fn run_command(sandbox: &Sandbox, invocation: &Invocation<'_>) -> Outcome {
-    let span = invocation.span();
-    async {
-        let outcome = sandbox
-            .run_command(&invocation.function.prepared, invocation.run())
-            .await;
-        log_outcome(&invocation.function.spec.name, invocation.trigger, &outcome);
-        outcome
-    }
-    .instrument(span)
-    .await
+/// The one span of an invocation: every log line of it names the function and the id.
+fn span(function: &str, trigger: &str, id: &str) -> tracing::Span {
+    tracing::info_span!("invocation", function = %function, trigger = %trigger, id = %id)
 }
 
-/// Counts an outcome and logs it in the current span: stderr lines at ERROR, stdout at INFO when it is
-/// not the response body, and one line with the result.
-pub fn log_outcome(function: &str, trigger: TriggerKind, outcome: &Outcome) {
-    metrics::get().invocation(function, trigger.as_str(), outcome);
-    for line in String::from_utf8_lossy(&outcome.stderr).lines() {
-        tracing::error!(target: "guest", "{line}");
+impl Dispatcher {
+    pub fn new(parts: Parts) -> Dispatcher {
+        Dispatcher {
+            sandbox: parts.sandbox,
+            store: parts.store,
+            owner: parts.owner,
+            permits: Arc::new(Semaphore::new(parts.max_concurrency)),
+            max_concurrency: parts.max_concurrency,
+            wake: Notify::new(),
+            hard_stop: parts.hard_stop,
+            tasks: parts.tasks,
+        }
     }
-    if trigger != TriggerKind::Http {
+
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    pub fn owner(&self) -> &HostId {
+        &self.owner
+    }
+
+    /// A permit to run `function` now, or `Busy` when a limit is reached.
+    pub fn admit(&self, function: &Function) -> Result<Permit, Busy> {
+        let busy = || Busy {
+            function: function.spec.name.clone(),
+            max_concurrency: self.max_concurrency,
+        };
+        let host = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy())?;
+        let function = match &function.permits {
+            Some(s) => Some(s.clone().try_acquire_owned().map_err(|_| busy())?),
+            None => None,
+        };
+        Ok(Permit {
+            _host: host,
+            _function: function,
+        })
+    }
+
+    /// Invocations running now.
+    pub fn running(&self) -> usize {
+        self.max_concurrency - self.permits.available_permits()
+    }
+
+    /// Wakes the queue worker: durable work was written, or a slot came free.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves when someone calls `wake`.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// A durable invocation of `function`, for a trigger to store with its own state.
+    pub fn new_invocation(
+        &self,
+        function: &Function,
+        trigger: TriggerKind,
+        reason: Reason,
+        payload: Bytes,
+        vars: Vec<(String, String)>,
+    ) -> NewInvocation {
+        NewInvocation {
+            id: new_id(),
+            function: function.spec.name.clone(),
+            trigger,
+            reason,
+            attempts: function.spec.limits.retry.attempts,
+            payload,
+            vars,
+            timer: None,
+            input_dir: None,
+        }
+    }
+
+    /// Writes durable work to the store and wakes the worker; once this returns its id,
+    /// the invocation will run.
+    pub async fn submit(&self, new: NewInvocation) -> anyhow::Result<String> {
+        let id = new.id.clone();
+        self.store.queue.enqueue(new).await?;
+        self.wake();
+        Ok(id)
+    }
+
+    /// Queues a dead invocation again with a fresh round of attempts.
+    pub async fn retry(&self, id: &str) -> Result<Record, RetryError> {
+        let record = self.store.queue.retry(id).await?;
+        self.wake();
+        Ok(record)
+    }
+
+    /// Runs a command for a caller that waits for it, and records it (never retried: the
+    /// caller decides).
+    pub async fn run_sync(&self, call: Call<'_>, permit: Permit) -> (String, Outcome) {
+        let invocation = Invocation {
+            id: new_id(),
+            function: call.function.clone(),
+            trigger: call.trigger,
+            attempt: 1,
+            vars: call.vars,
+            payload: call.payload,
+            input: None,
+        };
+        let started_at = now_ms();
+        let span = invocation.span();
+        let outcome = self
+            .sandbox
+            .run_command(&invocation.function.prepared, invocation.run())
+            .instrument(span.clone())
+            .await;
+        drop(permit);
+        span.in_scope(|| log_outcome(&invocation, &outcome, call.echo));
+        record_sync(&self.store, &invocation, started_at, &outcome);
+        (invocation.id, outcome)
+    }
+
+    /// Serves one HTTP request with a wasi:http component, as `wasmtime serve` would. The
+    /// permit is held until the guest ends, which may be after its answer has begun.
+    pub async fn serve_http(
+        &self,
+        call: Call<'_>,
+        request: http::Request<Full<Bytes>>,
+        permit: Permit,
+    ) -> (String, Served) {
+        let invocation = Invocation {
+            id: new_id(),
+            function: call.function.clone(),
+            trigger: call.trigger,
+            attempt: 1,
+            vars: call.vars,
+            payload: call.payload,
+            input: None,
+        };
+        let started_at = now_ms();
+        let span = invocation.span();
+        let served = self
+            .sandbox
+            .serve_http(&invocation.function.prepared, request, invocation.run())
+            .instrument(span.clone())
+            .await;
+        let id = invocation.id.clone();
+        match served {
+            HttpServed::Responded(response, done) => {
+                let store = self.store.clone();
+                let echo = call.echo;
+                self.tasks.spawn(
+                    async move {
+                        if let Ok(outcome) = done.await {
+                            log_outcome(&invocation, &outcome, echo);
+                            record_sync(&store, &invocation, started_at, &outcome);
+                        }
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+                (id, Served::Responded(response))
+            }
+            HttpServed::Failed(outcome) => {
+                drop(permit);
+                span.in_scope(|| log_outcome(&invocation, &outcome, call.echo));
+                record_sync(&self.store, &invocation, started_at, &outcome);
+                (id, Served::Failed(outcome))
+            }
+        }
+    }
+
+    /// Runs a claimed durable invocation to the end of its attempt: the result stored,
+    /// then a retry at a backed-off time or `dead`. Interrupted by a shutdown, it goes back
+    /// to the queue without using its attempt. Whatever happens, the row does not stay
+    /// `running` while this host lives.
+    pub async fn run_claimed(
+        self: Arc<Self>,
+        function: Arc<Function>,
+        claimed: Claimed,
+        permit: Permit,
+    ) {
+        let lease = claimed.lease;
+        let trigger_text = match &claimed.trigger {
+            Ok(kind) => kind.as_str().to_string(),
+            Err(unknown) => unknown.clone(),
+        };
+        let span = span(&function.spec.name, &trigger_text, &lease.id);
+        async {
+            let (outcome, next) = match claimed.trigger {
+                Err(unknown) => {
+                    let outcome = Outcome::host_failure(format!(
+                        "unknown trigger kind `{unknown}` in the store (written by another version of jobhost?): this host cannot run it"
+                    ));
+                    (outcome, Next::Dead)
+                }
+                Ok(trigger) => {
+                    let invocation = Invocation {
+                        id: lease.id.clone(),
+                        function: function.clone(),
+                        trigger,
+                        attempt: claimed.attempt,
+                        vars: claimed.vars,
+                        payload: claimed.payload,
+                        input: claimed.input_dir,
+                    };
+                    let Some(outcome) = self.run_in_task(invocation).await else {
+                        // Interrupted by shutdown: back to the queue, the attempt not used.
+                        match self.store.queue.release(&lease).await {
+                            Ok(_) => tracing::warn!("interrupted by shutdown; queued again"),
+                            Err(e) => tracing::error!(
+                                "cannot queue the interrupted invocation again ({e:#}); it runs again on the next start"
+                            ),
+                        }
+                        return;
+                    };
+                    let next = match &outcome.result {
+                        Ok(()) => Next::Succeeded,
+                        Err(_) if claimed.attempt < claimed.max_attempt => {
+                            let delay =
+                                backoff(&function.spec.limits.retry, claimed.attempt, &lease.id);
+                            tracing::info!(attempt = claimed.attempt, "retrying in {delay:?}");
+                            Next::RetryAt(now_ms() + delay.as_millis() as i64)
+                        }
+                        Err(_) => Next::Dead,
+                    };
+                    (outcome, next)
+                }
+            };
+            self.finish(&lease, &outcome, next).await;
+        }
+        .instrument(span)
+        .await;
+        drop(permit);
+        self.wake();
+    }
+
+    /// Runs the guest on a task of its own, so that even a panic in the host's code for
+    /// it becomes an outcome; `None` when the shutdown grace ran out first.
+    async fn run_in_task(self: &Arc<Self>, invocation: Invocation) -> Option<Outcome> {
+        let dispatcher = self.clone();
+        let span = invocation.span();
+        let task = AbortOnDropHandle::new(tokio::spawn(
+            async move {
+                let outcome = dispatcher
+                    .sandbox
+                    .run_command(&invocation.function.prepared, invocation.run())
+                    .await;
+                log_outcome(&invocation, &outcome, Echo::Both);
+                outcome
+            }
+            .instrument(span),
+        ));
+        tokio::select! {
+            joined = task => Some(joined.unwrap_or_else(|e| {
+                Outcome::host_failure(format!("the invocation's task failed: {e}"))
+            })),
+            _ = self.hard_stop.cancelled() => None,
+        }
+    }
+
+    /// Stores the result, trying again for a while when the store fails: a row left
+    /// `running` would wait for the next start to run again.
+    async fn finish(&self, lease: &crate::store::Lease, outcome: &Outcome, next: Next) {
+        const TRIES: u32 = 5;
+        for attempt in 1..=TRIES {
+            match self.store.queue.finish(lease, output(outcome), next).await {
+                Ok(true) => return,
+                Ok(false) => {
+                    tracing::warn!(
+                        "the invocation was claimed again meanwhile; this attempt's result is dropped"
+                    );
+                    return;
+                }
+                Err(e) if attempt < TRIES => {
+                    tracing::warn!("cannot store the result yet ({e:#}); trying again");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+                Err(e) => tracing::error!(
+                    "cannot store the result ({e:#}); the invocation runs again on the next start"
+                ),
+            }
+        }
+    }
+}
+
+/// The store's view of an outcome.
+fn output(outcome: &Outcome) -> Output {
+    Output {
+        error: outcome.result.as_ref().err().map(ToString::to_string),
+        exit_code: outcome.exit_code(),
+        stdout: outcome.stdout.clone(),
+        stderr: outcome.stderr.clone(),
+        stdout_truncated: outcome.stdout_truncated,
+        stderr_truncated: outcome.stderr_truncated,
+        duration: outcome.duration,
+    }
+}
+
+fn record_sync(store: &Store, invocation: &Invocation, started_at: i64, outcome: &Outcome) {
+    store.history.record(SyncRecord {
+        id: invocation.id.clone(),
+        function: invocation.function.spec.name.clone(),
+        trigger: invocation.trigger,
+        reason: match invocation.trigger {
+            TriggerKind::Manual => Reason::Manual,
+            _ => Reason::Http,
+        },
+        started_at,
+        output: output(outcome),
+    });
+}
+
+/// Counts an outcome and logs it in the current span: the guest's stderr lines at WARN
+/// (they are its log, not the host's errors), its stdout at INFO when nobody else gets it,
+/// and one line with the result.
+fn log_outcome(invocation: &Invocation, outcome: &Outcome, echo: Echo) {
+    metrics::get().invocation(
+        &invocation.function.spec.name,
+        invocation.trigger.as_str(),
+        outcome,
+    );
+    if echo != Echo::Neither {
+        for line in String::from_utf8_lossy(&outcome.stderr).lines() {
+            tracing::warn!(target: "guest", "{line}");
+        }
+    }
+    if echo == Echo::Both {
         for line in String::from_utf8_lossy(&outcome.stdout).lines() {
             tracing::info!(target: "guest", "{line}");
         }
@@ -164,5 +518,46 @@ pub fn log_outcome(function: &str, trigger: TriggerKind, outcome: &Outcome) {
             stderr_truncated = outcome.stderr_truncated,
             "output past `max_output` was dropped"
         );
+    }
+}
+
+/// The wait before the attempt after `attempt`: `initial * 2^(attempt-1)`, at most `max`,
+/// less up to a quarter of it at random so that retries of many invocations spread out
+/// while each wait stays longer than the one before.
+pub fn backoff(retry: &Retry, attempt: u32, id: &str) -> Duration {
+    let exp = retry
+        .initial
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let delay = exp.min(retry.max);
+    // Jitter needs no crate: the std hasher is randomly keyed per process.
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new().hash_one((id, attempt));
+    let fraction = (random % 1000) as f64 / 1000.0;
+    delay.mul_f64(1.0 - 0.25 * fraction)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_stops_at_max() {
+        let retry = Retry {
+            attempts: 10,
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(10),
+        };
+        let mut previous = Duration::ZERO;
+        for attempt in 1..=4 {
+            let d = backoff(&retry, attempt, "x");
+            let full = Duration::from_secs(1 << (attempt - 1));
+            assert!(
+                d <= full && d >= full.mul_f64(0.75),
+                "attempt {attempt}: {d:?}"
+            );
+            assert!(d > previous);
+            previous = d;
+        }
+        assert!(backoff(&retry, 9, "x") <= Duration::from_secs(10));
     }
 }

@@ -1,22 +1,29 @@
 //! jobhost runs WebAssembly functions in fresh wasmtime sandboxes, fired by HTTP routes,
 //! timers, watched folders and manual calls.
 //!
-//! The map: `config` turns `runtime.toml` into validated types; `registry` turns
-//! `functions/` into compiled, linked functions and routes; `sandbox` is the only module
-//! that names wasmtime; `dispatch` runs one invocation; `records` is the SQLite store of
-//! invocations and the durable queue, which `queue` works off; `triggers` own event
-//! sources; `api` is `/_jobhost/`; `host` wires them together and owns shutdown. See
-//! ARCHITECTURE.md.
+//! The map, top down (a module imports only those below it): `cli` parses commands and
+//! prints; `serve` builds everything at start and owns shutdown; `front` accepts HTTP and
+//! sends each request to `api` (`/_jobhost/`) or to a function's route
+//! (`triggers::http`); `queue` works off durable work; `reload` watches `functions/` and
+//! `runtime.toml`; `triggers` own their event sources. They share a `runtime` handle: the
+//! functions (`registry`), the `dispatch`er that owns an invocation's whole life, the
+//! `store` (traits, with SQLite as the embedded implementation) and `metrics`. Below them
+//! `sandbox` is the only module that names wasmtime, `config` the only one that knows the
+//! TOML shape, and `schedule` does timer arithmetic. See ARCHITECTURE.md.
 
+pub mod answer;
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod dispatch;
-pub mod host;
+pub mod front;
 pub mod metrics;
 pub mod queue;
-pub mod records;
 pub mod registry;
 pub mod reload;
+pub mod runtime;
 pub mod sandbox;
 pub mod schedule;
+pub mod serve;
+pub mod store;
 pub mod triggers;

@@ -2,14 +2,17 @@
 //! routing table, plus every problem found on the way (a bad module never stops the others).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use sha2::Digest;
 
-use crate::config::{self, Config, FunctionSpec, HttpMode, HttpTrigger, Route, Trigger};
-use crate::sandbox::{GuestConfig, Prepared, Sandbox, Shape};
+use crate::config::{Config, FunctionSpec, HttpMode, HttpTrigger, Problems, Route, Trigger};
+use crate::metrics;
+use crate::sandbox::{GuestConfig, Prepared, Sandbox, SandboxSettings, Shape};
+
+/// Every function the configuration describes: its spec, or why it has none.
+pub type Specs = BTreeMap<String, Result<FunctionSpec, Problems>>;
 
 /// A function ready to run: its validated spec and its linked module.
 pub struct Function {
@@ -52,24 +55,18 @@ pub struct Registry {
 /// A module younger than this that does not load may still be being copied.
 const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The names of the functions: every `NAME.wasm` and `NAME.toml` in `functions/` and every
-/// `[functions.NAME]`.
-pub fn function_names(config: &Config) -> Vec<String> {
-    let mut names: Vec<String> = config.declared.keys().cloned().collect();
-    if let Ok(entries) = std::fs::read_dir(&config.host.functions_dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let ext = path.extension().and_then(|e| e.to_str());
-            if matches!(ext, Some("wasm") | Some("toml"))
-                && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
-            {
-                names.push(stem.to_string());
-            }
-        }
+/// The sandbox a host on this configuration needs. Fuel counting is an engine setting:
+/// it is on when anything asks for `fuel` at start.
+pub fn sandbox_settings(config: &Config, specs: &Specs) -> SandboxSettings {
+    let fuel = config.defaults.fuel.is_some()
+        || specs
+            .values()
+            .any(|s| s.as_ref().is_ok_and(|s| s.limits.fuel.is_some()));
+    SandboxSettings {
+        max_concurrency: config.host.max_concurrency,
+        fuel,
+        cache_dir: Some(config.host.data_dir.join("cache")),
     }
-    names.sort();
-    names.dedup();
-    names
 }
 
 /// What to make of a module that does not load while it is younger than a second.
@@ -82,8 +79,8 @@ pub enum Young {
 }
 
 /// Loads every function; `only` restricts it to one (for `jobhost invoke`).
-pub fn load(config: &Config, sandbox: &Sandbox, only: Option<&str>) -> Registry {
-    reload(config, sandbox, &Registry::default(), only, Young::Report)
+pub fn load(specs: &Specs, sandbox: &Sandbox, only: Option<&str>) -> Registry {
+    reload(specs, sandbox, &Registry::default(), only, Young::Report)
 }
 
 /// Loads the functions again, keeping every one whose module bytes and spec are unchanged.
@@ -91,20 +88,25 @@ pub fn load(config: &Config, sandbox: &Sandbox, only: Option<&str>) -> Registry 
 /// beside it; a module that fails while it is younger than a second is taken to be still
 /// copying, and is retried (`unsettled`) rather than reported.
 pub fn reload(
-    config: &Config,
+    specs: &Specs,
     sandbox: &Sandbox,
     previous: &Registry,
     only: Option<&str>,
     young: Young,
 ) -> Registry {
     let mut registry = Registry::default();
-    for name in function_names(config) {
+    for (name, spec) in specs {
         if only.is_some_and(|o| o != name) {
             continue;
         }
+        let name = name.clone();
         let old = previous.functions.get(&name);
         let started = Instant::now();
-        match load_function(config, sandbox, &name, old) {
+        let loaded = match spec {
+            Ok(spec) => load_function(sandbox, spec, old),
+            Err(problems) => Err(LoadFailure::from(problems.to_string())),
+        };
+        match loaded {
             Ok(function) => {
                 if !old.is_some_and(|o| Arc::ptr_eq(o, &function)) {
                     tracing::info!(
@@ -162,23 +164,14 @@ impl From<String> for LoadFailure {
 }
 
 fn load_function(
-    config: &Config,
     sandbox: &Sandbox,
-    name: &str,
+    spec: &FunctionSpec,
     old: Option<&Arc<Function>>,
 ) -> Result<Arc<Function>, LoadFailure> {
-    config::check_function_name(name)?;
-    let sidecar_path = config.host.functions_dir.join(format!("{name}.toml"));
-    let sidecar = if sidecar_path.exists() {
-        Some(config::load_sidecar(&sidecar_path, name).map_err(|p| p.to_string())?)
-    } else {
-        None
-    };
-    let spec = config::function_spec(config, name, sidecar.as_ref()).map_err(|p| p.to_string())?;
     if spec.limits.fuel.is_some() && !sandbox.fuel_enabled() {
         return Err(format!(
             "{}: `fuel` is set but the host started without fuel counting: restart the host to enable it",
-            module_label(&spec.module)
+            spec.module.display()
         )
         .into());
     }
@@ -195,13 +188,15 @@ fn load_function(
     let module_hash: [u8; 32] = sha2::Sha256::digest(&bytes).into();
     if let Some(old) = old
         && old.module_hash == module_hash
-        && old.spec == spec
+        && old.spec == *spec
     {
         return Ok(old.clone());
     }
+    let compiling = Instant::now();
     let loaded = sandbox
         .load(&bytes)
         .map_err(|e| format!("{}: {e}", spec.module.display()));
+    metrics::get().compiled(compiling.elapsed());
     let prepared = match loaded {
         Ok(p) => p,
         Err(message) => {
@@ -234,7 +229,7 @@ fn load_function(
             .find(|t| !matches!(t, Trigger::Http(_)))
     {
         return Err(format!(
-            "{}: a wasi:http component serves HTTP triggers only, but it has {other:?}: build it as a command (fn main) to use timers or watches",
+            "{}: a wasi:http component serves HTTP triggers only, but it has `{other}`: build it as a command (fn main) to use timers or watches",
             spec.module.display()
         )
         .into());
@@ -248,16 +243,12 @@ fn load_function(
     };
     let config = GuestConfig::new(&spec.config);
     Ok(Arc::new(Function {
-        spec,
+        spec: spec.clone(),
         prepared,
         module_hash,
         permits,
         config,
     }))
-}
-
-fn module_label(path: &Path) -> String {
-    path.display().to_string()
 }
 
 impl Registry {
@@ -304,10 +295,10 @@ impl Registry {
     }
 
     /// The routes matching `path`, most specific first.
-    pub fn routes_for<'a>(
+    pub fn routes_for<'a, 'p>(
         &'a self,
-        path: &'a str,
-    ) -> impl Iterator<Item = (&'a RouteEntry, Vec<(String, String)>)> + 'a {
+        path: &'p str,
+    ) -> impl Iterator<Item = (&'a RouteEntry, Vec<(String, String)>)> + use<'a, 'p> {
         self.routes
             .iter()
             .filter_map(move |r| r.route.matches(path).map(|p| (r, p)))
@@ -316,9 +307,4 @@ impl Registry {
 
 fn overlap(a: &[String], b: &[String]) -> bool {
     a.is_empty() || b.is_empty() || a.iter().any(|m| b.contains(m))
-}
-
-/// Where compiled modules are cached.
-pub fn cache_dir(config: &Config) -> PathBuf {
-    config.host.data_dir.join("cache")
 }

@@ -2,6 +2,7 @@
 //! read) has been quiet for a moment, reads the configuration and the functions again on a
 //! blocking thread (so compiling never stalls serving) and installs the new set whole. An invalid
 //! configuration keeps the previous one; a module that fails keeps its previous version.
+//! `install` is the one way a set of functions becomes the running one, at start too.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,8 +13,33 @@ use notify::{Event, EventKind, RecursiveMode, Watcher};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
-use crate::host::Host;
-use crate::registry::{self, Young};
+use crate::registry::{self, Registry, Young};
+use crate::runtime::Runtime;
+use crate::triggers::Supervisor;
+
+/// Makes `next` the running functions: logs what is newly wrong and what went, restarts
+/// the triggers of every function that changed, and wakes the queue (work may have waited
+/// for a function).
+pub fn install(rt: &Runtime, triggers: &Supervisor, next: Registry) {
+    let next = Arc::new(next);
+    let previous = rt.swap(next.clone());
+    for problem in &next.problems {
+        let known = previous
+            .problems
+            .iter()
+            .any(|p| p.function == problem.function && p.message == problem.message);
+        if !known {
+            tracing::error!(function = %problem.function, "{}", problem.message);
+        }
+    }
+    for name in previous.functions.keys() {
+        if !next.functions.contains_key(name) {
+            tracing::info!(function = %name, "removed");
+        }
+    }
+    triggers.update(rt, &previous, &next);
+    rt.dispatch.wake();
+}
 
 /// How long `functions/` and `runtime.toml` must be quiet before a reload. Short: a module
 /// caught half-copied does not load, is seen to be young, and is tried again (`RETRY`).
@@ -59,18 +85,28 @@ pub fn watch(config: &Config) -> Option<Watching> {
     })
 }
 
-pub async fn run(
-    host: Arc<Host>,
-    watching: Watching,
-    mut unsettled: bool,
-    stop: CancellationToken,
-) {
+/// What reload works from: the configuration the host started with, and where to install.
+pub struct Reload {
+    pub rt: Arc<Runtime>,
+    pub triggers: Arc<Supervisor>,
+    pub config: Config,
+    /// A module was still being written at the first load: look again soon.
+    pub unsettled: bool,
+}
+
+pub async fn run(reload: Reload, watching: Watching, stop: CancellationToken) {
+    let Reload {
+        rt,
+        triggers,
+        config: started,
+        mut unsettled,
+    } = reload;
     let Watching {
         _watcher,
         events: mut rx,
     } = watching;
-    let functions_dir = host.config.host.functions_dir.clone();
-    let config_path = host.config.path.clone();
+    let functions_dir = started.host.functions_dir.clone();
+    let config_path = started.path.clone();
     let relevant = |path: &Path| {
         path == config_path
             || (path.parent() == Some(functions_dir.as_path())
@@ -79,7 +115,7 @@ pub async fn run(
                     Some("wasm" | "toml")
                 ))
     };
-    let mut current = host.config.clone();
+    let mut current = started.clone();
     let mut had_file = usable(&config_path);
     // When the last change is QUIET old; `None` while nothing changed.
     let mut quiet_at: Option<tokio::time::Instant> = None;
@@ -108,7 +144,7 @@ pub async fn run(
             _ = tokio::time::sleep_until(retry_at), if unsettled && quiet_at.is_none() => {}
         }
         tracing::debug!("reloading: functions/ or the configuration changed");
-        unsettled = reload(&host, &mut current, &mut had_file).await;
+        unsettled = reread(&rt, &triggers, &started, &mut current, &mut had_file).await;
         retry_at = tokio::time::Instant::now() + RETRY;
     }
 }
@@ -128,17 +164,23 @@ fn usable(path: &Path) -> bool {
 }
 
 /// Reads everything again and installs it; returns whether a module is still settling.
-async fn reload(host: &Arc<Host>, current: &mut Config, had_file: &mut bool) -> bool {
+async fn reread(
+    rt: &Runtime,
+    triggers: &Supervisor,
+    started: &Config,
+    current: &mut Config,
+    had_file: &mut bool,
+) -> bool {
     // An editor that saves by moving the old file away first leaves no runtime.toml for a
     // moment, and one that truncates and writes leaves it empty; reading either as "all
     // defaults" would drop every declared function.
-    let exists = usable(&host.config.path);
+    let exists = usable(&started.path);
     let loaded = if exists || !*had_file {
-        config::load(&host.config.path)
+        config::load(&started.path)
     } else {
         tracing::warn!(
             "{} is gone or empty; the previous configuration keeps running until it is back",
-            host.config.path.display()
+            started.path.display()
         );
         Ok(current.clone())
     };
@@ -159,17 +201,18 @@ async fn reload(host: &Arc<Host>, current: &mut Config, had_file: &mut bool) -> 
     }
     // Configuration of functions comes from this reload; [host] stays as the host started.
     let mut config = current.clone();
-    config.host = host.config.host.clone();
-    let previous = host.registry();
-    let worker = host.clone();
+    config.host = started.host.clone();
+    let previous = rt.functions();
+    let dispatch = rt.dispatch.clone();
     let next = tokio::task::spawn_blocking(move || {
-        registry::reload(&config, &worker.sandbox, &previous, None, Young::Wait)
+        let specs = config::functions(&config);
+        registry::reload(&specs, dispatch.sandbox(), &previous, None, Young::Wait)
     })
     .await;
     match next {
         Ok(next) => {
             let unsettled = next.unsettled;
-            host.install(next);
+            install(rt, triggers, next);
             unsettled
         }
         Err(e) => {

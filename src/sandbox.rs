@@ -145,6 +145,19 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// A failure of the host itself, before or instead of running the guest.
+    pub fn host_failure(why: String) -> Outcome {
+        Outcome {
+            result: Err(Failure::Host(why)),
+            stdout: Bytes::new(),
+            stderr: Bytes::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            duration: Duration::ZERO,
+            instantiation: None,
+        }
+    }
+
     pub fn exit_code(&self) -> Option<i32> {
         match &self.result {
             Ok(()) => Some(0),
@@ -153,6 +166,9 @@ impl Outcome {
         }
     }
 }
+
+/// The body of an HTTP answer: a guest's streamed body, or one the host wrote.
+pub type Body = HyperOutgoingBody;
 
 /// The answer of a wasi:http component.
 pub enum HttpServed {
@@ -676,13 +692,8 @@ impl Drop for Sandbox {
 
 fn panicked(e: tokio::task::JoinError, started: Instant) -> Outcome {
     Outcome {
-        result: Err(Failure::Host(format!("the invocation task failed: {e}"))),
-        stdout: Bytes::new(),
-        stderr: Bytes::new(),
-        stdout_truncated: false,
-        stderr_truncated: false,
         duration: started.elapsed(),
-        instantiation: None,
+        ..Outcome::host_failure(format!("the invocation task failed: {e}"))
     }
 }
 

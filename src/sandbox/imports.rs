@@ -1,6 +1,11 @@
 //! Host imports beyond WASI: configuration through `wasi:config/store` (both the
 //! `0.2.0-rc.1` names wasmtime ships and the `0.2.0-draft` names Spin and wasmCloud guests
 //! import) and `jobhost.config_get` for core modules.
+//!
+//! Both `wasi:config` versions are bound here rather than through wasmtime-wasi-config:
+//! that crate serves a fixed map of strings, and a value configured from an environment
+//! variable that is not set must answer the guest that reads it with an error (and only
+//! that guest), which a fixed map cannot say.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,81 +14,110 @@ use wasmtime::component::HasData;
 use wasmtime::{Caller, Extern, Linker};
 
 use super::{ComponentState, ModuleState};
+use crate::config::Setting;
 
-mod draft {
-    wasmtime::component::bindgen!({
-        inline: "
-            package wasi:config@0.2.0-draft;
-            interface store {
-                variant error { upstream(string), io(string) }
-                get: func(key: string) -> result<option<string>, error>;
-                get-all: func() -> result<list<tuple<string, string>>, error>;
+macro_rules! wasi_config {
+    ($module:ident, $wit:tt) => {
+        mod $module {
+            wasmtime::component::bindgen!({
+                inline: $wit,
+                world: "wasi:config/imports",
+                imports: { default: trappable },
+            });
+        }
+
+        impl $module::wasi::config::store::Host for &GuestConfig {
+            fn get(
+                &mut self,
+                key: String,
+            ) -> wasmtime::Result<Result<Option<String>, $module::wasi::config::store::Error>> {
+                Ok(GuestConfig::get(self, &key)
+                    .map_err($module::wasi::config::store::Error::Upstream))
             }
-            world imports { import store; }
-        ",
-        world: "wasi:config/imports",
-        imports: { default: trappable },
-    });
+
+            fn get_all(
+                &mut self,
+            ) -> wasmtime::Result<Result<Vec<(String, String)>, $module::wasi::config::store::Error>>
+            {
+                Ok(Ok(self.all()))
+            }
+        }
+    };
 }
 
-/// Configuration a guest can read: the function's `config` over the shared table.
-pub(crate) type Values = Arc<BTreeMap<String, String>>;
+// The two versions differ in their package line only.
+wasi_config!(
+    rc1,
+    "
+    package wasi:config@0.2.0-rc.1;
+    interface store {
+        variant error { upstream(string), io(string) }
+        get: func(key: string) -> result<option<string>, error>;
+        get-all: func() -> result<list<tuple<string, string>>, error>;
+    }
+    world imports { import store; }
+    "
+);
+wasi_config!(
+    draft,
+    "
+    package wasi:config@0.2.0-draft;
+    interface store {
+        variant error { upstream(string), io(string) }
+        get: func(key: string) -> result<option<string>, error>;
+        get-all: func() -> result<list<tuple<string, string>>, error>;
+    }
+    world imports { import store; }
+    "
+);
 
-/// A function's configuration in the two forms the imports read, built once per function
-/// version so that an invocation only clones two `Arc`s.
+/// A function's configuration as guests read it: its `config` over the shared table,
+/// shared by every invocation of one function version.
 #[derive(Clone, Default)]
 pub struct GuestConfig {
-    pub(crate) values: Values,
-    pub(crate) wasi: Arc<wasmtime_wasi_config::WasiConfigVariables>,
+    values: Arc<BTreeMap<String, Setting>>,
 }
 
 impl GuestConfig {
-    pub fn new(config: &BTreeMap<String, String>) -> GuestConfig {
+    pub fn new(config: &BTreeMap<String, Setting>) -> GuestConfig {
         GuestConfig {
             values: Arc::new(config.clone()),
-            wasi: Arc::new(
-                config
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect(),
-            ),
         }
     }
-}
 
-struct DraftConfig;
-
-impl HasData for DraftConfig {
-    type Data<'a> = &'a Values;
-}
-
-impl draft::wasi::config::store::Host for &Values {
-    fn get(
-        &mut self,
-        key: String,
-    ) -> wasmtime::Result<Result<Option<String>, draft::wasi::config::store::Error>> {
-        Ok(Ok(BTreeMap::get(self, &key).cloned()))
+    /// The value of `key`; `Err` (logged) when it comes from an environment variable that
+    /// is not set.
+    fn get(&self, key: &str) -> Result<Option<String>, String> {
+        match self.values.get(key) {
+            None => Ok(None),
+            Some(Ok(value)) => Ok(Some(value.clone())),
+            Some(Err(unset)) => {
+                tracing::warn!("the guest read config `{key}`, which has no value: {unset}");
+                Err(unset.to_string())
+            }
+        }
     }
 
-    fn get_all(
-        &mut self,
-    ) -> wasmtime::Result<Result<Vec<(String, String)>, draft::wasi::config::store::Error>> {
-        Ok(Ok(self
+    /// Every key that has a value; one whose variable is not set is left out.
+    fn all(&self) -> Vec<(String, String)> {
+        self.values
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()))
+            .filter_map(|(k, v)| Some((k.clone(), v.clone().ok()?)))
+            .collect()
     }
+}
+
+struct Config;
+
+impl HasData for Config {
+    type Data<'a> = &'a GuestConfig;
 }
 
 pub(crate) fn add_config_to_component_linker(
     linker: &mut wasmtime::component::Linker<ComponentState>,
 ) -> wasmtime::Result<()> {
-    wasmtime_wasi_config::add_to_linker(linker, |s: &mut ComponentState| {
-        wasmtime_wasi_config::WasiConfig::from(&*s.config.wasi)
-    })?;
-    draft::wasi::config::store::add_to_linker::<ComponentState, DraftConfig>(linker, |s| {
-        &s.config.values
-    })?;
+    rc1::wasi::config::store::add_to_linker::<ComponentState, Config>(linker, |s| &s.config)?;
+    draft::wasi::config::store::add_to_linker::<ComponentState, Config>(linker, |s| &s.config)?;
     Ok(())
 }
 
@@ -91,7 +125,8 @@ pub(crate) fn add_config_to_component_linker(
 const MAX_KEY_LEN: usize = 64 * 1024;
 
 /// `jobhost.config_get(key_ptr, key_len, buf_ptr, buf_len) -> i32`: the value's length,
-/// written to the buffer only when it fits, or -1 when the key is not set.
+/// written to the buffer only when it fits; -1 when the key is not set; -2 when its value
+/// comes from an environment variable that is not set (the host logs which).
 pub(crate) fn add_config_to_module_linker(
     linker: &mut Linker<ModuleState>,
 ) -> wasmtime::Result<()> {
@@ -118,8 +153,10 @@ pub(crate) fn add_config_to_module_linker(
             let Ok(key) = String::from_utf8(key) else {
                 wasmtime::bail!("jobhost.config_get: the key is not UTF-8");
             };
-            let Some(value) = caller.data().config.values.get(&key).cloned() else {
-                return Ok(-1);
+            let value = match caller.data().config.get(&key) {
+                Ok(Some(value)) => value,
+                Ok(None) => return Ok(-1),
+                Err(_) => return Ok(-2),
             };
             if value.len() <= buf_len as u32 as usize {
                 memory.write(&mut caller, buf_ptr as u32 as usize, value.as_bytes())?;

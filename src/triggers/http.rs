@@ -1,150 +1,148 @@
-//! The HTTP trigger: the listener, routing to functions (404, 405, 413), the request as a
-//! wasi:http request or as CGI variables and stdin, and the guest's answer as a response.
-
-use std::convert::Infallible;
-use std::sync::Arc;
+//! The HTTP trigger: what a function's route does. The request is matched to a route (404,
+//! 405), its body read within `max_body` (413), and handed to the dispatcher as a
+//! wasi:http request or, for a command, as CGI variables and stdin; the guest's answer
+//! becomes the response. Accepting connections is the HTTP front's.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
-use crate::api;
-use crate::config::HttpMode;
-use crate::dispatch::{self, Invocation, TriggerKind};
-use crate::host::Host;
-use crate::metrics;
-use crate::records::{NewInvocation, SyncRecord, now_ms};
-use crate::registry::{Function, RouteEntry};
-use crate::sandbox::{HttpServed, Outcome, Shape};
+use crate::answer::{self, Body};
+use crate::config::{HttpMode, TriggerKind};
+use crate::dispatch::{Call, Echo, Served};
+use crate::registry::{Registry, RouteEntry};
+use crate::runtime::Runtime;
+use crate::sandbox::{Outcome, Shape};
+use crate::store::Reason;
 
-pub type Body = wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-
-/// The header every answer from a function carries, so a caller can look it up.
-pub const INVOCATION_HEADER: &str = "x-jobhost-invocation-id";
-
-/// Accepts connections until `shutdown`, serving each on a tracked task.
-pub async fn serve(listener: TcpListener, host: Arc<Host>, shutdown: CancellationToken) {
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    continue;
-                }
-            },
+/// Answers a request for a function's route.
+pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
+    let registry = rt.functions();
+    let (path, method) = (req.uri().path(), req.method().as_str());
+    let (entry, params) = match route(&registry, path, method) {
+        Ok(matched) => matched,
+        Err(why) => return unrouted(why, path, method),
+    };
+    let (parts, body) = match read_body(req, entry).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    let function = &entry.function;
+    // A wasi:http component sees the request itself; commands see it as CGI variables.
+    let vars = match function.prepared.shape {
+        Shape::Http => Vec::new(),
+        Shape::Command | Shape::Module => cgi_vars(&parts, &body, entry, &params),
+    };
+    if entry.mode == HttpMode::Async {
+        let new = rt
+            .dispatch
+            .new_invocation(function, TriggerKind::Http, Reason::Http, body, vars);
+        return match rt.dispatch.submit(new).await {
+            Ok(id) => answer::accepted(&id),
+            Err(e) => {
+                tracing::error!(function = %function.spec.name, "cannot queue an invocation: {e:#}");
+                answer::unavailable(format!("cannot queue the invocation: {e:#}"))
+            }
         };
-        let _ = stream.set_nodelay(true);
-        let conn_host = host.clone();
-        let shutdown = shutdown.clone();
-        host.tasks.spawn(async move {
-            let service = service_fn(move |req| {
-                let host = conn_host.clone();
-                async move { Ok::<_, Infallible>(handle(&host, req).await) }
-            });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+    }
+    let permit = match rt.dispatch.admit(function) {
+        Ok(permit) => permit,
+        Err(busy) => return answer::unavailable(busy.to_string()),
+    };
+    let call = Call {
+        function,
+        trigger: TriggerKind::Http,
+        vars,
+        payload: body.clone(),
+        echo: Echo::Stderr,
+    };
+    let (id, response) = match function.prepared.shape {
+        Shape::Http => {
+            let mut request = Request::from_parts(parts, Full::new(body));
+            if !request.headers().contains_key(header::HOST)
+                && let Ok(v) = HeaderValue::from_str(&rt.host.listen.to_string())
+            {
+                request.headers_mut().insert(header::HOST, v);
+            }
+            match rt.dispatch.serve_http(call, request, permit).await {
+                (id, Served::Responded(response)) => (id, response),
+                (id, Served::Failed(outcome)) => {
+                    let response = failed(&id, &outcome);
+                    (id, response)
                 }
             }
-        });
-    }
+        }
+        Shape::Command | Shape::Module => {
+            let (id, outcome) = rt.dispatch.run_sync(call, permit).await;
+            let response = match &outcome.result {
+                Ok(()) => cgi_response(outcome.stdout),
+                Err(_) => failed(&id, &outcome),
+            };
+            (id, response)
+        }
+    };
+    answer::with_invocation(response, &id)
 }
 
-pub fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
-    let mut response = Response::new(full(Bytes::from(body.into())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+/// A route that matched, with its `{param}` values.
+type Matched<'a> = (&'a RouteEntry, Vec<(String, String)>);
+
+/// Why no route takes a request.
+enum Unrouted {
+    /// 404: no route matches the path.
+    NotFound,
+    /// 405: routes match the path, for these methods only.
+    Method(Vec<String>),
 }
 
-pub fn full(bytes: Bytes) -> Body {
-    Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync()
+/// The route for `path` and `method`.
+fn route<'a>(registry: &'a Registry, path: &str, method: &str) -> Result<Matched<'a>, Unrouted> {
+    let mut allowed: Vec<String> = Vec::new();
+    let mut any = false;
+    for (entry, params) in registry.routes_for(path) {
+        if entry.methods.is_empty() || entry.methods.iter().any(|m| m == method) {
+            return Ok((entry, params));
+        }
+        any = true;
+        allowed.extend(entry.methods.iter().cloned());
+    }
+    if !any {
+        return Err(Unrouted::NotFound);
+    }
+    allowed.sort();
+    allowed.dedup();
+    Err(Unrouted::Method(allowed))
 }
 
-pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path().to_string();
-    if path == "/healthz" {
-        return text(StatusCode::OK, "ok\n");
-    }
-    if path == "/metrics" {
-        let queued = host.records.queue_depth().unwrap_or(0);
-        let running = host.config.host.max_concurrency - host.permits.available_permits();
-        let body = metrics::get().render(queued, running as i64);
-        let mut response = text(StatusCode::OK, body);
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        );
-        return response;
-    }
-    if host.accept.is_cancelled() {
-        let mut response = text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the host is shutting down\n",
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
-    }
-    if path.starts_with(api::PREFIX) {
-        return api::handle(host, req).await;
-    }
-    let registry = host.registry();
-    let mut matched = registry.routes_for(&path).peekable();
-    if matched.peek().is_none() {
-        return text(
+fn unrouted(why: Unrouted, path: &str, method: &str) -> Response<Body> {
+    match why {
+        Unrouted::NotFound => answer::text(
             StatusCode::NOT_FOUND,
             format!("no function is served at {path}\n"),
-        );
-    }
-    let method = req.method().as_str().to_string();
-    let mut allowed: Vec<&str> = Vec::new();
-    let mut chosen = None;
-    for (entry, params) in matched {
-        if entry.methods.is_empty() || entry.methods.contains(&method) {
-            chosen = Some((entry, params));
-            break;
+        ),
+        Unrouted::Method(allowed) => {
+            let allowed = allowed.join(", ");
+            let mut response = answer::text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed at {path}; use {allowed}\n"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&allowed) {
+                response.headers_mut().insert(header::ALLOW, v);
+            }
+            response
         }
-        allowed.extend(entry.methods.iter().map(String::as_str));
     }
-    let Some((entry, params)) = chosen else {
-        allowed.sort();
-        allowed.dedup();
-        let mut response = text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!(
-                "{method} is not allowed at {path}; use {}\n",
-                allowed.join(", ")
-            ),
-        );
-        if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
-            response.headers_mut().insert(header::ALLOW, v);
-        }
-        return response;
-    };
+}
 
+/// The request's head and its whole body, or 413 past the route's `max_body`.
+async fn read_body(
+    req: Request<Incoming>,
+    entry: &RouteEntry,
+) -> Result<(http::request::Parts, Bytes), Response<Body>> {
     let too_large = || {
-        text(
+        answer::text(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "the request body is larger than {} bytes (max_body of {})\n",
@@ -158,176 +156,21 @@ pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared_length.is_some_and(|len| len > entry.max_body) {
-        return too_large();
+        return Err(too_large());
     }
     let (parts, body) = req.into_parts();
     let limit = usize::try_from(entry.max_body).unwrap_or(usize::MAX);
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
-        Err(e) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the request body: {e}\n"),
-            );
-        }
-    };
-
-    let function = &entry.function;
-    // A wasi:http component sees the request itself; commands see it as CGI variables.
-    let vars = match function.prepared.shape {
-        Shape::Http => Vec::new(),
-        Shape::Command | Shape::Module => cgi_vars(&parts, &body, entry, &params),
-    };
-    if entry.mode == HttpMode::Async {
-        return enqueue(host, function, TriggerKind::Http, &body, &vars);
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok((parts, collected.to_bytes())),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(answer::text(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the request body: {e}\n"),
+        )),
     }
-    let Some(permit) = host.try_permit(function) else {
-        let mut response = text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "`{}` is at its concurrency limit, or the host at max_concurrency ({}); try again\n",
-                function.spec.name, host.config.host.max_concurrency
-            ),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
-    };
-
-    let invocation = Invocation {
-        id: dispatch::new_id(),
-        function,
-        trigger: TriggerKind::Http,
-        attempt: 1,
-        vars,
-        payload: body.clone(),
-        input: None,
-    };
-    let started_at = now_ms();
-    let id = invocation.id.clone();
-    let span = invocation.span();
-    let mut response = match entry.function.prepared.shape {
-        Shape::Http => {
-            let mut request = Request::from_parts(parts, Full::new(body));
-            if !request.headers().contains_key(header::HOST)
-                && let Ok(v) = HeaderValue::from_str(&host.config.host.listen.to_string())
-            {
-                request.headers_mut().insert(header::HOST, v);
-            }
-            let served = host
-                .sandbox
-                .serve_http(&entry.function.prepared, request, invocation.run())
-                .instrument(span.clone())
-                .await;
-            match served {
-                HttpServed::Responded(response, done) => {
-                    // The body may still stream; the outcome is recorded when the guest
-                    // ends, and the permit is held until then.
-                    let host = host.clone();
-                    let id = id.clone();
-                    let name = function.spec.name.clone();
-                    host.clone().tasks.spawn(
-                        async move {
-                            if let Ok(outcome) = done.await {
-                                dispatch::log_outcome(&name, TriggerKind::Http, &outcome);
-                                record_sync(&host, &id, &name, started_at, outcome);
-                            }
-                            drop(permit);
-                        }
-                        .instrument(span),
-                    );
-                    response
-                }
-                HttpServed::Failed(outcome) => {
-                    span.in_scope(|| {
-                        dispatch::log_outcome(&function.spec.name, TriggerKind::Http, &outcome)
-                    });
-                    let response = failed(&id, &outcome);
-                    record_sync(host, &id, &function.spec.name, started_at, outcome);
-                    response
-                }
-            }
-        }
-        Shape::Command | Shape::Module => {
-            let outcome = dispatch::run_command(&host.sandbox, &invocation).await;
-            drop(permit);
-            let response = match &outcome.result {
-                Ok(()) => cgi_response(outcome.stdout.clone()),
-                Err(_) => failed(&id, &outcome),
-            };
-            record_sync(host, &id, &function.spec.name, started_at, outcome);
-            response
-        }
-    };
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(INVOCATION_HEADER, v);
-    }
-    response
 }
 
-/// Sync HTTP is recorded but never retried: the caller decides.
-fn record_sync(host: &Host, id: &str, function: &str, started_at: i64, outcome: Outcome) {
-    host.sync_records.record(SyncRecord {
-        id: id.to_string(),
-        function: function.to_string(),
-        started_at,
-        outcome,
-    });
-}
-
-/// Writes durable work to the store, then answers 202 with where to look it up.
-pub fn enqueue(
-    host: &Host,
-    function: &Function,
-    trigger: TriggerKind,
-    payload: &[u8],
-    vars: &[(String, String)],
-) -> Response<Body> {
-    let id = dispatch::new_id();
-    let new = NewInvocation {
-        id: &id,
-        function: &function.spec.name,
-        trigger: trigger.as_str(),
-        reason: trigger.as_str(),
-        max_attempt: function.spec.limits.retry.attempts,
-        payload,
-        vars,
-        timer: None,
-        input_dir: None,
-    };
-    if let Err(e) = host.records.enqueue(&new, now_ms()) {
-        tracing::error!(function = %function.spec.name, "cannot queue an invocation: {e:#}");
-        let mut response = text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("cannot queue the invocation: {e:#}\n"),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
-    }
-    host.wake.notify_one();
-    let location = format!("{}invocations/{id}", api::PREFIX);
-    let body = serde_json::json!({ "id": id, "state": "queued", "location": location });
-    let mut response = Response::new(full(Bytes::from(body.to_string())));
-    *response.status_mut() = StatusCode::ACCEPTED;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        headers.insert(header::LOCATION, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        headers.insert(INVOCATION_HEADER, v);
-    }
-    response
-}
-
+/// A failed invocation's answer: 500 with its id and reason.
 fn failed(id: &str, outcome: &Outcome) -> Response<Body> {
     let reason = outcome
         .result
@@ -335,13 +178,13 @@ fn failed(id: &str, outcome: &Outcome) -> Response<Body> {
         .err()
         .map(ToString::to_string)
         .unwrap_or_default();
-    text(
+    answer::text(
         StatusCode::INTERNAL_SERVER_ERROR,
         format!("invocation {id} failed: {reason}\n"),
     )
 }
 
-/// The CGI variables of SPEC §2 for one request.
+/// The CGI variables a command sees for one request.
 fn cgi_vars(
     parts: &http::request::Parts,
     body: &Bytes,
@@ -396,7 +239,7 @@ fn cgi_vars(
 pub fn cgi_response(stdout: Bytes) -> Response<Body> {
     let (status, headers, body) =
         split_cgi(&stdout).unwrap_or((None, HeaderMap::new(), stdout.clone()));
-    let mut response = Response::new(full(body));
+    let mut response = Response::new(answer::full(body));
     let location = headers.contains_key(header::LOCATION);
     *response.headers_mut() = headers;
     *response.status_mut() = status.unwrap_or(if location {

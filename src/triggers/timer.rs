@@ -1,19 +1,21 @@
 //! Timer triggers: each timer is one task that sleeps until its next occurrence (never
-//! waking it early), and sends each occurrence through the durable queue with reason
-//! `scheduled`, `past_due` or `startup`. The last occurrence handled is kept in the store,
-//! so a restart neither fires twice nor runs away with past-due runs.
+//! waking it early), and records each occurrence with reason `scheduled`, `past_due` or
+//! `startup` through the store, which moves the timer's cursor in the same transaction.
+//! So a restart neither fires twice nor runs away with past-due runs, and an occurrence
+//! that two tasks reach (a reload restarting the timer) fires once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CatchUp, Overlap, TimerTrigger};
-use crate::dispatch;
-use crate::host::Host;
-use crate::records::NewInvocation;
+use super::Context;
+use crate::config::{CatchUp, TimerTrigger, TriggerKind};
+use crate::metrics;
 use crate::registry::Function;
+use crate::store::{Fired, Reason, TimerFire};
 
 /// The key a timer's state is stored under: its function and its schedule, so that an
 /// edited schedule is a new timer and never counts as missed runs.
@@ -21,65 +23,34 @@ pub fn key(function: &str, timer: &TimerTrigger) -> String {
     format!("{function} {}", timer.schedule.key())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reason {
-    Scheduled,
-    PastDue,
-    Startup,
-}
-
-impl Reason {
-    fn as_str(self) -> &'static str {
-        match self {
-            Reason::Scheduled => "scheduled",
-            Reason::PastDue => "past_due",
-            Reason::Startup => "startup",
-        }
-    }
-}
-
-pub async fn run(
-    host: Arc<Host>,
+/// One timer.
+struct Timer {
+    context: Context,
     function: Arc<Function>,
     timer: TimerTrigger,
     key: String,
+}
+
+pub async fn run(
+    context: Context,
+    function: Arc<Function>,
+    timer: TimerTrigger,
     stop: CancellationToken,
 ) {
-    let name = function.spec.name.clone();
-    let schedule = &timer.schedule;
+    let key = key(&function.spec.name, &timer);
+    let t = Timer {
+        context,
+        function,
+        timer,
+        key,
+    };
+    let name = t.function.spec.name.clone();
+    let schedule = &t.timer.schedule;
     let now = Utc::now();
-    let mut cursor = now;
-    let mut caught_up = false;
-    match host.records.timer_last(&key) {
-        Ok(Some(last)) => {
-            let last = DateTime::from_timestamp_millis(last).unwrap_or(now);
-            if let Some(first_missed) = schedule.next_after(last).filter(|t| *t <= now) {
-                match timer.catch_up {
-                    CatchUp::Once => {
-                        tracing::info!(function = %name, "running once for occurrences missed while down, from {}", schedule.format(first_missed));
-                        fire(
-                            &host,
-                            &function,
-                            &timer,
-                            &key,
-                            first_missed,
-                            Reason::PastDue,
-                        );
-                        caught_up = true;
-                    }
-                    CatchUp::None => {
-                        tracing::info!(function = %name, "skipping occurrences missed while down (catch_up = \"none\")")
-                    }
-                }
-            }
-        }
-        Ok(None) => {}
-        Err(e) => tracing::error!(function = %name, "reading the timer's state: {e:#}"),
-    }
-    remember(&host, &key, now);
+    let caught_up = t.catch_up(now).await;
     // `run_on_startup` never adds a second run to a catch-up run.
-    if timer.run_on_startup && !caught_up {
-        fire(&host, &function, &timer, &key, now, Reason::Startup);
+    if t.timer.run_on_startup && !caught_up {
+        t.fire(now, Reason::Startup, None).await;
     }
     let upcoming: Vec<String> = schedule
         .upcoming(now, 5)
@@ -88,6 +59,7 @@ pub async fn run(
         .collect();
     tracing::info!(function = %name, timer = %schedule.key(), "next occurrences: {}", upcoming.join(", "));
 
+    let mut cursor = now;
     while let Some(next) = schedule.next_after(cursor) {
         // Sleep until the occurrence; a timer wakes no earlier than asked, but the wall
         // clock may have moved, so check again.
@@ -101,8 +73,8 @@ pub async fn run(
                 _ = tokio::time::sleep(left) => {}
             }
         }
-        fire(&host, &function, &timer, &key, next, Reason::Scheduled);
-        remember(&host, &key, next);
+        let at = next.timestamp_millis();
+        t.fire(next, Reason::Scheduled, Some((at, at))).await;
         cursor = next;
         // Fell behind by more than an occurrence (a paused machine, a clock jump): go on
         // from now rather than running the missed ones in a burst.
@@ -117,70 +89,104 @@ pub async fn run(
     tracing::info!(function = %name, timer = %schedule.key(), "timer has no further occurrences");
 }
 
-fn remember(host: &Host, key: &str, at: DateTime<Utc>) {
-    if let Err(e) = host.records.set_timer_last(key, at.timestamp_millis()) {
-        tracing::error!(timer = %key, "storing the timer's state: {e:#}");
-    }
-}
-
-/// One occurrence: queued, or recorded as skipped when the previous run is still going.
-fn fire(
-    host: &Host,
-    function: &Function,
-    timer: &TimerTrigger,
-    key: &str,
-    at: DateTime<Utc>,
-    reason: Reason,
-) {
-    let scheduled_at = timer.schedule.format(at);
-    let past_due = reason == Reason::PastDue;
-    let vars = vec![
-        ("JOBHOST_SCHEDULED_AT".to_string(), scheduled_at.clone()),
-        ("JOBHOST_PAST_DUE".to_string(), past_due.to_string()),
-    ];
-    let event = serde_json::json!({
-        "trigger": "timer",
-        "reason": reason.as_str(),
-        "scheduled_at": scheduled_at,
-        "past_due": past_due,
-        "schedule": timer.schedule.key(),
-    })
-    .to_string();
-    if reason == Reason::Scheduled {
-        crate::metrics::get().timer_lateness((Utc::now() - at).to_std().unwrap_or_default());
-    }
-    let id = dispatch::new_id();
-    let new = NewInvocation {
-        id: &id,
-        function: &function.spec.name,
-        trigger: "timer",
-        reason: reason.as_str(),
-        max_attempt: function.spec.limits.retry.attempts,
-        payload: event.as_bytes(),
-        vars: &vars,
-        timer: Some(key),
-        input_dir: None,
-    };
-    let skip = match host.records.timer_active(key) {
-        Ok((running, waiting)) => match timer.overlap {
-            Overlap::Skip => running || waiting > 0,
-            Overlap::Queue => waiting > 0,
-        },
-        Err(e) => {
-            tracing::error!(timer = %key, "reading the timer's runs: {e:#}");
-            false
+impl Timer {
+    /// Compares the last occurrence handled with `now`: runs once for what was missed
+    /// while the host was down (or not at all), and moves the cursor to `now`. Returns
+    /// whether a catch-up run was queued.
+    async fn catch_up(&self, now: DateTime<Utc>) -> bool {
+        let name = &self.function.spec.name;
+        let schedule = &self.timer.schedule;
+        let state = &self.context.state;
+        let last = match state.timer_cursor(&self.key).await {
+            Ok(last) => last.and_then(DateTime::from_timestamp_millis),
+            Err(e) => {
+                tracing::error!(function = %name, "reading the timer's state: {e:#}");
+                None
+            }
+        };
+        let missed = last.and_then(|last| schedule.next_after(last).filter(|t| *t <= now));
+        match (missed, self.timer.catch_up) {
+            (Some(first_missed), CatchUp::Once) => {
+                tracing::info!(function = %name, "running once for occurrences missed while down, from {}", schedule.format(first_missed));
+                let advance = (first_missed.timestamp_millis(), now.timestamp_millis());
+                let fired = self
+                    .fire(first_missed, Reason::PastDue, Some(advance))
+                    .await;
+                return matches!(fired, Some(Fired::Queued | Fired::Skipped));
+            }
+            (Some(_), CatchUp::None) => {
+                tracing::info!(function = %name, "skipping occurrences missed while down (catch_up = \"none\")");
+            }
+            (None, _) => {}
         }
-    };
-    let result = if skip {
-        tracing::info!(function = %function.spec.name, %id, "occurrence {scheduled_at} skipped: the previous run is still going");
-        host.records.skipped(&new)
-    } else {
-        host.records.enqueue(&new, crate::records::now_ms())
-    };
-    match result {
-        Ok(()) => host.wake.notify_one(),
-        Err(e) => {
-            tracing::error!(function = %function.spec.name, "cannot queue the occurrence {scheduled_at}: {e:#}")
+        if let Err(e) = state
+            .set_timer_cursor(&self.key, now.timestamp_millis())
+            .await
+        {
+            tracing::error!(timer = %self.key, "storing the timer's state: {e:#}");
+        }
+        false
+    }
+
+    /// Records one run: queued, or skipped while the previous run is still going.
+    async fn fire(
+        &self,
+        at: DateTime<Utc>,
+        reason: Reason,
+        advance: Option<(i64, i64)>,
+    ) -> Option<Fired> {
+        let name = &self.function.spec.name;
+        let schedule = &self.timer.schedule;
+        let scheduled_at = schedule.format(at);
+        let past_due = reason == Reason::PastDue;
+        let vars = vec![
+            ("JOBHOST_SCHEDULED_AT".to_string(), scheduled_at.clone()),
+            ("JOBHOST_PAST_DUE".to_string(), past_due.to_string()),
+        ];
+        let event = serde_json::json!({
+            "trigger": "timer",
+            "reason": reason.as_str(),
+            "scheduled_at": scheduled_at,
+            "past_due": past_due,
+            "schedule": schedule.key(),
+        })
+        .to_string();
+        if reason == Reason::Scheduled {
+            metrics::get().timer_lateness((Utc::now() - at).to_std().unwrap_or_default());
+        }
+        let dispatch = &self.context.dispatch;
+        let mut invocation = dispatch.new_invocation(
+            &self.function,
+            TriggerKind::Timer,
+            reason,
+            Bytes::from(event),
+            vars,
+        );
+        invocation.timer = Some(self.key.clone());
+        let id = invocation.id.clone();
+        let fire = TimerFire {
+            key: self.key.clone(),
+            advance,
+            overlap: self.timer.overlap,
+            invocation,
+        };
+        match self.context.state.fire_timer(fire).await {
+            Ok(fired) => {
+                match fired {
+                    Fired::Queued => dispatch.wake(),
+                    Fired::Skipped => {
+                        tracing::info!(function = %name, %id, "occurrence {scheduled_at} skipped: the previous run is still going")
+                    }
+                    Fired::AlreadyFired => {
+                        tracing::debug!(function = %name, "occurrence {scheduled_at} was already handled")
+                    }
+                }
+                Some(fired)
+            }
+            Err(e) => {
+                tracing::error!(function = %name, "cannot queue the occurrence {scheduled_at}: {e:#}");
+                None
+            }
         }
     }
 }

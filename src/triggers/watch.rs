@@ -13,11 +13,14 @@ use notify::RecursiveMode;
 use notify_debouncer_mini::{DebounceEventResult, DebouncedEventKind, new_debouncer};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{FileEvent, WatchTrigger};
-use crate::dispatch::{self, INPUT};
-use crate::host::Host;
-use crate::records::{NewInvocation, Receipt};
+use bytes::Bytes;
+
+use super::Context;
+use crate::config::{FileEvent, TriggerKind, WatchTrigger};
+use crate::dispatch::INPUT;
+use crate::metrics;
 use crate::registry::Function;
+use crate::store::{Reason, Receipt};
 
 /// How often the folder itself is checked: created after the host started, or removed
 /// and created again.
@@ -92,21 +95,21 @@ fn identity(folder: &Path) -> Option<(u64, u64)> {
 }
 
 struct Watch {
-    host: Arc<Host>,
+    context: Context,
     function: Arc<Function>,
     watch: WatchTrigger,
     key: String,
 }
 
 pub async fn run(
-    host: Arc<Host>,
+    context: Context,
     function: Arc<Function>,
     watch: WatchTrigger,
-    key: String,
     stop: CancellationToken,
 ) {
+    let key = key(&function.spec.name, &watch);
     let w = Watch {
-        host,
+        context,
         function,
         watch,
         key,
@@ -151,7 +154,7 @@ pub async fn run(
         }
         tracing::info!(function = %name, "watching {}", folder.display());
         // What changed while nobody watched: before the start, or while the folder was gone.
-        w.reconcile();
+        w.reconcile().await;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -164,7 +167,7 @@ pub async fn run(
                             }
                         }
                         for path in paths {
-                            w.settled(&path);
+                            w.settled(&path).await;
                         }
                     }
                     Err(e) => tracing::warn!(function = %name, "watch error on {}: {e}", folder.display()),
@@ -183,7 +186,7 @@ pub async fn run(
 
 impl Watch {
     /// A path that has been quiet for `debounce`: check it again and fire if it changed.
-    fn settled(&self, path: &Path) {
+    async fn settled(&self, path: &Path) {
         let Ok(rel) = path.strip_prefix(&self.watch.folder) else {
             return;
         };
@@ -193,7 +196,7 @@ impl Watch {
         if path.is_dir() {
             // A folder moved in or created: whatever it holds is new.
             if self.watch.recursive {
-                self.reconcile();
+                self.reconcile().await;
             }
             return;
         }
@@ -201,19 +204,19 @@ impl Watch {
             return;
         }
         let rel = rel_text(rel);
-        let before = match self.host.records.receipt(&self.key, &rel) {
+        let before = match self.context.state.receipt(&self.key, &rel).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(function = %self.function.spec.name, "reading receipts: {e:#}");
                 return;
             }
         };
-        self.changed(&rel, before, stat(path));
+        self.changed(&rel, before, stat(path)).await;
     }
 
     /// Compares the folder with the receipts and fires for every difference.
-    fn reconcile(&self) {
-        let mut receipts = match self.host.records.receipts(&self.key) {
+    async fn reconcile(&self) {
+        let mut receipts = match self.context.state.receipts(&self.key).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(function = %self.function.spec.name, "reading receipts: {e:#}");
@@ -224,10 +227,10 @@ impl Watch {
         self.scan(&self.watch.folder, &mut files);
         for (rel, now) in files {
             let before = receipts.remove(&rel);
-            self.changed(&rel, before, Some(now));
+            self.changed(&rel, before, Some(now)).await;
         }
         for (rel, before) in receipts {
-            self.changed(&rel, Some(before), None);
+            self.changed(&rel, Some(before), None).await;
         }
     }
 
@@ -252,19 +255,19 @@ impl Watch {
         }
     }
 
-    fn changed(&self, rel: &str, before: Option<Receipt>, now: Option<Receipt>) {
+    async fn changed(&self, rel: &str, before: Option<Receipt>, now: Option<Receipt>) {
         let event = match (before, now) {
             (None, Some(_)) => FileEvent::Created,
             (Some(b), Some(n)) if b != n => FileEvent::Modified,
             (Some(_), None) => FileEvent::Removed,
             _ => return,
         };
+        let name = &self.function.spec.name;
         let fire = self.watch.events.contains(&event);
         if fire && let Some(now) = now {
             let written = UNIX_EPOCH + Duration::from_micros(now.mtime.max(0) as u64);
-            crate::metrics::get().watch_latency(written.elapsed().unwrap_or_default());
+            metrics::get().watch_latency(written.elapsed().unwrap_or_default());
         }
-        let id = dispatch::new_id();
         let guest_path = format!("{INPUT}/{rel}");
         let vars = vec![
             ("JOBHOST_FILE_PATH".to_string(), guest_path.clone()),
@@ -277,29 +280,33 @@ impl Watch {
             "size": now.map(|r| r.size),
         })
         .to_string();
-        let new = NewInvocation {
-            id: &id,
-            function: &self.function.spec.name,
-            trigger: "file",
-            reason: "file",
-            max_attempt: self.function.spec.limits.retry.attempts,
-            payload: payload.as_bytes(),
-            vars: &vars,
-            timer: None,
-            input_dir: Some(&self.watch.folder),
-        };
+        let dispatch = &self.context.dispatch;
+        let invocation = fire.then(|| {
+            let mut new = dispatch.new_invocation(
+                &self.function,
+                TriggerKind::File,
+                Reason::File,
+                Bytes::from(payload),
+                vars,
+            );
+            new.input_dir = Some(self.watch.folder.clone());
+            new
+        });
+        let id = invocation.as_ref().map(|i| i.id.clone());
         match self
-            .host
-            .records
-            .enqueue_file(fire.then_some(&new), &self.key, rel, now)
+            .context
+            .state
+            .fire_file(&self.key, rel, now, invocation)
+            .await
         {
-            Ok(()) if fire => {
-                tracing::info!(function = %self.function.spec.name, %id, "{} {rel}", event.as_str());
-                self.host.wake.notify_one();
+            Ok(()) => {
+                if let Some(id) = id {
+                    tracing::info!(function = %name, %id, "{} {rel}", event.as_str());
+                    dispatch.wake();
+                }
             }
-            Ok(()) => {}
             Err(e) => {
-                tracing::error!(function = %self.function.spec.name, "cannot queue {} {rel}: {e:#}", event.as_str())
+                tracing::error!(function = %name, "cannot queue {} {rel}: {e:#}", event.as_str())
             }
         }
     }

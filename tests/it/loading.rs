@@ -121,7 +121,7 @@ triggers = [{ http = "no-slash" }]
     fine.function("probe", &probe(P2));
     let output = fine.jobhost().arg("check").output().unwrap();
     assert!(output.status.success());
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "ok: 1 functions\n");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "ok: 1 function\n");
 }
 
 #[test]

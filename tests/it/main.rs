@@ -13,5 +13,6 @@ mod metrics;
 mod reload;
 mod sandbox;
 mod support;
+mod tidy;
 mod timers;
 mod watch;

@@ -132,12 +132,11 @@ impl Project {
         self
     }
 
+    /// `jobhost` as the README runs it: in the project's folder, on `./runtime.toml` by
+    /// default (no `--config`).
     pub fn jobhost(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobhost"));
-        cmd.current_dir(self.dir.path())
-            .arg("--config")
-            .arg(self.path("runtime.toml"))
-            .env("JOBHOST_LOG", "info");
+        cmd.current_dir(self.dir.path()).env("JOBHOST_LOG", "info");
         cmd
     }
 

@@ -1,0 +1,271 @@
+//! The `jobhost` command line: the clap definitions and what each command does. Commands
+//! other than `up` work on their own, beside a running host or without one: `check`,
+//! `functions` and `invoke` load the functions in this process; `invocations`, `logs` and
+//! `retry` open the store beside the host.
+
+mod print;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api;
+use crate::config::{self, Config, TriggerKind};
+use crate::dispatch::{Call, Dispatcher, Echo, Parts};
+use crate::registry::{self, Registry, Specs};
+use crate::sandbox::{Sandbox, Shape};
+use crate::serve;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Filter, HostId, RetryError, State, Store};
+
+/// A serverless-style function runtime for WebAssembly.
+#[derive(Parser)]
+#[command(name = "jobhost", version)]
+pub struct Cli {
+    /// The configuration file; relative paths in it are relative to its folder.
+    #[arg(long, global = true, default_value = "runtime.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the host: serve HTTP triggers until SIGINT or SIGTERM.
+    Up,
+    /// Validate the configuration and compile every module; exit non-zero on any problem.
+    Check,
+    /// Run one invocation now, print its stdout and exit with its status.
+    Invoke {
+        /// The function's name.
+        name: String,
+        /// The payload on stdin: text, or @FILE to read a file.
+        #[arg(long, default_value = "")]
+        data: String,
+    },
+    /// List the functions, their shapes and triggers, and any that failed to load.
+    Functions {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List invocations, newest first.
+    Invocations {
+        #[arg(long)]
+        function: Option<String>,
+        /// queued, running, succeeded, failed, dead or skipped.
+        #[arg(long)]
+        status: Option<String>,
+        /// http, timer, file or manual.
+        #[arg(long)]
+        trigger: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one invocation with its captured stdout and stderr.
+    Logs {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue a dead invocation again, with a fresh round of attempts.
+    Retry { id: String },
+}
+
+/// Runs a command; its error is printed with its chain by `main`.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let path = cli.config;
+    match cli.command {
+        Command::Up => {
+            runtime.block_on(serve::up(load(&path)?))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check => check(&path),
+        Command::Functions { json } => {
+            let config = load(&path)?;
+            let (_, registry) = load_functions(&config, &config::functions(&config), None)?;
+            print::functions(&api::function_views(&registry), json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Invocations {
+            function,
+            status,
+            trigger,
+            limit,
+            json,
+        } => {
+            let filter = Filter {
+                function,
+                state: status
+                    .map(|s| {
+                        State::parse(&s).with_context(|| {
+                            format!("unknown status {s:?}: use one of {}", State::names())
+                        })
+                    })
+                    .transpose()?,
+                trigger: trigger
+                    .map(|t| {
+                        TriggerKind::parse(&t).with_context(|| {
+                            format!("unknown trigger {t:?}: use one of {}", TriggerKind::names())
+                        })
+                    })
+                    .transpose()?,
+                limit: Some(limit),
+            };
+            let store = open_store(&load(&path)?)?;
+            let list = runtime.block_on(store.history.list(&filter))?;
+            print::invocations(&list, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs { id, json } => {
+            let config = load(&path)?;
+            let store = open_store(&config)?;
+            let Some(record) = runtime.block_on(store.history.get(&id))? else {
+                bail!(
+                    "no invocation {id} in {}",
+                    config.host.data_dir.join("jobhost.db").display()
+                );
+            };
+            print::record(&record, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retry { id } => {
+            let store = open_store(&load(&path)?)?;
+            let record = match runtime.block_on(store.queue.retry(&id)) {
+                Ok(record) => record,
+                Err(RetryError::Store(e)) => return Err(e),
+                Err(e) => bail!("{e}"),
+            };
+            println!(
+                "queued {} again ({} more attempts); a running host starts it within a second",
+                record.id,
+                record.max_attempts - record.attempt
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Invoke { name, data } => {
+            let data = match data.strip_prefix('@') {
+                Some(file) => {
+                    std::fs::read(file).with_context(|| format!("reading --data @{file}"))?
+                }
+                None => data.into_bytes(),
+            };
+            runtime.block_on(invoke(&load(&path)?, &name, data.into()))
+        }
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    config::load(path).map_err(|problems| anyhow::anyhow!("invalid configuration:\n{problems}"))
+}
+
+fn open_store(config: &Config) -> anyhow::Result<Store> {
+    Ok(Store::new(SqliteStore::open_shared(&config.host.data_dir)?))
+}
+
+/// The functions as a host on `config` would load them; `only` loads just one.
+fn load_functions(
+    config: &Config,
+    specs: &Specs,
+    only: Option<&str>,
+) -> anyhow::Result<(Sandbox, Registry)> {
+    let sandbox = Sandbox::new(&registry::sandbox_settings(config, specs))?;
+    let registry = registry::load(specs, &sandbox, only);
+    Ok((sandbox, registry))
+}
+
+/// `jobhost check`: every configuration and load problem; exits 1 on any.
+fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(problems) => {
+            for p in &problems.0 {
+                println!("{p}");
+            }
+            println!("{}", print::count(problems.0.len(), "problem"));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let (_, registry) = load_functions(&config, &config::functions(&config), None)?;
+    for unset in config.shared.values().filter_map(|v| v.as_ref().err()) {
+        println!("warning: {unset}; a guest that reads it gets an error");
+    }
+    if registry.problems.is_empty() {
+        println!("ok: {}", print::count(registry.functions.len(), "function"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &registry.problems {
+        println!("function `{}`: {}", p.function, p.message);
+    }
+    println!("{}", print::count(registry.problems.len(), "problem"));
+    Ok(ExitCode::FAILURE)
+}
+
+/// `jobhost invoke NAME`: one manual invocation in this process, recorded in the store
+/// like any other; its stdout and stderr are printed once, and its status is the exit code.
+async fn invoke(config: &Config, name: &str, payload: Bytes) -> anyhow::Result<ExitCode> {
+    let specs = config::functions(config);
+    if !specs.contains_key(name) {
+        let known: Vec<&str> = specs.keys().map(String::as_str).collect();
+        bail!(
+            "no function named `{name}` (known: {}): put {name}.wasm in the functions folder",
+            known.join(", ")
+        );
+    }
+    let (sandbox, registry) = load_functions(config, &specs, Some(name))?;
+    let Some(function) = registry.functions.get(name) else {
+        let why = registry.problems.first().map(|p| p.message.as_str());
+        bail!(
+            "function `{name}` cannot be loaded: {}",
+            why.unwrap_or("unknown")
+        );
+    };
+    if function.prepared.shape == Shape::Http {
+        bail!("`{name}` is a wasi:http component: call it over HTTP with `jobhost up` and curl");
+    }
+    let data_dir = &config.host.data_dir;
+    let store = open_store(config)?;
+    let dispatch = Arc::new(Dispatcher::new(Parts {
+        sandbox,
+        store: store.clone(),
+        owner: HostId::load_or_create(data_dir)?,
+        max_concurrency: 1,
+        hard_stop: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    }));
+    let permit = dispatch
+        .admit(function)
+        .map_err(|busy| anyhow::anyhow!("{busy}"))?;
+    let call = Call {
+        function,
+        trigger: TriggerKind::Manual,
+        vars: Vec::new(),
+        payload,
+        echo: Echo::Neither,
+    };
+    let (id, outcome) = dispatch.run_sync(call, permit).await;
+    store.history.flush().await?;
+    std::io::stdout().write_all(&outcome.stdout)?;
+    std::io::stderr().write_all(&outcome.stderr)?;
+    match &outcome.result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(failure) => {
+            eprintln!("error: invocation {id} failed: {failure}");
+            let code = outcome.exit_code().unwrap_or(1);
+            Ok(ExitCode::from(
+                u8::try_from(code).ok().filter(|c| *c != 0).unwrap_or(1),
+            ))
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The raw schema: what serde reads from `runtime.toml` and `functions/NAME.toml`, before
+//! validation. Nothing outside `config` sees these types.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::values::RawValue;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHost {
+    pub(crate) listen: Option<Spanned<String>>,
+    pub(crate) functions: Option<String>,
+    pub(crate) data: Option<String>,
+    pub(crate) shutdown_timeout: Option<Dur>,
+    pub(crate) max_concurrency: Option<usize>,
+    pub(crate) retention: Option<Dur>,
+    pub(crate) admin_token: Option<RawValue>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub(crate) memory: Option<Size>,
+    pub(crate) timeout: Option<Dur>,
+    pub(crate) fuel: Option<u64>,
+    pub(crate) max_output: Option<Size>,
+    pub(crate) retry: Option<RawRetry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetry {
+    pub(crate) attempts: Option<u32>,
+    /// `exponential` is the only kind; the key is accepted so that files can say so.
+    #[allow(dead_code)]
+    pub(crate) backoff: Option<Backoff>,
+    pub(crate) initial: Option<Dur>,
+    pub(crate) max: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Backoff {
+    Exponential,
+}
+
+/// The keys a function may have, in `[functions.NAME]` or in `functions/NAME.toml`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFunction {
+    pub(crate) module: Option<String>,
+    pub(crate) memory: Option<Size>,
+    pub(crate) timeout: Option<Dur>,
+    pub(crate) fuel: Option<u64>,
+    pub(crate) max_output: Option<Size>,
+    pub(crate) retry: Option<RawRetry>,
+    pub(crate) concurrency: Option<usize>,
+    /// Each trigger's table; `config::trigger` reads it by kind.
+    pub(crate) triggers: Option<Vec<Spanned<toml::Value>>>,
+    pub(crate) dirs: Option<Vec<Spanned<RawDir>>>,
+    pub(crate) config: Option<BTreeMap<String, Spanned<RawValue>>>,
+    pub(crate) env: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDir {
+    pub(crate) host: String,
+    pub(crate) guest: String,
+    #[serde(default)]
+    pub(crate) write: bool,
+}
+
+/// A duration such as `500ms`, `30s`, `5m`, `7d`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dur(pub(crate) Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim()).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?} ({e}): write a number and a unit, such as 500ms, 30s, 5m or 7d"
+            ))
+        })
+    }
+}
+
+/// A size such as `64MiB`, `512KiB`, `1GiB` or a plain number of bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Size(pub(crate) u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Bytes(u64),
+            Text(String),
+        }
+        match Either::deserialize(d)? {
+            Either::Bytes(n) => Ok(Size(n)),
+            Either::Text(text) => parse_size(&text).map(Size).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid size {text:?}: write a number and a unit, such as 512KiB, 64MiB or 1GiB"
+                ))
+            }),
+        }
+    }
+}
+
+/// Sizes are ten lines of parsing; no crate needed.
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    number.checked_mul(scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("64MiB"), Some(64 << 20));
+        assert_eq!(parse_size("10 KiB"), Some(10 << 10));
+        assert_eq!(parse_size("12"), Some(12));
+        assert_eq!(parse_size("1.5MiB"), None);
+        assert_eq!(parse_size("MiB"), None);
+    }
+}

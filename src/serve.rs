@@ -1,0 +1,205 @@
+//! The composition root of `jobhost up`: builds every part once (store, sandbox,
+//! dispatcher, functions, runtime), starts the tasks (HTTP front, queue worker, pruner,
+//! hot reload, triggers), and owns shutdown. Nothing else imports it but the CLI.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{self, Config};
+use crate::dispatch::{Dispatcher, Parts};
+use crate::registry;
+use crate::reload::{self, Reload};
+use crate::runtime::Runtime;
+use crate::sandbox::Sandbox;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{HostId, Store, now_ms};
+use crate::triggers::{self, Supervisor};
+use crate::{front, queue};
+
+/// A host serving in the background; `stop` shuts it down.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub rt: Arc<Runtime>,
+    /// Cancelled when `shutdown_timeout` has passed: running invocations are interrupted.
+    hard_stop: CancellationToken,
+}
+
+/// Opens the store, loads everything and binds the listener; serving starts at once.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let started = Instant::now();
+    let data_dir = &config.host.data_dir;
+    let store = Store::new(SqliteStore::open_for_host(data_dir)?);
+    let owner = HostId::load_or_create(data_dir)?;
+    let recovered = store.queue.recover(&owner).await?;
+    if recovered.requeued > 0 || recovered.interrupted > 0 {
+        tracing::warn!(
+            requeued = recovered.requeued,
+            interrupted_sync = recovered.interrupted,
+            "recovered from an unclean stop: background invocations that were running run again"
+        );
+    }
+    std::fs::create_dir_all(&config.host.functions_dir).with_context(|| {
+        format!(
+            "creating the functions folder {}",
+            config.host.functions_dir.display()
+        )
+    })?;
+    // Watching starts before the first load: a module dropped meanwhile is not missed.
+    let watching = reload::watch(&config);
+    let specs = config::functions(&config);
+    let sandbox = Sandbox::new(&registry::sandbox_settings(&config, &specs))?;
+    let registry = registry::load(&specs, &sandbox, None);
+    store
+        .triggers
+        .forget_timers_except(&triggers::timer_keys(&registry))
+        .await?;
+    let listen = config.host.listen;
+    let listener = TcpListener::bind(listen).await.with_context(|| {
+        format!("binding {listen} (host.listen): is another program using the port?")
+    })?;
+    let addr = listener.local_addr()?;
+
+    let accept = CancellationToken::new();
+    let hard_stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let dispatch = Arc::new(Dispatcher::new(Parts {
+        sandbox,
+        store: store.clone(),
+        owner,
+        max_concurrency: config.host.max_concurrency,
+        hard_stop: hard_stop.clone(),
+        tasks: tasks.clone(),
+    }));
+    let rt = Arc::new(Runtime::new(
+        config.host.clone(),
+        dispatch,
+        store,
+        accept.clone(),
+        tasks.clone(),
+    ));
+    let supervisor = Arc::new(Supervisor::default());
+    let unsettled = registry.unsettled;
+    reload::install(&rt, &supervisor, registry);
+    tasks.spawn(front::serve(listener, rt.clone()));
+    tasks.spawn(queue::run(rt.clone(), accept.clone()));
+    tasks.spawn(prune(rt.clone(), accept.clone()));
+    if let Some(watching) = watching {
+        let reload = Reload {
+            rt: rt.clone(),
+            triggers: supervisor,
+            config,
+            unsettled,
+        };
+        tasks.spawn(reload::run(reload, watching, accept.clone()));
+    }
+    let functions = rt.functions();
+    tracing::info!(
+        functions = functions.functions.len(),
+        problems = functions.problems.len(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "listening on http://{addr}"
+    );
+    Ok(Running {
+        addr,
+        rt,
+        hard_stop,
+    })
+}
+
+/// Deletes finished records older than `retention`, at start and every ten minutes.
+async fn prune(rt: Arc<Runtime>, stop: CancellationToken) {
+    let retention = rt.host.retention;
+    let every = Duration::from_secs(600).min(retention.max(Duration::from_secs(1)));
+    loop {
+        let before = now_ms() - retention.as_millis() as i64;
+        match rt.store.history.prune(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("pruned {n} invocation records older than the retention"),
+            Err(e) => tracing::error!("pruning invocation records: {e:#}"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+impl Running {
+    /// Graceful shutdown: stop the listener and the triggers, let running invocations
+    /// finish for up to `shutdown_timeout`, then interrupt the rest (background ones go
+    /// back to the queue without using an attempt).
+    pub async fn stop(&self) {
+        self.rt.accept.cancel();
+        self.rt.tasks.close();
+        let grace = self.rt.host.shutdown_timeout;
+        if tokio::time::timeout(grace, self.rt.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "invocations still running after shutdown_timeout ({grace:?}); interrupting them"
+            );
+            self.stop_now().await;
+        }
+        self.flush_records().await;
+    }
+
+    /// Interrupts whatever still runs and waits briefly for their records to be updated.
+    pub async fn stop_now(&self) {
+        self.rt.accept.cancel();
+        self.rt.tasks.close();
+        self.hard_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.rt.tasks.wait()).await;
+        self.flush_records().await;
+    }
+
+    /// Writes out the synchronous records still in memory.
+    async fn flush_records(&self) {
+        if let Err(e) = self.rt.store.history.flush().await {
+            tracing::error!("writing the last records: {e:#}");
+        }
+    }
+}
+
+/// `jobhost up`: serve until SIGINT or SIGTERM; a second signal stops at once.
+pub async fn up(config: Config) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    shutdown_signal().await;
+    tracing::info!(
+        "shutting down: waiting up to {:?} for running invocations",
+        running.rt.host.shutdown_timeout
+    );
+    tokio::select! {
+        _ = running.stop() => {}
+        _ = shutdown_signal() => {
+            tracing::warn!("second signal: interrupting running invocations now");
+            running.stop_now().await;
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

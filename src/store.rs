@@ -1,0 +1,432 @@
+//! The store behind traits, by who uses it: [`Queue`] (durable work: enqueue, claim under a
+//! fenced lease, finish, retry), [`TriggerState`] (timer cursors and watch receipts, each
+//! changed together with the invocation it fires) and [`History`] (the records the API and
+//! the CLI show, pruning). `sqlite` is the embedded implementation; every implementation
+//! passes the same conformance suite (`conformance`).
+//!
+//! Named `store` for the invocation store; the sandbox's per-invocation `wasmtime::Store`
+//! never leaves `sandbox`.
+
+pub mod sqlite;
+
+#[cfg(test)]
+mod conformance;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Serialize, Serializer};
+
+use crate::config::{Overlap, TriggerKind};
+
+/// Milliseconds since the Unix epoch: every time in the store.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A time in the store as RFC 3339, as the API and the CLI show it.
+pub fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Which host a claim belongs to; kept in `data/host-id` so it survives restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostId(pub String);
+
+impl HostId {
+    /// The id in `data_dir`, made on first use.
+    pub fn load_or_create(data_dir: &Path) -> anyhow::Result<HostId> {
+        let path = data_dir.join("host-id");
+        match std::fs::read_to_string(&path) {
+            Ok(id) if !id.trim().is_empty() => return Ok(HostId(id.trim().to_string())),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating the data folder {}", data_dir.display()))?;
+        let id = uuid::Uuid::now_v7().to_string();
+        std::fs::write(&path, format!("{id}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(HostId(id))
+    }
+}
+
+impl fmt::Display for HostId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where an invocation is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    Queued,
+    Running,
+    Succeeded,
+    /// Failed; a retry is scheduled (durable), or the caller decides (sync).
+    Failed,
+    /// Failed with every attempt used.
+    Dead,
+    /// A timer occurrence that came while the previous run was still going.
+    Skipped,
+}
+
+/// Why an invocation ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Http,
+    Scheduled,
+    PastDue,
+    Startup,
+    File,
+    Manual,
+    Retry,
+}
+
+/// Text names for the enums above, as stored and shown.
+macro_rules! named {
+    ($ty:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        impl $ty {
+            pub const ALL: &[$ty] = &[$($ty::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $text),+ }
+            }
+
+            pub fn parse(text: &str) -> Option<$ty> {
+                match text { $($text => Some($ty::$variant),)+ _ => None }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+    };
+}
+
+named!(State {
+    Queued = "queued",
+    Running = "running",
+    Succeeded = "succeeded",
+    Failed = "failed",
+    Dead = "dead",
+    Skipped = "skipped",
+});
+
+named!(Reason {
+    Http = "http",
+    Scheduled = "scheduled",
+    PastDue = "past_due",
+    Startup = "startup",
+    File = "file",
+    Manual = "manual",
+    Retry = "retry",
+});
+
+impl State {
+    /// The names, for messages that list them.
+    pub fn names() -> String {
+        State::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Durable work to record; once `enqueue` returns, it will run.
+#[derive(Debug, Clone)]
+pub struct NewInvocation {
+    pub id: String,
+    pub function: String,
+    pub trigger: TriggerKind,
+    pub reason: Reason,
+    /// Attempts in one round; a retry of a dead invocation gives it another round.
+    pub attempts: u32,
+    pub payload: Bytes,
+    /// Trigger-specific variables the guest sees (CGI variables, timer and file details).
+    pub vars: Vec<(String, String)>,
+    /// The timer that fired it: runs of one timer never overlap.
+    pub timer: Option<String>,
+    /// The watched folder a file event comes from, mounted read-only at `/input`.
+    pub input_dir: Option<PathBuf>,
+}
+
+/// A due invocation: what the worker needs to decide whether it can start it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    pub id: String,
+    pub function: String,
+}
+
+/// The right to run one attempt. Each claim raises the invocation's fence; a result or a
+/// release under an older fence changes nothing, so a host that lost its claim (stopped,
+/// then rescued by another) cannot overwrite the newer attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub id: String,
+    pub owner: HostId,
+    pub fence: i64,
+}
+
+/// A queued invocation claimed to run now.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub lease: Lease,
+    pub function: String,
+    /// The stored kind, or its text when this build does not know it.
+    pub trigger: Result<TriggerKind, String>,
+    pub attempt: u32,
+    pub max_attempt: u32,
+    pub payload: Bytes,
+    pub vars: Vec<(String, String)>,
+    pub input_dir: Option<PathBuf>,
+}
+
+/// What an attempt produced, as the store keeps it.
+#[derive(Debug, Clone, Default)]
+pub struct Output {
+    /// The failure reason; `None` when it succeeded.
+    pub error: Option<String>,
+    pub exit_code: Option<i32>,
+    pub stdout: Bytes,
+    pub stderr: Bytes,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub duration: Duration,
+}
+
+/// How a finished attempt leaves the invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Succeeded,
+    /// Failed; run again at this time (ms).
+    RetryAt(i64),
+    /// Failed with every attempt used.
+    Dead,
+}
+
+/// What `recover` found after an unclean stop.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// Durable invocations that were running: queued again for their next attempt.
+    pub requeued: usize,
+    /// Synchronous ones that were running: marked failed, their caller is gone.
+    pub interrupted: usize,
+}
+
+/// Why a retry was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    #[error("no invocation {0}")]
+    NotFound(String),
+    #[error("invocation {id} is {state}, not dead: only a dead invocation can be retried")]
+    NotDead { id: String, state: State },
+    #[error(transparent)]
+    Store(#[from] anyhow::Error),
+}
+
+/// What a watch remembers of a file it handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    pub size: u64,
+    pub mtime: i64,
+}
+
+/// One run of a timer to record.
+#[derive(Debug, Clone)]
+pub struct TimerFire {
+    pub key: String,
+    /// `Some((occurrence, cursor))`: fire only if the timer's cursor is still before
+    /// `occurrence`, and move it to `cursor`, in the same transaction; so an occurrence
+    /// fires once however many tasks (or hosts) reach it. `None`: a run outside the
+    /// schedule (`run_on_startup`), which leaves the cursor alone.
+    pub advance: Option<(i64, i64)>,
+    pub overlap: Overlap,
+    pub invocation: NewInvocation,
+}
+
+/// What became of a timer run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fired {
+    Queued,
+    /// Recorded as `skipped`: the previous run is still going (or, with `overlap =
+    /// "queue"`, one is already waiting).
+    Skipped,
+    /// The cursor had already passed the occurrence: nothing was recorded.
+    AlreadyFired,
+}
+
+/// A finished synchronous invocation (sync HTTP, `jobhost invoke`): recorded, never retried.
+#[derive(Debug, Clone)]
+pub struct SyncRecord {
+    pub id: String,
+    pub function: String,
+    pub trigger: TriggerKind,
+    pub reason: Reason,
+    pub started_at: i64,
+    pub output: Output,
+}
+
+/// An invocation as the API and the CLI show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub id: String,
+    pub function: String,
+    #[serde(serialize_with = "as_text")]
+    pub trigger: TriggerKind,
+    pub reason: Reason,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub state: State,
+    #[serde(serialize_with = "time")]
+    pub created_at: i64,
+    #[serde(serialize_with = "maybe_time")]
+    pub started_at: Option<i64>,
+    #[serde(serialize_with = "maybe_time")]
+    pub finished_at: Option<i64>,
+    #[serde(serialize_with = "maybe_time")]
+    pub next_attempt_at: Option<i64>,
+    pub duration_ms: Option<u64>,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+}
+
+fn as_text<S: Serializer>(kind: &TriggerKind, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(kind.as_str())
+}
+
+fn time<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*ms))
+}
+
+fn maybe_time<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => s.serialize_str(&rfc3339(*ms)),
+        None => s.serialize_none(),
+    }
+}
+
+/// Filters of `GET /_jobhost/invocations` and `jobhost invocations`.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub function: Option<String>,
+    pub state: Option<State>,
+    pub trigger: Option<TriggerKind>,
+    /// Default 100, at most 1000.
+    pub limit: Option<usize>,
+}
+
+impl Filter {
+    pub fn limit(&self) -> usize {
+        self.limit.unwrap_or(100).clamp(1, 1000)
+    }
+}
+
+/// The durable queue: what the dispatcher and the queue worker use.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Records durable work, due now; once this returns, it will run.
+    async fn enqueue(&self, new: NewInvocation) -> anyhow::Result<()>;
+    /// Invocations due at `now`, oldest first, leaving out a timer's while another run of
+    /// that timer is going.
+    async fn due(&self, now: i64, limit: usize) -> anyhow::Result<Vec<Due>>;
+    /// When the next waiting invocation becomes due.
+    async fn next_due_at(&self) -> anyhow::Result<Option<i64>>;
+    /// Invocations waiting: queued, or failed and awaiting a retry.
+    async fn depth(&self) -> anyhow::Result<i64>;
+    /// Marks a due invocation running for `owner`, with its next attempt and a new fence;
+    /// `None` when it is no longer due.
+    async fn claim(&self, id: &str, owner: &HostId) -> anyhow::Result<Option<Claimed>>;
+    /// Stores an attempt's result; `false` when the lease is no longer current (the
+    /// result is dropped).
+    async fn finish(&self, lease: &Lease, output: Output, next: Next) -> anyhow::Result<bool>;
+    /// Puts an invocation interrupted by a graceful shutdown back in the queue without
+    /// using its attempt; `false` when the lease is no longer current.
+    async fn release(&self, lease: &Lease) -> anyhow::Result<bool>;
+    /// After an unclean stop of `owner`: its running durable invocations run again (same
+    /// id, next attempt); its running synchronous ones are marked failed.
+    async fn recover(&self, owner: &HostId) -> anyhow::Result<Recovered>;
+    /// Queues a dead invocation again with a fresh round of the attempts it was given.
+    async fn retry(&self, id: &str) -> Result<Record, RetryError>;
+}
+
+/// What triggers remember, each changed together with the invocation it fires.
+#[async_trait]
+pub trait TriggerState: Send + Sync {
+    /// The last occurrence a timer handled (ms).
+    async fn timer_cursor(&self, key: &str) -> anyhow::Result<Option<i64>>;
+    async fn set_timer_cursor(&self, key: &str, at: i64) -> anyhow::Result<()>;
+    /// Records a timer run (queued or skipped, by `overlap`) and moves its cursor, at once.
+    async fn fire_timer(&self, fire: TimerFire) -> anyhow::Result<Fired>;
+    /// Forgets the cursors of timers no longer configured.
+    async fn forget_timers_except(&self, keep: &[String]) -> anyhow::Result<()>;
+    async fn receipt(&self, watch: &str, path: &str) -> anyhow::Result<Option<Receipt>>;
+    async fn receipts(&self, watch: &str) -> anyhow::Result<HashMap<String, Receipt>>;
+    /// Stores a file's receipt (`None` forgets it) and queues its invocation (`None` for a
+    /// change the watch does not fire for) in one transaction: a handled file is never
+    /// forgotten, a forgotten one never handled.
+    async fn fire_file(
+        &self,
+        watch: &str,
+        path: &str,
+        receipt: Option<Receipt>,
+        invocation: Option<NewInvocation>,
+    ) -> anyhow::Result<()>;
+}
+
+/// The records: what the API and the CLI read.
+#[async_trait]
+pub trait History: Send + Sync {
+    /// Records a finished synchronous invocation. Never waits: records are written in
+    /// batches off the caller's path, so the last few may be lost in a crash.
+    fn record(&self, record: SyncRecord);
+    /// Writes every record handed over before (readers call it to see their writes).
+    async fn flush(&self) -> anyhow::Result<()>;
+    async fn get(&self, id: &str) -> anyhow::Result<Option<Record>>;
+    /// Records newest first, filtered.
+    async fn list(&self, filter: &Filter) -> anyhow::Result<Vec<Record>>;
+    /// Deletes finished records that ended before `before` (ms); returns how many.
+    async fn prune(&self, before: i64) -> anyhow::Result<usize>;
+}
+
+/// One store seen through its three traits.
+#[derive(Clone)]
+pub struct Store {
+    pub queue: Arc<dyn Queue>,
+    pub triggers: Arc<dyn TriggerState>,
+    pub history: Arc<dyn History>,
+}
+
+impl Store {
+    pub fn new<S: Queue + TriggerState + History + 'static>(store: S) -> Store {
+        let store = Arc::new(store);
+        Store {
+            queue: store.clone(),
+            triggers: store.clone(),
+            history: store,
+        }
+    }
+}

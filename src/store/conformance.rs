@@ -1,0 +1,387 @@
+//! The contract every store implementation keeps, as one suite: `run` takes a maker of
+//! fresh, empty stores (and whatever keeps them alive) and checks each promise of the
+//! traits on its own store.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{
+    Filter, Fired, HostId, NewInvocation, Next, Output, Reason, Receipt, RetryError, State, Store,
+    SyncRecord, TimerFire, now_ms,
+};
+use crate::config::{Overlap, TriggerKind};
+
+pub(crate) async fn run<K>(make: impl Fn() -> (Store, K)) {
+    enqueued_work_is_claimed_once_and_finished(make()).await;
+    a_result_under_an_old_lease_changes_nothing(make()).await;
+    a_released_claim_gives_its_attempt_back(make()).await;
+    a_failed_attempt_waits_for_its_retry_time(make()).await;
+    only_a_dead_invocation_is_retried_with_a_fresh_round(make()).await;
+    recover_queues_running_work_again_for_the_next_attempt(make()).await;
+    a_timer_occurrence_fires_once_and_overlap_decides_skip_or_queue(make()).await;
+    a_timer_run_is_not_due_while_another_run_of_it_is_going(make()).await;
+    forgotten_timers_lose_their_cursor(make()).await;
+    a_file_event_and_its_receipt_are_stored_together(make()).await;
+    history_lists_newest_first_filtered_and_limited(make()).await;
+    prune_deletes_only_finished_records_older_than_the_cut(make()).await;
+}
+
+fn owner() -> HostId {
+    HostId("host-a".to_string())
+}
+
+fn new(id: &str, function: &str) -> NewInvocation {
+    NewInvocation {
+        id: id.to_string(),
+        function: function.to_string(),
+        trigger: TriggerKind::Manual,
+        reason: Reason::Manual,
+        attempts: 3,
+        payload: Bytes::from_static(b"payload"),
+        vars: vec![("K".to_string(), "V".to_string())],
+        timer: None,
+        input_dir: None,
+    }
+}
+
+fn failed() -> Output {
+    Output {
+        error: Some("exit 1".to_string()),
+        exit_code: Some(1),
+        stderr: Bytes::from_static(b"oops\n"),
+        duration: Duration::from_millis(3),
+        ..Output::default()
+    }
+}
+
+fn succeeded() -> Output {
+    Output {
+        exit_code: Some(0),
+        stdout: Bytes::from_static(b"done\n"),
+        duration: Duration::from_millis(2),
+        ..Output::default()
+    }
+}
+
+async fn state_of(store: &Store, id: &str) -> State {
+    store
+        .history
+        .get(id)
+        .await
+        .unwrap()
+        .expect("the record")
+        .state
+}
+
+async fn enqueued_work_is_claimed_once_and_finished<K>((store, _keep): (Store, K)) {
+    store.queue.enqueue(new("a", "f")).await.unwrap();
+    assert_eq!(store.queue.depth().await.unwrap(), 1);
+    let due = store.queue.due(now_ms(), 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!((due[0].id.as_str(), due[0].function.as_str()), ("a", "f"));
+    let claimed = store.queue.claim("a", &owner()).await.unwrap().unwrap();
+    assert_eq!(claimed.attempt, 1);
+    assert_eq!(claimed.max_attempt, 3);
+    assert_eq!(claimed.trigger, Ok(TriggerKind::Manual));
+    assert_eq!(claimed.payload.as_ref(), b"payload");
+    assert_eq!(claimed.vars, [("K".to_string(), "V".to_string())]);
+    assert_eq!(claimed.lease.owner, owner());
+    assert!(store.queue.claim("a", &owner()).await.unwrap().is_none());
+    assert_eq!(state_of(&store, "a").await, State::Running);
+    assert!(store.queue.due(now_ms(), 10).await.unwrap().is_empty());
+    let applied = store
+        .queue
+        .finish(&claimed.lease, succeeded(), Next::Succeeded)
+        .await
+        .unwrap();
+    assert!(applied);
+    let record = store.history.get("a").await.unwrap().unwrap();
+    assert_eq!(record.state, State::Succeeded);
+    assert_eq!(record.stdout, "done\n");
+    assert_eq!(record.exit_code, Some(0));
+    assert!(record.finished_at.is_some());
+    assert_eq!(store.queue.depth().await.unwrap(), 0);
+}
+
+async fn a_result_under_an_old_lease_changes_nothing<K>((store, _keep): (Store, K)) {
+    store.queue.enqueue(new("a", "f")).await.unwrap();
+    let first = store.queue.claim("a", &owner()).await.unwrap().unwrap();
+    // The first claimant goes silent; its work is rescued and claimed again.
+    store.queue.recover(&owner()).await.unwrap();
+    let second = store.queue.claim("a", &owner()).await.unwrap().unwrap();
+    assert!(second.lease.fence > first.lease.fence);
+    assert_eq!(second.attempt, 2);
+    let late = store
+        .queue
+        .finish(&first.lease, failed(), Next::Dead)
+        .await
+        .unwrap();
+    assert!(!late, "a result under an old lease must be dropped");
+    assert!(!store.queue.release(&first.lease).await.unwrap());
+    assert_eq!(state_of(&store, "a").await, State::Running);
+    assert!(
+        store
+            .queue
+            .finish(&second.lease, succeeded(), Next::Succeeded)
+            .await
+            .unwrap()
+    );
+    assert_eq!(state_of(&store, "a").await, State::Succeeded);
+}
+
+async fn a_released_claim_gives_its_attempt_back<K>((store, _keep): (Store, K)) {
+    store.queue.enqueue(new("a", "f")).await.unwrap();
+    let claimed = store.queue.claim("a", &owner()).await.unwrap().unwrap();
+    assert!(store.queue.release(&claimed.lease).await.unwrap());
+    let record = store.history.get("a").await.unwrap().unwrap();
+    assert_eq!((record.state, record.attempt), (State::Queued, 0));
+    let again = store.queue.claim("a", &owner()).await.unwrap().unwrap();
+    assert_eq!(again.attempt, 1);
+}
+
+async fn a_failed_attempt_waits_for_its_retry_time<K>((store, _keep): (Store, K)) {
+    store.queue.enqueue(new("a", "f")).await.unwrap();
+    let claimed = store.queue.claim("a", &owner()).await.unwrap().unwrap();
+    let at = now_ms() + 60_000;
+    store
+        .queue
+        .finish(&claimed.lease, failed(), Next::RetryAt(at))
+        .await
+        .unwrap();
+    let record = store.history.get("a").await.unwrap().unwrap();
+    assert_eq!(record.state, State::Failed);
+    assert_eq!(record.error.as_deref(), Some("exit 1"));
+    assert_eq!(record.next_attempt_at, Some(at));
+    assert!(store.queue.due(now_ms(), 10).await.unwrap().is_empty());
+    assert_eq!(store.queue.next_due_at().await.unwrap(), Some(at));
+    assert_eq!(store.queue.depth().await.unwrap(), 1);
+    assert_eq!(store.queue.due(at, 10).await.unwrap().len(), 1);
+}
+
+async fn only_a_dead_invocation_is_retried_with_a_fresh_round<K>((store, _keep): (Store, K)) {
+    assert!(matches!(
+        store.queue.retry("nope").await,
+        Err(RetryError::NotFound(_))
+    ));
+    store.queue.enqueue(new("a", "f")).await.unwrap();
+    assert!(matches!(
+        store.queue.retry("a").await,
+        Err(RetryError::NotDead {
+            state: State::Queued,
+            ..
+        })
+    ));
+    let claimed = store.queue.claim("a", &owner()).await.unwrap().unwrap();
+    store
+        .queue
+        .finish(&claimed.lease, failed(), Next::Dead)
+        .await
+        .unwrap();
+    let record = store.queue.retry("a").await.unwrap();
+    assert_eq!(record.state, State::Queued);
+    assert_eq!(record.reason, Reason::Retry);
+    assert_eq!((record.attempt, record.max_attempts), (1, 4));
+}
+
+async fn recover_queues_running_work_again_for_the_next_attempt<K>((store, _keep): (Store, K)) {
+    store.queue.enqueue(new("a", "f")).await.unwrap();
+    store.queue.enqueue(new("b", "f")).await.unwrap();
+    store.queue.claim("a", &owner()).await.unwrap().unwrap();
+    let recovered = store.queue.recover(&owner()).await.unwrap();
+    assert_eq!(recovered.requeued, 1);
+    assert_eq!(state_of(&store, "a").await, State::Queued);
+    let again = store.queue.claim("a", &owner()).await.unwrap().unwrap();
+    assert_eq!(again.attempt, 2, "a crash uses up the attempt");
+}
+
+fn timer_fire(id: &str, advance: Option<(i64, i64)>, overlap: Overlap) -> TimerFire {
+    let mut invocation = new(id, "t");
+    invocation.trigger = TriggerKind::Timer;
+    invocation.reason = Reason::Scheduled;
+    invocation.timer = Some("t every".to_string());
+    TimerFire {
+        key: "t every".to_string(),
+        advance,
+        overlap,
+        invocation,
+    }
+}
+
+async fn a_timer_occurrence_fires_once_and_overlap_decides_skip_or_queue<K>(
+    (store, _keep): (Store, K),
+) {
+    let t = &store.triggers;
+    assert_eq!(t.timer_cursor("t every").await.unwrap(), None);
+    let fired = t
+        .fire_timer(timer_fire("1", Some((100, 100)), Overlap::Skip))
+        .await
+        .unwrap();
+    assert_eq!(fired, Fired::Queued);
+    assert_eq!(t.timer_cursor("t every").await.unwrap(), Some(100));
+    // The same occurrence again (a second task, or another host): nothing happens.
+    let again = t
+        .fire_timer(timer_fire("1b", Some((100, 100)), Overlap::Skip))
+        .await
+        .unwrap();
+    assert_eq!(again, Fired::AlreadyFired);
+    assert!(store.history.get("1b").await.unwrap().is_none());
+    // The next occurrence while the first still waits: skipped.
+    let skipped = t
+        .fire_timer(timer_fire("2", Some((200, 200)), Overlap::Skip))
+        .await
+        .unwrap();
+    assert_eq!(skipped, Fired::Skipped);
+    assert_eq!(state_of(&store, "2").await, State::Skipped);
+    // With `queue`, one may wait behind a running one, never two.
+    store.queue.claim("1", &owner()).await.unwrap().unwrap();
+    let queued = t
+        .fire_timer(timer_fire("3", Some((300, 300)), Overlap::Queue))
+        .await
+        .unwrap();
+    assert_eq!(queued, Fired::Queued);
+    let second = t
+        .fire_timer(timer_fire("4", Some((400, 400)), Overlap::Queue))
+        .await
+        .unwrap();
+    assert_eq!(second, Fired::Skipped);
+    // A run outside the schedule leaves the cursor alone.
+    t.fire_timer(timer_fire("5", None, Overlap::Queue))
+        .await
+        .unwrap();
+    assert_eq!(t.timer_cursor("t every").await.unwrap(), Some(400));
+    t.set_timer_cursor("t every", 1000).await.unwrap();
+    assert_eq!(t.timer_cursor("t every").await.unwrap(), Some(1000));
+}
+
+async fn a_timer_run_is_not_due_while_another_run_of_it_is_going<K>((store, _keep): (Store, K)) {
+    let t = &store.triggers;
+    t.fire_timer(timer_fire("1", Some((100, 100)), Overlap::Queue))
+        .await
+        .unwrap();
+    store.queue.claim("1", &owner()).await.unwrap().unwrap();
+    t.fire_timer(timer_fire("2", Some((200, 200)), Overlap::Queue))
+        .await
+        .unwrap();
+    store.queue.enqueue(new("other", "f")).await.unwrap();
+    let due: Vec<String> = store
+        .queue
+        .due(now_ms(), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(due, ["other"]);
+}
+
+async fn forgotten_timers_lose_their_cursor<K>((store, _keep): (Store, K)) {
+    let t = &store.triggers;
+    t.set_timer_cursor("a", 1).await.unwrap();
+    t.set_timer_cursor("b", 2).await.unwrap();
+    t.forget_timers_except(&["b".to_string()]).await.unwrap();
+    assert_eq!(t.timer_cursor("a").await.unwrap(), None);
+    assert_eq!(t.timer_cursor("b").await.unwrap(), Some(2));
+}
+
+async fn a_file_event_and_its_receipt_are_stored_together<K>((store, _keep): (Store, K)) {
+    let t = &store.triggers;
+    let receipt = Receipt { size: 5, mtime: 7 };
+    let mut invocation = new("file-1", "w");
+    invocation.trigger = TriggerKind::File;
+    invocation.input_dir = Some("/inbox".into());
+    t.fire_file("w inbox", "a.png", Some(receipt), Some(invocation))
+        .await
+        .unwrap();
+    assert_eq!(t.receipt("w inbox", "a.png").await.unwrap(), Some(receipt));
+    let claimed = store
+        .queue
+        .claim("file-1", &owner())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.input_dir.as_deref(), Some("/inbox".as_ref()));
+    // A change the watch does not fire for still moves the receipt.
+    let newer = Receipt { size: 6, mtime: 8 };
+    t.fire_file("w inbox", "a.png", Some(newer), None)
+        .await
+        .unwrap();
+    t.fire_file("w inbox", "b.png", Some(receipt), None)
+        .await
+        .unwrap();
+    let all = t.receipts("w inbox").await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all["a.png"], newer);
+    t.fire_file("w inbox", "a.png", None, None).await.unwrap();
+    assert_eq!(t.receipt("w inbox", "a.png").await.unwrap(), None);
+    assert!(t.receipts("other").await.unwrap().is_empty());
+}
+
+fn sync(id: &str, function: &str, trigger: TriggerKind, output: Output) -> SyncRecord {
+    SyncRecord {
+        id: id.to_string(),
+        function: function.to_string(),
+        trigger,
+        reason: if trigger == TriggerKind::Manual {
+            Reason::Manual
+        } else {
+            Reason::Http
+        },
+        started_at: now_ms(),
+        output,
+    }
+}
+
+async fn history_lists_newest_first_filtered_and_limited<K>((store, _keep): (Store, K)) {
+    let h = &store.history;
+    h.record(sync("01", "f", TriggerKind::Http, succeeded()));
+    h.record(sync("02", "g", TriggerKind::Http, failed()));
+    h.record(sync("03", "f", TriggerKind::Manual, succeeded()));
+    store.queue.enqueue(new("04", "f")).await.unwrap();
+    h.flush().await.unwrap();
+    let ids = |records: Vec<super::Record>| -> Vec<String> {
+        records.into_iter().map(|r| r.id).collect()
+    };
+    assert_eq!(
+        ids(h.list(&Filter::default()).await.unwrap()),
+        ["04", "03", "02", "01"]
+    );
+    let f = Filter {
+        function: Some("f".to_string()),
+        ..Filter::default()
+    };
+    assert_eq!(ids(h.list(&f).await.unwrap()), ["04", "03", "01"]);
+    let failed_only = Filter {
+        state: Some(State::Failed),
+        ..Filter::default()
+    };
+    assert_eq!(ids(h.list(&failed_only).await.unwrap()), ["02"]);
+    let manual = Filter {
+        trigger: Some(TriggerKind::Manual),
+        ..Filter::default()
+    };
+    assert_eq!(ids(h.list(&manual).await.unwrap()), ["04", "03"]);
+    let two = Filter {
+        limit: Some(2),
+        ..Filter::default()
+    };
+    assert_eq!(ids(h.list(&two).await.unwrap()), ["04", "03"]);
+    let record = h.get("02").await.unwrap().unwrap();
+    assert_eq!(record.state, State::Failed);
+    assert_eq!(record.stderr, "oops\n");
+    assert_eq!(record.attempt, 1);
+    assert_eq!(record.trigger, TriggerKind::Http);
+    assert!(h.get("nope").await.unwrap().is_none());
+}
+
+async fn prune_deletes_only_finished_records_older_than_the_cut<K>((store, _keep): (Store, K)) {
+    let h = &store.history;
+    h.record(sync("old", "f", TriggerKind::Http, succeeded()));
+    store.queue.enqueue(new("waiting", "f")).await.unwrap();
+    h.flush().await.unwrap();
+    assert_eq!(h.prune(now_ms() - 60_000).await.unwrap(), 0);
+    let pruned = h.prune(now_ms() + 60_000).await.unwrap();
+    assert_eq!(pruned, 1);
+    assert!(h.get("old").await.unwrap().is_none());
+    assert!(h.get("waiting").await.unwrap().is_some());
+}

@@ -1,0 +1,753 @@
+//! The embedded store: one SQLite file, `data/jobhost.db`, holding a row per invocation
+//! (synchronous ones too), which is both the record the API shows and, for durable work,
+//! the queue entry; timer cursors and watch receipts beside it. Every call runs on a
+//! blocking thread, never on the async runtime's workers.
+//!
+//! The journal is WAL with `synchronous = NORMAL`: a committed row survives the process
+//! being killed (even `kill -9`); an operating-system crash may lose the last commits.
+//! `data/host.lock` (an OS file lock) keeps a second host off the same folder, so one host
+//! owns every claim in the file; the CLI opens it beside a running host without the lock.
+
+mod batch;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::{Context, bail};
+use async_trait::async_trait;
+use rusqlite::types::Type;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+
+use super::{
+    Claimed, Due, Filter, Fired, History, HostId, Lease, NewInvocation, Next, Output, Queue,
+    Reason, Receipt, Record, Recovered, RetryError, State, SyncRecord, TimerFire, TriggerState,
+    now_ms,
+};
+use crate::config::{Overlap, TriggerKind};
+use batch::Batcher;
+
+/// The schema, one step per version (`PRAGMA user_version`); a file from an older jobhost
+/// is brought up to date when it is opened.
+const MIGRATIONS: &[&str] = &[
+    // 1: invocations (records and queue), watch receipts, timer cursors.
+    "CREATE TABLE IF NOT EXISTS invocations (
+        id               TEXT PRIMARY KEY,
+        function         TEXT NOT NULL,
+        trigger          TEXT NOT NULL,
+        reason           TEXT NOT NULL,
+        attempt          INTEGER NOT NULL,
+        max_attempt      INTEGER NOT NULL,
+        state            TEXT NOT NULL,
+        durable          INTEGER NOT NULL,
+        payload          BLOB NOT NULL,
+        vars             TEXT NOT NULL,
+        created_at       INTEGER NOT NULL,
+        run_after        INTEGER NOT NULL,
+        started_at       INTEGER,
+        finished_at      INTEGER,
+        duration_ms      INTEGER,
+        exit_code        INTEGER,
+        error            TEXT,
+        stdout           BLOB,
+        stderr           BLOB,
+        stdout_truncated INTEGER NOT NULL DEFAULT 0,
+        stderr_truncated INTEGER NOT NULL DEFAULT 0,
+        timer            TEXT,
+        input_dir        TEXT
+    );
+    -- Only durable work is looked up by schedule and due time; synchronous records (the
+    -- many) stay out of these indexes, so recording one touches two b-trees less.
+    DROP INDEX IF EXISTS invocations_timer;
+    CREATE INDEX IF NOT EXISTS invocations_timer_runs ON invocations (timer, state)
+        WHERE timer IS NOT NULL;
+    DROP INDEX IF EXISTS invocations_due;
+    CREATE INDEX IF NOT EXISTS invocations_durable_due ON invocations (state, run_after)
+        WHERE durable = 1;
+    CREATE INDEX IF NOT EXISTS invocations_function ON invocations (function, id);
+    CREATE TABLE IF NOT EXISTS receipts (
+        watch      TEXT NOT NULL,
+        path       TEXT NOT NULL,
+        size       INTEGER NOT NULL,
+        mtime      INTEGER NOT NULL,
+        PRIMARY KEY (watch, path)
+    );
+    CREATE TABLE IF NOT EXISTS timers (
+        key        TEXT PRIMARY KEY,
+        last       INTEGER NOT NULL
+    );",
+    // 2: a claim carries its owner and a fence; the size of a round of attempts is kept
+    // for retries.
+    "ALTER TABLE invocations ADD COLUMN owner TEXT;
+    ALTER TABLE invocations ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE invocations ADD COLUMN attempts INTEGER;",
+];
+
+fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("jobhost.db")
+}
+
+fn open_connection(data_dir: &Path) -> anyhow::Result<Connection> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data folder {}", data_dir.display()))?;
+    let path = db_path(data_dir);
+    let mut conn =
+        Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    migrate(&mut conn).with_context(|| format!("preparing {}", path.display()))?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = usize::try_from(version).unwrap_or(usize::MAX);
+    if version > MIGRATIONS.len() {
+        bail!(
+            "the store is at schema version {version}, newer than this jobhost knows ({}): use the newer jobhost, or another data folder",
+            MIGRATIONS.len()
+        );
+    }
+    for step in &MIGRATIONS[version..] {
+        tx.execute_batch(step)?;
+    }
+    tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The store in `data/jobhost.db`.
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    batch: Batcher,
+    /// Held for the life of a host: a second host on the same `data/` is refused.
+    _lock: Option<File>,
+}
+
+impl SqliteStore {
+    /// Opens the store for a host; refuses when another host holds `data_dir`.
+    pub fn open_for_host(data_dir: &Path) -> anyhow::Result<SqliteStore> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating the data folder {}", data_dir.display()))?;
+        let lock_path = data_dir.join("host.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        if lock.try_lock().is_err() {
+            bail!(
+                "another jobhost is running on the data folder {}: stop it, or give this host its own `data` in [host]",
+                data_dir.display()
+            );
+        }
+        Self::open(data_dir, Some(lock))
+    }
+
+    /// Opens the store beside a running host, for the CLI.
+    pub fn open_shared(data_dir: &Path) -> anyhow::Result<SqliteStore> {
+        Self::open(data_dir, None)
+    }
+
+    fn open(data_dir: &Path, lock: Option<File>) -> anyhow::Result<SqliteStore> {
+        let conn = open_connection(data_dir)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+            batch: Batcher::start(data_dir)?,
+            _lock: lock,
+        })
+    }
+
+    /// Runs `f` on the connection, on a blocking thread.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || f(&mut lock(&conn)))
+            .await
+            .context("the store's worker thread failed")?
+    }
+}
+
+fn insert(conn: &Connection, new: &NewInvocation, state: State) -> anyhow::Result<()> {
+    let now = now_ms();
+    let vars = serde_json::to_string(&new.vars)?;
+    conn.prepare_cached(
+        "INSERT INTO invocations (id, function, trigger, reason, attempt, max_attempt, attempts,
+             state, durable, payload, vars, created_at, run_after, timer, finished_at, input_dir)
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?6, 1, ?7, ?8, ?9, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        new.id,
+        new.function,
+        new.trigger.as_str(),
+        new.reason.as_str(),
+        new.attempts,
+        state.as_str(),
+        new.payload.as_ref(),
+        vars,
+        now,
+        new.timer,
+        (state == State::Skipped).then_some(now),
+        new.input_dir
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+    ])?;
+    Ok(())
+}
+
+/// Records finished synchronous invocations, many in one transaction.
+fn insert_sync(conn: &mut Connection, batch: &[SyncRecord]) -> anyhow::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO invocations (id, function, trigger, reason, attempt, max_attempt, state,
+                 durable, payload, vars, created_at, run_after, started_at, finished_at,
+                 duration_ms, exit_code, error, stdout, stderr, stdout_truncated, stderr_truncated)
+             VALUES (?1, ?2, ?3, ?4, 1, 1, ?5, 0, x'', '[]', ?6, ?6, ?6, ?7, ?8, ?9, ?10,
+                 ?11, ?12, ?13, ?14)",
+        )?;
+        for r in batch {
+            let o = &r.output;
+            let state = if o.error.is_none() {
+                State::Succeeded
+            } else {
+                State::Failed
+            };
+            let duration = o.duration.as_millis() as i64;
+            stmt.execute(params![
+                r.id,
+                r.function,
+                r.trigger.as_str(),
+                r.reason.as_str(),
+                state.as_str(),
+                r.started_at,
+                r.started_at + duration,
+                duration,
+                o.exit_code,
+                o.error,
+                o.stdout.as_ref(),
+                o.stderr.as_ref(),
+                o.stdout_truncated,
+                o.stderr_truncated
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// A stored name read back as its enum; a name this build does not know is an error that
+/// says so, rather than a wrong value.
+fn named<T>(r: &Row<'_>, i: usize, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+    let text: String = r.get(i)?;
+    parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            Type::Text,
+            format!("unknown value {text:?} (written by another version of jobhost?)").into(),
+        )
+    })
+}
+
+const COLUMNS: &str = "id, function, trigger, reason, attempt, max_attempt, state, created_at,
+    started_at, finished_at, run_after, duration_ms, exit_code, error, stdout, stderr,
+    stdout_truncated, stderr_truncated, durable";
+
+fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
+    let text = |i: usize| -> rusqlite::Result<String> {
+        let bytes: Option<Vec<u8>> = r.get(i)?;
+        Ok(String::from_utf8_lossy(&bytes.unwrap_or_default()).into_owned())
+    };
+    let state = named(r, 6, State::parse)?;
+    let durable: bool = r.get(18)?;
+    Ok(Record {
+        id: r.get(0)?,
+        function: r.get(1)?,
+        trigger: named(r, 2, TriggerKind::parse)?,
+        reason: named(r, 3, Reason::parse)?,
+        attempt: r.get(4)?,
+        max_attempts: r.get(5)?,
+        next_attempt_at: (durable && matches!(state, State::Queued | State::Failed))
+            .then(|| r.get(10))
+            .transpose()?,
+        state,
+        created_at: r.get(7)?,
+        started_at: r.get(8)?,
+        finished_at: r.get(9)?,
+        duration_ms: r.get::<_, Option<i64>>(11)?.map(|d| d.max(0) as u64),
+        exit_code: r.get(12)?,
+        error: r.get(13)?,
+        stdout: text(14)?,
+        stderr: text(15)?,
+        stdout_truncated: r.get(16)?,
+        stderr_truncated: r.get(17)?,
+    })
+}
+
+fn get(conn: &Connection, id: &str) -> anyhow::Result<Option<Record>> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {COLUMNS} FROM invocations WHERE id = ?1"))?;
+    stmt.query_row(params![id], record)
+        .optional()
+        .with_context(|| format!("reading invocation {id}"))
+}
+
+#[async_trait]
+impl Queue for SqliteStore {
+    async fn enqueue(&self, new: NewInvocation) -> anyhow::Result<()> {
+        self.with(move |conn| insert(conn, &new, State::Queued))
+            .await
+    }
+
+    async fn due(&self, now: i64, limit: usize) -> anyhow::Result<Vec<Due>> {
+        self.with(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, function FROM invocations AS i
+                 WHERE state IN ('queued', 'failed') AND durable = 1 AND run_after <= ?1
+                   AND (timer IS NULL OR NOT EXISTS
+                        (SELECT 1 FROM invocations AS r WHERE r.timer = i.timer AND r.state = 'running'))
+                 ORDER BY run_after, id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![now, limit as i64], |r| {
+                Ok(Due {
+                    id: r.get(0)?,
+                    function: r.get(1)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn next_due_at(&self) -> anyhow::Result<Option<i64>> {
+        self.with(|conn| {
+            Ok(conn.query_row(
+                "SELECT MIN(run_after) FROM invocations WHERE state IN ('queued', 'failed') AND durable = 1",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn depth(&self) -> anyhow::Result<i64> {
+        self.with(|conn| {
+            Ok(conn.query_row(
+                "SELECT COUNT(*) FROM invocations WHERE state IN ('queued', 'failed') AND durable = 1",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn claim(&self, id: &str, owner: &HostId) -> anyhow::Result<Option<Claimed>> {
+        let (id, owner) = (id.to_string(), owner.clone());
+        self.with(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE invocations SET state = 'running', attempt = attempt + 1, started_at = ?3,
+                     finished_at = NULL, duration_ms = NULL, owner = ?2, fence = fence + 1
+                 WHERE id = ?1 AND state IN ('queued', 'failed') AND durable = 1
+                 RETURNING function, trigger, attempt, max_attempt, payload, vars, input_dir, fence",
+            )?;
+            let claimed = stmt
+                .query_row(params![id, owner.0, now_ms()], |r| {
+                    let trigger: String = r.get(1)?;
+                    let vars: String = r.get(5)?;
+                    let payload: Vec<u8> = r.get(4)?;
+                    Ok(Claimed {
+                        lease: Lease {
+                            id: id.clone(),
+                            owner: owner.clone(),
+                            fence: r.get(7)?,
+                        },
+                        function: r.get(0)?,
+                        trigger: TriggerKind::parse(&trigger).ok_or(trigger),
+                        attempt: r.get(2)?,
+                        max_attempt: r.get(3)?,
+                        payload: payload.into(),
+                        vars: serde_json::from_str(&vars).unwrap_or_default(),
+                        input_dir: r.get::<_, Option<String>>(6)?.map(PathBuf::from),
+                    })
+                })
+                .optional()?;
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn finish(&self, lease: &Lease, output: Output, next: Next) -> anyhow::Result<bool> {
+        let lease = lease.clone();
+        self.with(move |conn| {
+            let (state, run_after) = match next {
+                Next::Succeeded => (State::Succeeded, None),
+                Next::RetryAt(at) => (State::Failed, Some(at)),
+                Next::Dead => (State::Dead, None),
+            };
+            let changed = conn.prepare_cached(
+                "UPDATE invocations SET state = ?3, finished_at = ?4, duration_ms = ?5, exit_code = ?6,
+                     error = ?7, stdout = ?8, stderr = ?9, stdout_truncated = ?10,
+                     stderr_truncated = ?11, run_after = COALESCE(?12, run_after)
+                 WHERE id = ?1 AND state = 'running' AND fence = ?2",
+            )?
+            .execute(params![
+                lease.id,
+                lease.fence,
+                state.as_str(),
+                now_ms(),
+                output.duration.as_millis() as i64,
+                output.exit_code,
+                output.error,
+                output.stdout.as_ref(),
+                output.stderr.as_ref(),
+                output.stdout_truncated,
+                output.stderr_truncated,
+                run_after
+            ])?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn release(&self, lease: &Lease) -> anyhow::Result<bool> {
+        let lease = lease.clone();
+        self.with(move |conn| {
+            let changed = conn.execute(
+                "UPDATE invocations SET state = 'queued', attempt = attempt - 1, started_at = NULL,
+                     run_after = ?3
+                 WHERE id = ?1 AND state = 'running' AND fence = ?2",
+                params![lease.id, lease.fence, now_ms()],
+            )?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn recover(&self, _owner: &HostId) -> anyhow::Result<Recovered> {
+        // The host lock makes this host the only one on the file, so every running row is
+        // one of its own, whatever owner it was claimed under.
+        self.with(|conn| {
+            let now = now_ms();
+            let requeued = conn.execute(
+                "UPDATE invocations SET state = 'queued', run_after = ?1
+                 WHERE state = 'running' AND durable = 1",
+                params![now],
+            )?;
+            let interrupted = conn.execute(
+                "UPDATE invocations SET state = 'failed', finished_at = ?1,
+                     error = 'interrupted: the host stopped while it ran'
+                 WHERE state = 'running' AND durable = 0",
+                params![now],
+            )?;
+            Ok(Recovered {
+                requeued,
+                interrupted,
+            })
+        })
+        .await
+    }
+
+    async fn retry(&self, id: &str) -> Result<Record, RetryError> {
+        let id = id.to_string();
+        let result = self
+            .with(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let state = tx
+                    .query_row(
+                        "SELECT state FROM invocations WHERE id = ?1",
+                        params![id],
+                        |r| named(r, 0, State::parse),
+                    )
+                    .optional()?;
+                match state {
+                    None => return Ok(Err(RetryError::NotFound(id))),
+                    Some(State::Dead) => {}
+                    Some(state) => return Ok(Err(RetryError::NotDead { id, state })),
+                }
+                tx.execute(
+                    "UPDATE invocations SET state = 'queued', reason = 'retry',
+                         max_attempt = attempt + COALESCE(attempts, max_attempt), run_after = ?2
+                     WHERE id = ?1",
+                    params![id, now_ms()],
+                )?;
+                let record = get(&tx, &id)?.context("the record was just updated")?;
+                tx.commit()?;
+                Ok(Ok(record))
+            })
+            .await;
+        result.map_err(RetryError::Store)?
+    }
+}
+
+#[async_trait]
+impl TriggerState for SqliteStore {
+    async fn timer_cursor(&self, key: &str) -> anyhow::Result<Option<i64>> {
+        let key = key.to_string();
+        self.with(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT last FROM timers WHERE key = ?1",
+                    params![key],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn set_timer_cursor(&self, key: &str, at: i64) -> anyhow::Result<()> {
+        let key = key.to_string();
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO timers (key, last) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET last = ?2",
+                params![key, at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn fire_timer(&self, fire: TimerFire) -> anyhow::Result<Fired> {
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some((occurrence, cursor)) = fire.advance {
+                let last: Option<i64> = tx
+                    .query_row(
+                        "SELECT last FROM timers WHERE key = ?1",
+                        params![fire.key],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if last.is_some_and(|last| last >= occurrence) {
+                    return Ok(Fired::AlreadyFired);
+                }
+                tx.execute(
+                    "INSERT INTO timers (key, last) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET last = ?2",
+                    params![fire.key, cursor],
+                )?;
+            }
+            let count = |state: State| -> rusqlite::Result<i64> {
+                tx.query_row(
+                    "SELECT COUNT(*) FROM invocations WHERE timer = ?1 AND state = ?2",
+                    params![fire.key, state.as_str()],
+                    |r| r.get(0),
+                )
+            };
+            let (running, waiting) = (count(State::Running)? > 0, count(State::Queued)? > 0);
+            let skip = match fire.overlap {
+                Overlap::Skip => running || waiting,
+                Overlap::Queue => waiting,
+            };
+            let (state, fired) = if skip {
+                (State::Skipped, Fired::Skipped)
+            } else {
+                (State::Queued, Fired::Queued)
+            };
+            insert(&tx, &fire.invocation, state)?;
+            tx.commit()?;
+            Ok(fired)
+        })
+        .await
+    }
+
+    async fn forget_timers_except(&self, keep: &[String]) -> anyhow::Result<()> {
+        let keep = keep.to_vec();
+        self.with(move |conn| {
+            let keys: Vec<String> = conn
+                .prepare("SELECT key FROM timers")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for key in keys.iter().filter(|k| !keep.contains(k)) {
+                conn.execute("DELETE FROM timers WHERE key = ?1", params![key])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn receipt(&self, watch: &str, path: &str) -> anyhow::Result<Option<Receipt>> {
+        let (watch, path) = (watch.to_string(), path.to_string());
+        self.with(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT size, mtime FROM receipts WHERE watch = ?1 AND path = ?2",
+            )?;
+            Ok(stmt
+                .query_row(params![watch, path], |r| {
+                    Ok(Receipt {
+                        size: r.get::<_, i64>(0)? as u64,
+                        mtime: r.get(1)?,
+                    })
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn receipts(&self, watch: &str) -> anyhow::Result<HashMap<String, Receipt>> {
+        let watch = watch.to_string();
+        self.with(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT path, size, mtime FROM receipts WHERE watch = ?1")?;
+            let rows = stmt.query_map(params![watch], |r| {
+                let receipt = Receipt {
+                    size: r.get::<_, i64>(1)? as u64,
+                    mtime: r.get(2)?,
+                };
+                Ok((r.get::<_, String>(0)?, receipt))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn fire_file(
+        &self,
+        watch: &str,
+        path: &str,
+        receipt: Option<Receipt>,
+        invocation: Option<NewInvocation>,
+    ) -> anyhow::Result<()> {
+        let (watch, path) = (watch.to_string(), path.to_string());
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            if let Some(new) = &invocation {
+                insert(&tx, new, State::Queued)?;
+            }
+            match receipt {
+                Some(r) => tx.execute(
+                    "INSERT INTO receipts (watch, path, size, mtime) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (watch, path) DO UPDATE SET size = ?3, mtime = ?4",
+                    params![watch, path, r.size as i64, r.mtime],
+                )?,
+                None => tx.execute(
+                    "DELETE FROM receipts WHERE watch = ?1 AND path = ?2",
+                    params![watch, path],
+                )?,
+            };
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl History for SqliteStore {
+    fn record(&self, record: SyncRecord) {
+        self.batch.record(record);
+    }
+
+    async fn flush(&self) -> anyhow::Result<()> {
+        let batch = self.batch.clone();
+        tokio::task::spawn_blocking(move || batch.flush())
+            .await
+            .context("the records writer failed")
+    }
+
+    async fn get(&self, id: &str) -> anyhow::Result<Option<Record>> {
+        let id = id.to_string();
+        self.with(move |conn| get(conn, &id)).await
+    }
+
+    async fn list(&self, filter: &Filter) -> anyhow::Result<Vec<Record>> {
+        let filter = filter.clone();
+        self.with(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM invocations
+                 WHERE (?1 IS NULL OR function = ?1) AND (?2 IS NULL OR state = ?2)
+                   AND (?3 IS NULL OR trigger = ?3)
+                 ORDER BY id DESC LIMIT ?4"
+            ))?;
+            let rows = stmt.query_map(
+                params![
+                    filter.function,
+                    filter.state.map(State::as_str),
+                    filter.trigger.map(TriggerKind::as_str),
+                    filter.limit() as i64
+                ],
+                record,
+            )?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn prune(&self, before: i64) -> anyhow::Result<usize> {
+        self.with(move |conn| {
+            Ok(conn.execute(
+                "DELETE FROM invocations
+                 WHERE finished_at IS NOT NULL AND finished_at < ?1
+                   AND (state IN ('succeeded', 'dead', 'skipped') OR (state = 'failed' AND durable = 0))",
+                params![before],
+            )?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::store::conformance;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_passes_the_store_conformance_suite() {
+        conformance::run(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SqliteStore::open_for_host(dir.path()).unwrap();
+            (Store::new(store), dir)
+        })
+        .await;
+    }
+
+    #[test]
+    fn a_store_from_the_first_schema_is_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(db_path(dir.path())).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute(
+                "INSERT INTO invocations (id, function, trigger, reason, attempt, max_attempt,
+                     state, durable, payload, vars, created_at, run_after)
+                 VALUES ('old', 'f', 'manual', 'manual', 0, 3, 'queued', 1, x'', '[]', 1, 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let conn = open_connection(dir.path()).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let fence: i64 = conn
+            .query_row("SELECT fence FROM invocations WHERE id = 'old'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(fence, 0);
+        drop(conn);
+        // Opening again changes nothing.
+        open_connection(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_second_host_on_the_same_data_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SqliteStore::open_for_host(dir.path()).unwrap();
+        let second = SqliteStore::open_for_host(dir.path());
+        let message = format!("{:#}", second.err().expect("refused"));
+        assert!(message.contains("another jobhost is running"), "{message}");
+        SqliteStore::open_shared(dir.path()).expect("the CLI may open it beside the host");
+    }
+}

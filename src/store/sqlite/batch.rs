@@ -1,0 +1,179 @@
+//! The writer of synchronous records: they are gathered and written in batches, each in
+//! one transaction, on a thread of their own, so a request never waits for SQLite.
+//! Synchronous invocations are recorded but never retried, so nothing durable waits here;
+//! `flush` gives readers (the API, shutdown) every record handed over before.
+//!
+//! The writer thread runs at the lowest priority so its commits stay out of request tail
+//! latency. When requests keep every core busy it cannot keep up, so once `BEHIND` records
+//! wait, a blocking task at normal priority writes them: pending records stay bounded, and
+//! a saturated host spends its share of CPU on recording as it should.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::{insert_sync, lock, open_connection};
+use crate::store::SyncRecord;
+
+#[derive(Clone)]
+pub(super) struct Batcher {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    pending: Mutex<Vec<SyncRecord>>,
+    /// Wakes the writer thread when records arrive.
+    arrived: Condvar,
+    /// Held while a batch is taken and written, so a flush sees every earlier batch done.
+    conn: Mutex<Connection>,
+    /// A normal-priority task is writing a backlog.
+    helping: AtomicBool,
+}
+
+/// The most records written in one transaction by the writer thread.
+const BATCH: usize = 512;
+/// How long the writer gathers records before it commits them.
+const WINDOW: Duration = Duration::from_millis(20);
+/// Records waiting beyond which a normal-priority task writes them.
+const BEHIND: usize = 4 * BATCH;
+
+impl Batcher {
+    /// Starts the writer on a connection of its own, so that its commits (and the WAL
+    /// checkpoints they trigger) never hold up the store's other users.
+    pub(super) fn start(data_dir: &Path) -> anyhow::Result<Batcher> {
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Vec::new()),
+            arrived: Condvar::new(),
+            conn: Mutex::new(open_connection(data_dir)?),
+            helping: AtomicBool::new(false),
+        });
+        let writer = shared.clone();
+        std::thread::Builder::new()
+            .name("jobhost-records".into())
+            .spawn(move || {
+                lower_priority();
+                loop {
+                    let pending = lock(&writer.pending);
+                    let (pending, _) = writer
+                        .arrived
+                        .wait_timeout_while(pending, Duration::from_secs(1), |p| p.is_empty())
+                        .unwrap_or_else(|e| e.into_inner());
+                    if pending.is_empty() {
+                        // Every handle is gone (the store was dropped): so is the writer.
+                        if Arc::strong_count(&writer) == 1 {
+                            return;
+                        }
+                        continue;
+                    }
+                    // Gather for up to WINDOW: one commit for many requests costs a
+                    // fraction of one commit each.
+                    let (pending, _) = writer
+                        .arrived
+                        .wait_timeout_while(pending, WINDOW, |p| p.len() < BATCH)
+                        .unwrap_or_else(|e| e.into_inner());
+                    drop(pending);
+                    writer.write_pending();
+                }
+            })?;
+        Ok(Batcher { shared })
+    }
+
+    pub(super) fn record(&self, record: SyncRecord) {
+        let waiting = {
+            let mut pending = lock(&self.shared.pending);
+            pending.push(record);
+            pending.len()
+        };
+        if waiting == 1 || waiting == BATCH {
+            self.shared.arrived.notify_one();
+        }
+        if waiting >= BEHIND && !self.shared.helping.swap(true, Ordering::AcqRel) {
+            let shared = self.shared.clone();
+            let help = move || {
+                shared.write_pending();
+                shared.helping.store(false, Ordering::Release);
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(help)),
+                Err(_) => help(),
+            }
+        }
+    }
+
+    /// Writes every record handed over before; blocks while it does.
+    pub(super) fn flush(&self) {
+        self.shared.write_pending();
+    }
+}
+
+impl Shared {
+    fn write_pending(&self) {
+        let mut conn = lock(&self.conn);
+        let batch = std::mem::take(&mut *lock(&self.pending));
+        if !batch.is_empty()
+            && let Err(e) = insert_sync(&mut conn, &batch)
+        {
+            tracing::error!(
+                "cannot record {} synchronous invocations: {e:#}",
+                batch.len()
+            );
+        }
+    }
+}
+
+/// The records writer yields the CPU to requests: on a machine with few cores its commits
+/// would otherwise show up in request tail latency (see the module's note on backlogs).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // On Linux a thread id names one thread for setpriority.
+        let tid = rustix::thread::gettid();
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), 19) {
+            tracing::debug!("cannot lower the records writer's priority: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TriggerKind;
+    use crate::store::{Output, now_ms};
+
+    fn record(n: usize) -> SyncRecord {
+        SyncRecord {
+            id: format!("{n:08}"),
+            function: "f".to_string(),
+            trigger: TriggerKind::Http,
+            reason: crate::store::Reason::Http,
+            started_at: now_ms(),
+            output: Output {
+                stdout: bytes::Bytes::from_static(b"out"),
+                duration: Duration::from_millis(1),
+                exit_code: Some(0),
+                ..Output::default()
+            },
+        }
+    }
+
+    #[test]
+    fn every_sync_record_is_written_including_a_backlog_past_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let batcher = Batcher::start(dir.path()).unwrap();
+        // Far more than the writer gathers at once: the backlog path writes part of them.
+        let total = 3 * BEHIND;
+        for n in 0..total {
+            batcher.record(record(n));
+        }
+        batcher.flush();
+        let conn = open_connection(dir.path()).unwrap();
+        let written: i64 = conn
+            .query_row("SELECT COUNT(*) FROM invocations", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(written, total as i64);
+        assert!(lock(&batcher.shared.pending).is_empty());
+    }
+}
