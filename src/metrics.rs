@@ -1,6 +1,7 @@
 //! `GET /metrics` in the Prometheus text format (prometheus-client): invocations by
 //! function, trigger and outcome, durations, queue depth, running invocations, timer
-//! lateness, watch latency, compile and instantiation times.
+//! lateness, watch latency, watch triggers by state, compile and instantiation times, hot
+//! reloads.
 //!
 //! The metrics are one process-wide set, as Prometheus clients are: every part of the host
 //! records into it without being handed a reference.
@@ -25,6 +26,16 @@ struct InvocationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WatchLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FunctionLabels {
     function: String,
     trigger: String,
@@ -40,6 +51,19 @@ pub struct Metrics {
     watch_latency: Histogram,
     compile: Histogram,
     instantiate: Histogram,
+    reloads: Family<ReloadLabels, Counter>,
+    watches: Family<WatchLabels, Gauge>,
+}
+
+/// How a hot reload ended, for `jobhost_reloads_total{result}`.
+#[derive(Debug, Clone, Copy)]
+pub enum Reloaded {
+    /// The configuration and the functions were read again and installed.
+    Applied,
+    /// `runtime.toml` did not validate: the previous configuration keeps running.
+    InvalidConfiguration,
+    /// `runtime.toml` was gone or empty for a moment: the previous one keeps running.
+    ConfigurationMissing,
 }
 
 /// Buckets from 50 µs to about 7 minutes.
@@ -98,8 +122,21 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Instantiating a guest for one invocation",
         instantiate.clone(),
     );
+    let reloads = Family::<ReloadLabels, Counter>::default();
+    registry.register(
+        "reloads",
+        "Hot reloads of functions/ and runtime.toml, by result",
+        reloads.clone(),
+    );
+    let watches = Family::<WatchLabels, Gauge>::default();
+    registry.register(
+        "watches",
+        "Watch triggers by state: watching their folder, or waiting for it to exist",
+        watches.clone(),
+    );
     Metrics {
         registry,
+        watches,
         invocations,
         durations,
         queue_depth,
@@ -108,8 +145,54 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         watch_latency,
         compile,
         instantiate,
+        reloads,
     }
 });
+
+/// Where a watch trigger is, for `jobhost_watches{state}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchState {
+    /// Its folder does not exist (yet, or any more).
+    Waiting,
+    /// Watching its folder, with what was there already handled.
+    Watching,
+}
+
+/// One watch trigger's place in `jobhost_watches`; it leaves the count when dropped.
+#[derive(Default)]
+pub struct WatchGauge {
+    state: Option<WatchState>,
+}
+
+impl WatchGauge {
+    pub fn set(&mut self, state: WatchState) {
+        if self.state != Some(state) {
+            self.leave();
+            watch_gauge(state).inc();
+            self.state = Some(state);
+        }
+    }
+
+    fn leave(&mut self) {
+        if let Some(old) = self.state.take() {
+            watch_gauge(old).dec();
+        }
+    }
+}
+
+impl Drop for WatchGauge {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+fn watch_gauge(state: WatchState) -> Gauge {
+    let state = match state {
+        WatchState::Waiting => "waiting",
+        WatchState::Watching => "watching",
+    };
+    get().watches.get_or_create(&WatchLabels { state }).clone()
+}
 
 pub fn get() -> &'static Metrics {
     &METRICS
@@ -153,6 +236,15 @@ impl Metrics {
 
     pub fn watch_latency(&self, latency: Duration) {
         self.watch_latency.observe(latency.as_secs_f64());
+    }
+
+    pub fn reloaded(&self, result: Reloaded) {
+        let result = match result {
+            Reloaded::Applied => "applied",
+            Reloaded::InvalidConfiguration => "invalid_configuration",
+            Reloaded::ConfigurationMissing => "configuration_missing",
+        };
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
     }
 
     pub fn compiled(&self, took: Duration) {

@@ -13,6 +13,7 @@ use notify::{Event, EventKind, RecursiveMode, Watcher};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
+use crate::metrics::{self, Reloaded};
 use crate::registry::{self, Registry, Young};
 use crate::runtime::Runtime;
 use crate::triggers::Supervisor;
@@ -175,30 +176,35 @@ async fn reread(
     // moment, and one that truncates and writes leaves it empty; reading either as "all
     // defaults" would drop every declared function.
     let exists = usable(&started.path);
-    let loaded = if exists || !*had_file {
-        config::load(&started.path)
-    } else {
+    let missing = *had_file && !exists;
+    *had_file |= exists;
+    let result = if missing {
         tracing::warn!(
             "{} is gone or empty; the previous configuration keeps running until it is back",
             started.path.display()
         );
-        Ok(current.clone())
-    };
-    *had_file |= exists;
-    match loaded {
-        Ok(config) => {
-            if config.host != current.host {
-                tracing::warn!(
-                    "[host] settings changed in {}: they take effect on restart",
-                    config.path.display()
-                );
+        Reloaded::ConfigurationMissing
+    } else {
+        match config::load(&started.path) {
+            Ok(config) => {
+                if config.host != current.host {
+                    tracing::warn!(
+                        "[host] settings changed in {}: they take effect on restart",
+                        config.path.display()
+                    );
+                }
+                *current = config;
+                Reloaded::Applied
             }
-            *current = config;
+            Err(problems) => {
+                tracing::error!(
+                    "invalid configuration, the previous one keeps running:\n{problems}"
+                );
+                Reloaded::InvalidConfiguration
+            }
         }
-        Err(problems) => {
-            tracing::error!("invalid configuration, the previous one keeps running:\n{problems}");
-        }
-    }
+    };
+    metrics::get().reloaded(result);
     // Configuration of functions comes from this reload; [host] stays as the host started.
     let mut config = current.clone();
     config.host = started.host.clone();

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use super::Context;
 use crate::config::{FileEvent, TriggerKind, WatchTrigger};
 use crate::dispatch::INPUT;
-use crate::metrics;
+use crate::metrics::{self, WatchGauge, WatchState};
 use crate::registry::Function;
 use crate::store::{Reason, Receipt};
 
@@ -117,8 +117,10 @@ pub async fn run(
     let name = w.function.spec.name.clone();
     let folder = w.watch.folder.clone();
     let mut said_missing = false;
+    let mut gauge = WatchGauge::default();
     loop {
         let Some(id) = identity(&folder) else {
+            gauge.set(WatchState::Waiting);
             if !said_missing {
                 tracing::warn!(function = %name, "watched folder {} does not exist yet; waiting for it", folder.display());
                 said_missing = true;
@@ -155,6 +157,7 @@ pub async fn run(
         tracing::info!(function = %name, "watching {}", folder.display());
         // What changed while nobody watched: before the start, or while the folder was gone.
         w.reconcile().await;
+        gauge.set(WatchState::Watching);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -175,6 +178,7 @@ pub async fn run(
                 _ = tokio::time::sleep(FOLDER_CHECK) => {
                     if identity(&folder) != Some(id) {
                         tracing::warn!(function = %name, "watched folder {} was removed; waiting for it to come back", folder.display());
+                        gauge.set(WatchState::Waiting);
                         break;
                     }
                 }

@@ -1,9 +1,7 @@
 //! SPEC §3 and §8: bad modules and bad configuration get clear errors that name the file,
 //! line, key or import, and the host serves everything else.
 
-use std::time::Duration;
-
-use crate::support::{P1, P2, Project, probe, wat};
+use crate::support::{P1, P2, Project, example, probe, wat};
 
 #[test]
 fn bad_modules_are_refused_with_their_reason_and_the_rest_still_serves() {
@@ -21,23 +19,34 @@ fn bad_modules_are_refused_with_their_reason_and_the_rest_still_serves() {
     );
     project.write("functions/noworld.wasm", &wat("(component)"));
     project.write("functions/README.md", b"other files are ignored");
-    let mut host = project.start();
+    let host = project.start();
 
     let expectations = [
-        ("notwasm.wasm", "not a WebAssembly file"),
-        ("invalid.wasm", "invalid WebAssembly"),
-        ("mystery.wasm", "mystery_function"),
-        ("nostart.wasm", "exports no `_start`"),
-        ("noworld.wasm", "exports none of the known worlds"),
+        ("notwasm", "not a WebAssembly file"),
+        ("invalid", "invalid WebAssembly"),
+        ("mystery", "mystery_function"),
+        ("nostart", "exports no `_start`"),
+        ("noworld", "exports none of the known worlds"),
     ];
-    for (file, reason) in expectations {
-        let line = host.wait_for_log(file, Duration::from_secs(5));
+    let functions = host.json("/_jobhost/functions");
+    let functions = functions.as_array().unwrap();
+    for (name, reason) in expectations {
+        let f = functions
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is not listed: {functions:#?}"));
+        let error = f["error"].as_str().unwrap_or_default();
+        assert_eq!(f["status"], "error", "{name}");
         assert!(
-            line.contains("ERROR") && line.contains(reason),
-            "{file}: {line}"
+            error.contains(&format!("{name}.wasm")) && error.contains(reason),
+            "{name}: {error}"
         );
     }
-    assert!(!host.log().join("\n").contains("README"));
+    let names: Vec<&str> = functions
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert!(!names.contains(&"README"), "{names:?}");
     assert_eq!(host.post("/good", "echo fine").body, "fine\n");
     assert_eq!(host.get("/mystery").status, 404);
 }
@@ -152,4 +161,90 @@ fn compiled_modules_are_cached_and_a_bad_cache_entry_is_ignored() {
     std::fs::write(&entries[0], b"corrupt").unwrap();
     let host = project.start();
     assert_eq!(host.post("/probe", "echo recompiled").body, "recompiled\n");
+}
+
+#[test]
+fn a_module_named_by_a_function_belongs_to_that_function_only() {
+    let project = Project::new("[functions.y]\nmodule = \"x.wasm\"\n");
+    project.function("x", &probe(P1));
+    let host = project.start();
+    assert_eq!(host.post("/y", "echo mine").body, "mine\n");
+    assert_eq!(host.post("/x", "echo mine").status, 404);
+    let functions = host.json("/_jobhost/functions");
+    let names: Vec<&str> = functions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert_eq!(names, ["y"]);
+}
+
+#[test]
+fn each_key_is_reported_against_the_file_and_line_it_is_set_in() {
+    // `triggers` is in runtime.toml (line 6), `memory` in the sidecar.
+    let project = Project::new(
+        "[host]\nlisten = \"127.0.0.1:0\"\n[functions.a]\ntriggers = [\n  { http = \"/a\" },\n  { http = \"nope\" },\n]\n",
+    );
+    project.function("a", &probe(P1));
+    project.write("functions/a.toml", b"memory = \"1MiB\"\n");
+    let output = project.jobhost().arg("check").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("runtime.toml:6: `functions.a.triggers[1]`: route \"nope\""),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("a.toml:"), "{stdout}");
+    assert!(stdout.contains("\n1 problem\n"), "{stdout}");
+}
+
+#[test]
+fn an_unset_environment_variable_fails_only_the_guest_that_reads_it() {
+    let project = Project::new(
+        r#"[host]
+listen = "127.0.0.1:0"
+[config]
+greeting = "hello"
+who = { env = "JOBHOST_TEST_NEVER_SET" }
+[functions.cfg2]
+module = "cfg2.wasm"
+[functions.cfg1]
+module = "cfg1.wasm"
+"#,
+    );
+    project
+        .function("cfg2", &example("config-reader", P2))
+        .function("cfg1", &example("config-reader", P1));
+    // `check` passes, and warns about the variable.
+    let output = project
+        .jobhost()
+        .arg("check")
+        .env_remove("JOBHOST_TEST_NEVER_SET")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("warning: the environment variable JOBHOST_TEST_NEVER_SET is not set")
+            && stdout.contains("runtime.toml:5 config.who"),
+        "{stdout}"
+    );
+    let host = project.start_with(|cmd| {
+        cmd.env_remove("JOBHOST_TEST_NEVER_SET");
+    });
+    // Keys with values still read; the one without answers the guest with the reason.
+    let p2 = host.post("/cfg2", "greeting who");
+    assert_eq!(p2.status, 200);
+    let (greeting, who) = p2.body.split_once('\n').unwrap();
+    assert_eq!(greeting, "greeting=hello");
+    assert!(
+        who.starts_with("who: the environment variable JOBHOST_TEST_NEVER_SET is not set"),
+        "{who}"
+    );
+    assert_eq!(
+        host.post("/cfg1", "greeting who").body,
+        "greeting=hello\nwho: its environment variable is not set (see the host's log)\n"
+    );
+    assert_eq!(host.post("/cfg1", "greeting").body, "greeting=hello\n");
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{P1, Project, probe, wait_until};
+use crate::support::{P1, Project, metric, probe, wait_until};
 
 #[test]
 fn metrics_count_invocations_by_function_trigger_and_outcome() {
@@ -21,8 +21,7 @@ triggers = [{ watch = "inbox" }]
     );
     project.function("probe", &probe(P1));
     std::fs::create_dir_all(project.path("inbox")).unwrap();
-    let mut host = project.start();
-    host.wait_for_log("watching", Duration::from_secs(10));
+    let host = project.start();
     host.post("/web", "echo one");
     host.post("/web", "echo two");
     host.post("/web", "exit 3");
@@ -46,9 +45,19 @@ triggers = [{ watch = "inbox" }]
         "# TYPE jobhost_running_invocations gauge",
         "jobhost_timer_lateness_seconds_count",
         "jobhost_watch_latency_seconds_count 1",
-        "jobhost_module_compile_seconds_count",
         "jobhost_instantiation_seconds_count",
     ] {
         assert!(text.contains(expected), "{expected} missing from:\n{text}");
     }
+    // Each of the three functions compiled (or read from the cache) and linked its module.
+    assert_eq!(
+        metric(&text, "jobhost_module_compile_seconds_count"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, r#"jobhost_watches{state="watching"}"#),
+        Some(1.0),
+        "{text}"
+    );
 }

@@ -17,7 +17,7 @@ fn until_answer(host: &Host, path: &str, payload: &str, body: &str, within: Dura
 #[test]
 fn a_dropped_module_is_served_within_a_second_and_a_replaced_one_swaps_after_requests_in_flight() {
     let project = Project::new("[defaults]\ntimeout = \"20s\"\n");
-    let mut host = project.start();
+    let host = project.start();
     assert_eq!(host.get("/fn").status, 404);
 
     std::fs::copy(probe(P1), project.path("functions/fn.wasm")).unwrap();
@@ -26,7 +26,6 @@ fn a_dropped_module_is_served_within_a_second_and_a_replaced_one_swaps_after_req
         took < Duration::from_secs(1),
         "served {took:?} after the drop"
     );
-    host.wait_for_log("loaded", Duration::from_secs(5));
 
     // A request in flight during the swap completes on the version it started with.
     let slow = {
@@ -62,7 +61,6 @@ fn a_dropped_module_is_served_within_a_second_and_a_replaced_one_swaps_after_req
         "the new version answered {took:?} after the replace"
     );
     assert_eq!(slow.join().unwrap(), "slept 1500 ms\n");
-    assert!(host.log().iter().any(|l| l.contains("reloaded")));
 }
 
 #[test]
@@ -71,34 +69,46 @@ fn a_large_module_copied_slowly_is_never_an_error_and_is_served_once_complete() 
     let host = project.start();
     let bytes = std::fs::read(example("thumbnail", P2)).unwrap();
     let chunk = bytes.len() / 8 + 1;
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(project.path("functions/slow.wasm")).unwrap();
-        for part in bytes.chunks(chunk) {
-            file.write_all(part).unwrap();
-            file.flush().unwrap();
-            std::thread::sleep(Duration::from_millis(200)); // the copier's pace, not a wait
-        }
-    }
-    let project_path = project.path("functions/slow.wasm");
-    wait_until(Duration::from_secs(10), || {
-        let functions = host.json("/_jobhost/functions");
+    let slow = |functions: &serde_json::Value| -> Option<serde_json::Value> {
         functions
             .as_array()
             .unwrap()
             .iter()
-            .any(|f| f["name"] == "slow" && f["status"] == "ready")
-            .then_some(())
+            .find(|f| f["name"] == "slow")
+            .cloned()
+    };
+    // What the API shows while the module is copied, watched from another thread.
+    let copying = std::sync::atomic::AtomicBool::new(true);
+    let seen = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let mut seen = Vec::new();
+            while copying.load(std::sync::atomic::Ordering::Acquire) {
+                if let Some(f) = slow(&host.json("/_jobhost/functions")) {
+                    seen.push(f);
+                }
+            }
+            seen
+        });
+        {
+            use std::io::Write;
+            let mut file = std::fs::File::create(project.path("functions/slow.wasm")).unwrap();
+            for part in bytes.chunks(chunk) {
+                file.write_all(part).unwrap();
+                file.flush().unwrap();
+                std::thread::sleep(Duration::from_millis(200)); // the copier's pace, not a wait
+            }
+        }
+        copying.store(false, std::sync::atomic::Ordering::Release);
+        watcher.join().unwrap()
     });
-    let errors: Vec<String> = host
-        .log()
-        .into_iter()
-        .filter(|l| l.contains("ERROR"))
-        .collect();
+    let ready = wait_until(Duration::from_secs(10), || {
+        slow(&host.json("/_jobhost/functions")).filter(|f| f["status"] == "ready")
+    });
+    assert!(ready["error"].is_null(), "{ready}");
+    let errors: Vec<&serde_json::Value> = seen.iter().filter(|f| !f["error"].is_null()).collect();
     assert!(
         errors.is_empty(),
-        "a partial module was reported: {errors:#?} ({})",
-        project_path.display()
+        "a partial module was reported: {errors:#?}"
     );
 }
 
@@ -173,7 +183,7 @@ fn config_project() -> (Project, Host) {
 
 #[test]
 fn runtime_toml_edits_take_effect_and_an_invalid_edit_keeps_the_old_configuration() {
-    let (project, mut host) = config_project();
+    let (project, host) = config_project();
 
     let edited = std::fs::read_to_string(project.path("runtime.toml"))
         .unwrap()
@@ -200,27 +210,26 @@ fn runtime_toml_edits_take_effect_and_an_invalid_edit_keeps_the_old_configuratio
     });
 
     project.write("runtime.toml", format!("{edited}\n[broken\n").as_bytes());
-    host.wait_for_log("the previous one keeps running", Duration::from_secs(10));
+    host.wait_for_metric(
+        r#"jobhost_reloads_total{result="invalid_configuration"}"#,
+        1.0,
+    );
     assert_eq!(host.post("/cfg", "config greeting").body, "greeting=v2\n");
 }
 
 #[test]
 fn a_runtime_toml_moved_away_or_emptied_for_a_moment_keeps_the_previous_configuration() {
     // Some editors save by moving the old file away (or truncating it) and writing anew.
-    let (project, mut host) = config_project();
+    let (project, host) = config_project();
+    let missing = r#"jobhost_reloads_total{result="configuration_missing"}"#;
 
     std::fs::rename(project.path("runtime.toml"), project.path("runtime.toml~")).unwrap();
-    host.wait_for_log("is gone or empty", Duration::from_secs(10));
+    host.wait_for_metric(missing, 1.0);
     assert_eq!(host.post("/cfg", "config greeting").body, "greeting=v1\n");
     // Truncated and not yet written again: the same.
     project.write("runtime.toml", b"");
     wait_until(Duration::from_secs(10), || {
-        let said = host
-            .log()
-            .iter()
-            .filter(|l| l.contains("is gone or empty"))
-            .count();
-        (said >= 2).then_some(())
+        (host.metric(missing).unwrap_or(0.0) >= 2.0).then_some(())
     });
     assert_eq!(host.post("/cfg", "config greeting").body, "greeting=v1\n");
 
@@ -240,9 +249,7 @@ fn a_runtime_toml_moved_away_or_emptied_for_a_moment_keeps_the_previous_configur
 #[test]
 fn a_change_reloads_once_and_reading_the_files_does_not_reload() {
     let project = Project::new("");
-    let host = project.start_with(|cmd| {
-        cmd.env("JOBHOST_LOG", "info,jobhost::reload=debug");
-    });
+    let host = project.start();
     project.function("echo", &probe(P1));
     until_answer(&host, "/echo", "echo hi", "hi\n", Duration::from_secs(10));
     // What a backup tool or an editor does: open and read, change nothing.
@@ -254,15 +261,48 @@ fn a_change_reloads_once_and_reading_the_files_does_not_reload() {
         (Instant::now() > quiet_until).then_some(())
     });
     let reloads = host
-        .log()
-        .iter()
-        .filter(|l| l.contains("reloading:"))
-        .count();
+        .metric(r#"jobhost_reloads_total{result="applied"}"#)
+        .unwrap_or(0.0);
     // One for the copy (two if a loaded machine spread its writes past the quiet period);
     // reloading on reads showed as a reload every 10 ms.
-    assert!(
-        (1..=2).contains(&reloads),
-        "{reloads} reloads: {:#?}",
-        host.log()
+    assert!((1.0..=2.0).contains(&reloads), "{reloads} reloads");
+}
+
+#[test]
+fn relative_paths_are_relative_to_the_folder_of_runtime_toml_not_the_working_directory() {
+    // Started from the folder above the project with a relative --config: the drop of a
+    // module and a watched folder are found all the same.
+    let project = Project::new(
+        r#"
+[functions.onfile]
+module = "probe.wasm"
+triggers = [{ watch = "inbox" }]
+"#,
     );
+    project.function("probe", &probe(P1));
+    std::fs::create_dir_all(project.path("inbox")).unwrap();
+    let dir = project.dir.path();
+    let (parent, name) = (dir.parent().unwrap(), dir.file_name().unwrap());
+    let config = std::path::Path::new(name).join("runtime.toml");
+    let host = project.start_with(|cmd| {
+        cmd.current_dir(parent).arg("--config").arg(&config);
+    });
+    project.function("dropped", &probe(P2));
+    until_answer(
+        &host,
+        "/dropped",
+        "echo here",
+        "here\n",
+        Duration::from_secs(10),
+    );
+    project.write("inbox/a.txt", b"a");
+    wait_until(Duration::from_secs(20), || {
+        let list = host.json("/_jobhost/invocations?function=onfile&trigger=file");
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| state(r) == "succeeded")
+            .then_some(())
+    });
+    assert!(project.path(".jobhost/jobhost.db").exists());
 }

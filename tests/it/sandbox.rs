@@ -126,10 +126,18 @@ fn a_trap_a_panic_and_an_exit_map_to_their_reasons_and_a_500_with_the_id() {
             ),
             "{path} {body}"
         );
+        // The record keeps the reason, and a panic's message from stderr.
+        let record = host.json(&format!("/_jobhost/invocations/{id}"));
+        assert_eq!(record["state"], "failed", "{record}");
+        assert_eq!(
+            record["error"].as_str().map(|e| format!("failed: {e}\n")),
+            Some(reason.to_string())
+        );
+        if body == "panic" {
+            let stderr = record["stderr"].as_str().unwrap_or_default();
+            assert!(stderr.contains("probe was asked to panic"), "{stderr}");
+        }
     }
-    // The panic message went to stderr, which the host logs with the invocation.
-    let log = host.log().join("\n");
-    assert!(log.contains("probe was asked to panic"), "{log}");
 }
 
 #[test]
@@ -222,11 +230,10 @@ fn stdout_past_the_cap_is_cut_and_the_host_memory_does_not_grow() {
     let cut = host.post("/flood", "flood 100000");
     assert_eq!(cut.status, 200);
     assert_eq!(cut.body.len(), 1024 - "Content-Type: text/plain\n\n".len());
-    let mut host = host;
-    host.wait_for_log(
-        "output past `max_output` was dropped",
-        Duration::from_secs(10),
-    );
+    let id = cut.header("x-jobhost-invocation-id").unwrap();
+    let record = host.json(&format!("/_jobhost/invocations/{id}"));
+    assert_eq!(record["stdout_truncated"], true, "{record}");
+    assert_eq!(record["stdout"].as_str().unwrap().len(), 1024);
 
     let before = rss_kib(host.pid());
     for _ in 0..3 {
@@ -283,4 +290,40 @@ module = "cfg1.wasm"
     project.function("cfg1", &example("config-reader", P1));
     let host = project.start();
     assert_eq!(host.post("/cfg1", "long").body, format!("long={long}\n"));
+}
+
+#[test]
+fn guest_stderr_is_logged_at_warn_with_the_invocation_id_and_error_is_left_to_the_host() {
+    let project = Project::new("[defaults]\nretry = { attempts = 1 }\n[functions.probe]\n");
+    project.function("probe", &probe(P1));
+    let host = project.start();
+    let sync = host.post("/probe", "read /from-http");
+    assert_eq!(sync.status, 500);
+    let sync_id = sync.header("x-jobhost-invocation-id").unwrap().to_string();
+    let background = host.invoke("probe", "read /from-background");
+    host.wait_for_record(&background, Duration::from_secs(30), |r| {
+        r["state"] == "dead"
+    });
+    for (needle, id) in [
+        ("cannot read /from-http", sync_id),
+        ("cannot read /from-background", background),
+    ] {
+        let lines: Vec<String> = host
+            .log()
+            .into_iter()
+            .filter(|l| l.contains(needle))
+            .collect();
+        assert_eq!(lines.len(), 1, "{needle}: {lines:#?}");
+        assert!(
+            lines[0].contains("WARN") && lines[0].contains(&id),
+            "{}",
+            lines[0]
+        );
+    }
+    let errors: Vec<String> = host
+        .log()
+        .into_iter()
+        .filter(|l| l.contains("ERROR"))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
 }

@@ -252,6 +252,11 @@ impl Host {
         )
     }
 
+    /// Whether the host accepts connections.
+    pub fn listening(&self) -> bool {
+        std::net::TcpStream::connect(&self.addr).is_ok()
+    }
+
     pub fn get(&self, path: &str) -> Answer {
         self.request("GET", path, b"")
     }
@@ -288,6 +293,18 @@ impl Host {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The value of the `/metrics` sample named exactly `name` (labels included), if any.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        metric(&self.get("/metrics").body, name)
+    }
+
+    /// Waits until the `/metrics` sample `name` is `value`.
+    pub fn wait_for_metric(&self, name: &str, value: f64) {
+        wait_until(Duration::from_secs(20), || {
+            (self.metric(name) == Some(value)).then_some(())
+        });
     }
 
     /// GET a JSON resource.
@@ -361,6 +378,13 @@ pub fn wait_until<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
         );
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// The value of the sample named exactly `name` (labels included) in Prometheus text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The state field of a record.

@@ -88,7 +88,30 @@ fn every_200ms_fires_on_the_grid_without_gaps_doubles_or_early_runs() {
             (Some("timer"), Some("scheduled"))
         );
     }
-    assert!(host.log().iter().any(|l| l.contains("next occurrences:")));
+    // The next five runs are shown, on the 200 ms grid.
+    let functions = host.json("/_jobhost/functions");
+    let tick = functions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "tick")
+        .unwrap();
+    let upcoming: Vec<i64> = tick["upcoming"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t.as_str().unwrap())
+                .unwrap()
+                .timestamp_millis()
+        })
+        .collect();
+    assert_eq!(upcoming.len(), 5, "{tick}");
+    assert!(upcoming.iter().all(|t| t % 200 == 0), "{upcoming:?}");
+    assert!(
+        upcoming.windows(2).all(|w| w[1] - w[0] == 200),
+        "{upcoming:?}"
+    );
 }
 
 #[test]

@@ -57,15 +57,16 @@ fn exactly(host: &Host, n: usize) -> Vec<serde_json::Value> {
     records(host)
 }
 
-fn watching(host: &mut Host) {
-    host.wait_for_log("watching", Duration::from_secs(10));
+/// Waits until the watch handled what was there at start and watches for more.
+fn watching(host: &Host) {
+    host.wait_for_metric(r#"jobhost_watches{state="watching"}"#, 1.0);
 }
 
 #[test]
 fn fifty_files_copied_in_at_once_fire_exactly_fifty_invocations() {
     let project = watch_project(r#"{ watch = "inbox" }"#, "env");
-    let mut host = project.start();
-    watching(&mut host);
+    let host = project.start();
+    watching(&host);
     for i in 0..50 {
         project.write(
             &format!("inbox/file{i}.txt"),
@@ -92,8 +93,8 @@ fn fifty_files_copied_in_at_once_fire_exactly_fifty_invocations() {
 #[test]
 fn a_file_written_in_ten_chunks_fires_once_and_the_guest_reads_all_of_it() {
     let project = watch_project(r#"{ watch = "inbox" }"#, "input");
-    let mut host = project.start();
-    watching(&mut host);
+    let host = project.start();
+    watching(&host);
     let mut file = std::fs::File::create(project.path("inbox/big.bin")).unwrap();
     for _ in 0..10 {
         use std::io::Write;
@@ -116,8 +117,8 @@ fn a_file_written_in_ten_chunks_fires_once_and_the_guest_reads_all_of_it() {
 #[test]
 fn atomic_saves_fire_once_and_swap_files_never() {
     let project = watch_project(r#"{ watch = "inbox" }"#, "input");
-    let mut host = project.start();
-    watching(&mut host);
+    let host = project.start();
+    watching(&host);
     // An editor's atomic save: write a temporary file, rename it over the target.
     project.write("inbox/.notes.txt.tmp123", b"first version");
     std::fs::rename(
@@ -161,8 +162,8 @@ fn nested_folders_fire_only_with_recursive() {
             &format!(r#"{{ watch = "inbox", recursive = {recursive} }}"#),
             "env",
         );
-        let mut host = project.start();
-        watching(&mut host);
+        let host = project.start();
+        watching(&host);
         project.write("inbox/top.txt", b"top");
         project.write("inbox/sub/deeper/nested.txt", b"nested");
         let list = exactly(&host, expect);
@@ -178,8 +179,8 @@ fn nested_folders_fire_only_with_recursive() {
 #[test]
 fn pattern_selects_files() {
     let project = watch_project(r#"{ watch = "inbox", pattern = "*.png" }"#, "env");
-    let mut host = project.start();
-    watching(&mut host);
+    let host = project.start();
+    watching(&host);
     project.write("inbox/a.png", b"png");
     project.write("inbox/a.txt", b"txt");
     let list = exactly(&host, 1);
@@ -221,8 +222,8 @@ fn a_restart_fires_for_what_changed_while_down_and_never_again_for_what_was_hand
 #[test]
 fn the_guest_cannot_write_to_input() {
     let project = watch_project(r#"{ watch = "inbox" }"#, "write /input/sneaky.txt");
-    let mut host = project.start();
-    watching(&mut host);
+    let host = project.start();
+    watching(&host);
     project.write("inbox/a.txt", b"a");
     let list = exactly(&host, 1);
     assert_eq!(
@@ -235,12 +236,13 @@ fn the_guest_cannot_write_to_input() {
 #[test]
 fn a_folder_that_appears_later_or_comes_back_is_watched_without_a_restart() {
     let project = watch_project(r#"{ watch = "later" }"#, "env");
-    let mut host = project.start();
-    host.wait_for_log("does not exist yet", Duration::from_secs(10));
+    let host = project.start();
+    host.wait_for_metric(r#"jobhost_watches{state="waiting"}"#, 1.0);
     project.write("later/first.txt", b"1");
     exactly(&host, 1);
+    watching(&host);
     std::fs::remove_dir_all(project.path("later")).unwrap();
-    host.wait_for_log("was removed", Duration::from_secs(10));
+    host.wait_for_metric(r#"jobhost_watches{state="waiting"}"#, 1.0);
     project.write("later/second.txt", b"2");
     let list = exactly(&host, 2);
     assert!(list.iter().any(|r| file_path(r) == "/input/second.txt"));
@@ -278,8 +280,8 @@ config = { size = "128" }
     project.function("thumbnail", &example("thumbnail", P2));
     std::fs::create_dir_all(project.path("data/inbox")).unwrap();
     std::fs::create_dir_all(project.path("data/thumbs")).unwrap();
-    let mut host = project.start();
-    host.wait_for_log("watching", Duration::from_secs(10));
+    let host = project.start();
+    watching(&host);
     let cases = [
         ("wide.png", (640, 320), (128, 64)),
         ("tall.png", (300, 600), (64, 128)),

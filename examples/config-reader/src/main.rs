@@ -1,5 +1,7 @@
 //! Reads configuration through host imports and prints it: the keys named on stdin (one per
-//! line), or `greeting` when stdin is empty. Missing keys print as `KEY is not set`.
+//! line), or `greeting` when stdin is empty. Missing keys print as `KEY is not set`; a key
+//! whose value comes from an environment variable the host does not have prints the host's
+//! error.
 //!
 //! The same source builds two ways: for wasm32-wasip2 it imports `wasi:config/store`, for
 //! wasm32-wasip1 the core import `jobhost.config_get`.
@@ -17,8 +19,9 @@ fn main() {
     }
     for key in keys {
         match config::get(key) {
-            Some(value) => println!("{key}={value}"),
-            None => println!("{key} is not set"),
+            Ok(Some(value)) => println!("{key}={value}"),
+            Ok(None) => println!("{key} is not set"),
+            Err(why) => println!("{key}: {why}"),
         }
     }
 }
@@ -38,8 +41,11 @@ mod config {
         world: "wasi:config/imports",
     });
 
-    pub fn get(key: &str) -> Option<String> {
-        wasi::config::store::get(key).ok().flatten()
+    pub fn get(key: &str) -> Result<Option<String>, String> {
+        use wasi::config::store::Error;
+        wasi::config::store::get(key).map_err(|e| match e {
+            Error::Upstream(why) | Error::Io(why) => why,
+        })
     }
 }
 
@@ -47,11 +53,12 @@ mod config {
 mod config {
     #[link(wasm_import_module = "jobhost")]
     unsafe extern "C" {
-        /// Returns the value's length (written only if it fits), or -1 if the key is unset.
+        /// Returns the value's length (written only if it fits), -1 if the key is unset, or
+        /// -2 if its value comes from an environment variable the host does not have.
         fn config_get(key_ptr: *const u8, key_len: i32, buf_ptr: *mut u8, buf_len: i32) -> i32;
     }
 
-    pub fn get(key: &str) -> Option<String> {
+    pub fn get(key: &str) -> Result<Option<String>, String> {
         let mut buf = vec![0u8; 256];
         loop {
             // SAFETY: the host reads `key` and writes at most `buf.len()` bytes into `buf`.
@@ -63,13 +70,16 @@ mod config {
                     buf.len() as i32,
                 )
             };
-            if len < 0 {
-                return None;
+            match len {
+                -1 => return Ok(None),
+                -2 => return Err("its environment variable is not set (see the host's log)".into()),
+                _ if len < 0 => return Err(format!("config_get returned {len}")),
+                _ => {}
             }
             let len = len as usize;
             if len <= buf.len() {
                 buf.truncate(len);
-                return String::from_utf8(buf).ok();
+                return String::from_utf8(buf).map(Some).map_err(|e| e.to_string());
             }
             buf.resize(len, 0);
         }
