@@ -9,8 +9,16 @@
 - Restart time with 100 cached modules.
 - Memory per instance with 1,000 invocations sleeping at once.
 
+Every HTTP row also gives the server's CPU per request: the process's utime + stime over
+the run divided by the requests answered, far steadier than requests/s on a shared machine.
+
 Writes BENCHMARKS.md. Needs wrk (`apt-get install wrk`).
     bench/compare.py [--duration SECONDS] [--skip-wasmtime]
+
+With `--baseline BIN` it measures only this jobhost against another build of it (for
+example the binary of the commit before a change), in alternating rounds at 1 and 16
+connections, and writes that table into BENCHMARKS.md's "Before and after" section.
+    bench/compare.py --baseline /tmp/jobhost-before [--rounds 3] [--duration SECONDS]
 """
 
 import argparse
@@ -29,9 +37,11 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+JOBHOST = REPO / "target" / "release" / "jobhost"
 WASMTIME_VERSION = "48.0.8"
 TOOLS = REPO / "target" / "bench-tools"
-LEVELS = [1, 8, 32, 128]
+LEVELS = [1, 8, 16, 32, 128]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def sh(*args, **kw):
@@ -74,12 +84,21 @@ def wasmtime_bin():
     return exe
 
 
-def wrk(url, connections, duration):
+def cpu_seconds(pid):
+    """utime + stime of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def wrk(url, connections, duration, pid=None):
+    before = cpu_seconds(pid) if pid else None
     out = subprocess.run(
         ["wrk", "-t", "2" if connections > 1 else "1", "-c", str(connections), "-d", f"{duration}s",
          "--latency", url],
         check=True, capture_output=True, text=True).stdout
+    cpu = cpu_seconds(pid) - before if pid else None
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
 
     def pct(p):
         m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
@@ -87,7 +106,8 @@ def wrk(url, connections, duration):
         return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50": pct(50), "p99": pct(99), "non2xx": int(errors.group(1)) if errors else 0}
+    return {"rps": rps, "p50": pct(50), "p99": pct(99), "non2xx": int(errors.group(1)) if errors else 0,
+            "cpu_us": cpu * 1e6 / requests if cpu is not None and requests else None}
 
 
 class Server:
@@ -124,7 +144,7 @@ def http_throughput(duration, skip_wasmtime):
         # no such limit); the default of 64 would answer part of the load with 503.
         port = jobhost_project(tmp, {"hello": hello}, f"max_concurrency = {2 * LEVELS[-1]}\n")
         servers.append(("jobhost", lambda: Server(
-            [str(REPO / "target/release/jobhost"), "--config", str(tmp / "runtime.toml"), "up"],
+            [str(JOBHOST), "--config", str(tmp / "runtime.toml"), "up"],
             f"http://127.0.0.1:{port}/hello", env={**os.environ, "JOBHOST_LOG": "warn"})))
         if not skip_wasmtime:
             wport = free_port()
@@ -140,7 +160,7 @@ def http_throughput(duration, skip_wasmtime):
             server = start()
             try:
                 wrk(server.url, 8, 2)  # warm up
-                results[name] = {c: wrk(server.url, c, duration) for c in LEVELS}
+                results[name] = {c: wrk(server.url, c, duration, server.proc.pid) for c in LEVELS}
             finally:
                 server.stop()
     return results
@@ -290,12 +310,78 @@ def machine():
     return f"{os.cpu_count()} cores ({cpu}), {int(mem) // 1024 // 1024} GiB, Linux {platform.release()}"
 
 
+BEFORE_AFTER = "## Before and after"
+
+
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
+def before_and_after(baseline, rounds, duration, levels):
+    """This jobhost and `baseline` in alternating rounds, at each of `levels` connections."""
+    hello = REPO / "target" / "bench-guests" / "hello.wasm"
+    runs = {"before": {c: [] for c in levels}, "after": {c: [] for c in levels}}
+    binaries = {"before": Path(baseline).resolve(), "after": JOBHOST}
+    for round in range(rounds):
+        # Which build goes first flips every round, so a machine growing busier or quieter
+        # over the run favours neither.
+        order = list(binaries.items())
+        for label, binary in order if round % 2 == 0 else reversed(order):
+            with tempfile.TemporaryDirectory() as t:
+                tmp = Path(t)
+                port = jobhost_project(tmp, {"hello": hello}, f"max_concurrency = {2 * levels[-1]}\n")
+                server = Server([str(binary), "--config", str(tmp / "runtime.toml"), "up"],
+                                f"http://127.0.0.1:{port}/hello", env={**os.environ, "JOBHOST_LOG": "warn"})
+                try:
+                    wrk(server.url, 8, 2)  # warm up
+                    for c in levels:
+                        runs[label][c].append(wrk(server.url, c, duration, server.proc.pid))
+                finally:
+                    server.stop()
+    lines = [
+        BEFORE_AFTER,
+        "",
+        f"Written by `bench/compare.py --baseline` on {time.strftime('%Y-%m-%d')}: {machine()}.",
+        f"The same hello component; medians of {rounds} alternating rounds of {duration} s per level.",
+        "",
+        "| connections | build | requests/s | p99 ms | CPU µs/request |",
+        "|---|---|---|---|---|",
+    ]
+    for c in levels:
+        row = {}
+        for label in ("before", "after"):
+            rs = runs[label][c]
+            row[label] = {k: median([r[k] for r in rs]) for k in ("rps", "p99", "cpu_us")}
+            r = row[label]
+            lines.append(f"| {c} | {label} | {r['rps']:.0f} | {r['p99']:.2f} | {r['cpu_us']:.1f} |")
+        rps = row["after"]["rps"] / row["before"]["rps"] - 1
+        cpu = row["after"]["cpu_us"] / row["before"]["cpu_us"] - 1
+        lines.append(f"| {c} | change | {rps:+.1%} | | {cpu:+.1%} |")
+    lines.append("")
+    return lines, runs
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--skip-wasmtime", action="store_true")
+    parser.add_argument("--baseline", help="another jobhost binary to compare this one with")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--levels", default="1,16", help="connections for --baseline, comma-separated")
     args = parser.parse_args()
     build()
+    if args.baseline:
+        levels = [int(c) for c in args.levels.split(",")]
+        lines, runs = before_and_after(args.baseline, args.rounds, args.duration, levels)
+        path = REPO / "BENCHMARKS.md"
+        text = path.read_text() if path.exists() else "# Benchmarks\n"
+        if BEFORE_AFTER in text:
+            text = text[:text.index(BEFORE_AFTER)]
+        path.write_text(text.rstrip() + "\n\n" + "\n".join(lines))
+        print("\n".join(lines))
+        print(json.dumps(runs, indent=1), file=sys.stderr)
+        return
     http = http_throughput(args.duration, args.skip_wasmtime)
     drop = drop_to_first_answer()
     restart = restart_with_cached()
@@ -309,15 +395,16 @@ def main():
         "",
         "## HTTP hello (the same wasi:http component)",
         "",
-        "| concurrency | server | requests/s | p50 ms | p99 ms | vs wasmtime serve | vs native |",
-        "|---|---|---|---|---|---|---|",
+        "| concurrency | server | requests/s | p50 ms | p99 ms | CPU µs/request | vs wasmtime serve | vs native |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for c in LEVELS:
         for name, per in http.items():
             r = per[c]
             vs_w = f"{r['rps'] / http['wasmtime serve'][c]['rps']:.2f}x" if "wasmtime serve" in http else "-"
             vs_n = f"{r['rps'] / http['native hyper'][c]['rps']:.2f}x"
-            lines.append(f"| {c} | {name} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {vs_w} | {vs_n} |")
+            lines.append(f"| {c} | {name} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
+                         f"{r['cpu_us']:.1f} | {vs_w} | {vs_n} |")
     failed = [f"{name} at {c}: {per[c]['non2xx']}" for name, per in http.items() for c in LEVELS if per[c]["non2xx"]]
     lines += ["", f"Answers other than 2xx: {', '.join(failed) if failed else 'none'}."]
     lines += [
@@ -336,6 +423,10 @@ def main():
         "this includes the guest's own touched linear memory) |",
         "",
     ]
+    previous = (REPO / "BENCHMARKS.md").read_text() if (REPO / "BENCHMARKS.md").exists() else ""
+    if BEFORE_AFTER in previous:
+        # The before/after table is written by --baseline runs; keep the last one.
+        lines += [previous[previous.index(BEFORE_AFTER):].rstrip(), ""]
     (REPO / "BENCHMARKS.md").write_text("\n".join(lines))
     print("\n".join(lines))
     print(json.dumps({"http": http, "drop": drop, "restart": restart, "sleeping": sleeping, "reload": reload},

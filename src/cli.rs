@@ -197,8 +197,16 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let (_, registry) = load_functions(&config, &config::functions(&config), None)?;
-    for unset in config.shared.values().filter_map(|v| v.as_ref().err()) {
+    let specs = config::functions(&config);
+    let (_, registry) = load_functions(&config, &specs, None)?;
+    // Each value without one once, whether in [config] or a function's own table.
+    let unset: std::collections::BTreeSet<String> = config
+        .shared
+        .values()
+        .chain(specs.values().flatten().flat_map(|s| s.config.values()))
+        .filter_map(|v| Some(v.as_ref().err()?.to_string()))
+        .collect();
+    for unset in unset {
         println!("warning: {unset}; a guest that reads it gets an error");
     }
     if registry.problems.is_empty() {

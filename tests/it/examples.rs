@@ -2,8 +2,9 @@
 //! own `runtime.toml` serves them.
 
 use std::process::Command;
+use std::time::Duration;
 
-use crate::support::Project;
+use crate::support::{Project, wait_until};
 
 #[test]
 fn the_repository_runtime_toml_serves_every_example() {
@@ -40,6 +41,15 @@ fn the_repository_runtime_toml_serves_every_example() {
 
     let wc = host.post("/wordcount", "the quick brown fox\n");
     assert_eq!(wc.body, "1 4 20\n");
+    // The same function in the background: 202, and its record at the Location.
+    let later = host.post("/wordcount/later", "one two");
+    assert_eq!(later.status, 202, "{}", later.body);
+    let location = later.header("location").unwrap().to_string();
+    let record = wait_until(Duration::from_secs(30), || {
+        let r = host.json(&location);
+        (r["state"] == "succeeded").then_some(r)
+    });
+    assert_eq!(record["stdout"], "1 2 7\n");
 
     let config = host.post("/config-reader", "greeting who");
     assert_eq!(
