@@ -21,8 +21,8 @@ use crate::metrics;
 use crate::registry::Function;
 use crate::sandbox::{Body, HttpServed, Outcome, Run, Sandbox};
 use crate::store::{
-    Claimed, HostId, NewInvocation, Next, Output, Reason, Record, RetryError, Store, SyncRecord,
-    now_ms,
+    Claimed, HostId, Lease, NewInvocation, Next, Output, Reason, Record, RetryError, Store,
+    SyncRecord, now_ms,
 };
 
 /// Where a watch trigger's folder appears in the sandbox.
@@ -437,7 +437,7 @@ impl Dispatcher {
 
     /// Stores the result, trying again for a while when the store fails: a row left
     /// `running` would wait for the next start to run again.
-    async fn finish(&self, lease: &crate::store::Lease, outcome: &Outcome, next: Next) {
+    async fn finish(&self, lease: &Lease, outcome: &Outcome, next: Next) {
         const TRIES: u32 = 5;
         for attempt in 1..=TRIES {
             match self.store.queue.finish(lease, output(outcome), next).await {

@@ -60,7 +60,7 @@ pub struct Sandbox {
     ticker_stop: Arc<AtomicBool>,
 }
 
-/// The three guest shapes of SPEC §2, recognised from the binary.
+/// The three guest shapes, recognised from the binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
     /// A component exporting `wasi:http/incoming-handler`.

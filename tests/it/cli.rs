@@ -1,4 +1,4 @@
-//! SPEC §7: `jobhost invoke` runs one invocation in-process, as the README runs it.
+//! `jobhost invoke` runs one invocation in-process, as the README runs it.
 
 use crate::support::{P1, Project, example, probe};
 

@@ -1,5 +1,5 @@
-//! SPEC §5, §6 and §7: durable background invocations, retries, crash recovery, graceful
-//! shutdown, async HTTP, concurrency, and the status API.
+//! Durable background invocations, retries, crash recovery, graceful shutdown, async HTTP,
+//! concurrency, and the status API.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! SPEC §2 and §3: each guest shape answers over HTTP; routing, CGI, 404, 405, 413.
+//! Each guest shape answers over HTTP; routing, CGI, 404, 405, 413.
 
 use crate::support::{P1, P2, Project, example, probe, probe_http};
 

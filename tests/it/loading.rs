@@ -1,4 +1,4 @@
-//! SPEC §3 and §8: bad modules and bad configuration get clear errors that name the file,
+//! Bad modules and bad configuration get clear errors that name the file,
 //! line, key or import, and the host serves everything else.
 
 use crate::support::{P1, P2, Project, example, probe, wat};

@@ -1,4 +1,4 @@
-//! SPEC §7 `/metrics`: Prometheus text with invocations, durations, queue depth, running
+//! `/metrics`: Prometheus text with invocations, durations, queue depth, running
 //! invocations, timer lateness, watch latency, compile and instantiation times.
 
 use std::time::Duration;

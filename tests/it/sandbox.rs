@@ -1,4 +1,4 @@
-//! SPEC §4: limits, failure reasons, isolation, captured output, configuration imports.
+//! The sandbox: limits, failure reasons, isolation, captured output, configuration imports.
 
 use std::time::{Duration, Instant};
 

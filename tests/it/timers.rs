@@ -1,4 +1,4 @@
-//! SPEC §3 timer rules, in real time against the real binary (the daylight-saving rules are
+//! The timer rules, in real time against the real binary (the daylight-saving rules are
 //! unit tests of `schedule` with fixed instants).
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! SPEC §3 watch rules and §5 receipts, with real files and the real watcher.
+//! The watch rules and their receipts, with real files and the real watcher.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
