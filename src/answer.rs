@@ -69,8 +69,13 @@ pub fn unavailable(message: impl Into<String>) -> Response<Body> {
 pub fn accepted(id: &str) -> Response<Body> {
     let location = format!("{API_PREFIX}invocations/{id}");
     let body = serde_json::json!({ "id": id, "state": "queued", "location": location });
-    let mut response = json(StatusCode::ACCEPTED, &body);
+    let mut response = Response::new(full(Bytes::from(body.to_string())));
+    *response.status_mut() = StatusCode::ACCEPTED;
     let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER));
     if let Ok(v) = HeaderValue::from_str(&location) {
         headers.insert(header::LOCATION, v);

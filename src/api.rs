@@ -230,7 +230,7 @@ pub fn filter(query: &str) -> Result<Filter, String> {
                 let n: usize = value
                     .parse()
                     .map_err(|_| format!("limit {value:?} is not a number"))?;
-                filter.limit = Some(n.clamp(1, 1000));
+                filter.limit = Some(n);
             }
             other => {
                 return Err(format!(

@@ -21,8 +21,8 @@ use crate::metrics;
 use crate::registry::Function;
 use crate::sandbox::{Body, HttpServed, Outcome, Run, Sandbox};
 use crate::store::{
-    Claimed, HostId, Lease, NewInvocation, Next, Output, Reason, Record, RetryError, Store,
-    SyncRecord, now_ms,
+    Claimed, History, HostId, Lease, NewInvocation, Next, Output, Reason, Record, RetryError,
+    Store, SyncRecord, now_ms,
 };
 
 /// Where a watch trigger's folder appears in the sandbox.
@@ -41,7 +41,9 @@ pub struct Dispatcher {
     /// `max_concurrency`: one permit per running invocation.
     permits: Arc<Semaphore>,
     max_concurrency: usize,
-    /// Wakes the queue worker: new durable work, or a slot came free.
+    /// Wakes the queue worker: new durable work, or a background run ended. (A slot freed
+    /// by a synchronous call is found by the worker's next poll, within a second: waking it
+    /// for every request would cost a look at the store per request.)
     wake: Notify,
     /// Cancelled when the shutdown grace has passed: running invocations are interrupted.
     hard_stop: CancellationToken,
@@ -124,6 +126,19 @@ struct Invocation {
 }
 
 impl Invocation {
+    /// A synchronous call's one attempt.
+    fn sync(call: Call<'_>) -> Invocation {
+        Invocation {
+            id: new_id(),
+            function: call.function.clone(),
+            trigger: call.trigger,
+            attempt: 1,
+            vars: call.vars,
+            payload: call.payload,
+            input: None,
+        }
+    }
+
     /// The environment the guest sees: only what the host sets, never its own.
     fn env(&self) -> Vec<(String, String)> {
         let mut env = vec![
@@ -223,7 +238,7 @@ impl Dispatcher {
         self.max_concurrency - self.permits.available_permits()
     }
 
-    /// Wakes the queue worker: durable work was written, or a slot came free.
+    /// Wakes the queue worker: durable work was written, or a background run ended.
     pub fn wake(&self) {
         self.wake.notify_one();
     }
@@ -274,15 +289,8 @@ impl Dispatcher {
     /// Runs a command for a caller that waits for it, and records it (never retried: the
     /// caller decides).
     pub async fn run_sync(&self, call: Call<'_>, permit: Permit) -> (String, Outcome) {
-        let invocation = Invocation {
-            id: new_id(),
-            function: call.function.clone(),
-            trigger: call.trigger,
-            attempt: 1,
-            vars: call.vars,
-            payload: call.payload,
-            input: None,
-        };
+        let echo = call.echo;
+        let invocation = Invocation::sync(call);
         let started_at = now_ms();
         let span = invocation.span();
         let outcome = self
@@ -291,8 +299,8 @@ impl Dispatcher {
             .instrument(span.clone())
             .await;
         drop(permit);
-        span.in_scope(|| log_outcome(&invocation, &outcome, call.echo));
-        record_sync(&self.store, &invocation, started_at, &outcome);
+        span.in_scope(|| log_outcome(&invocation, &outcome, echo));
+        record_sync(&*self.store.history, &invocation, started_at, &outcome);
         (invocation.id, outcome)
     }
 
@@ -304,15 +312,8 @@ impl Dispatcher {
         request: http::Request<Full<Bytes>>,
         permit: Permit,
     ) -> (String, Served) {
-        let invocation = Invocation {
-            id: new_id(),
-            function: call.function.clone(),
-            trigger: call.trigger,
-            attempt: 1,
-            vars: call.vars,
-            payload: call.payload,
-            input: None,
-        };
+        let echo = call.echo;
+        let invocation = Invocation::sync(call);
         let started_at = now_ms();
         let span = invocation.span();
         let served = self
@@ -323,13 +324,12 @@ impl Dispatcher {
         let id = invocation.id.clone();
         match served {
             HttpServed::Responded(response, done) => {
-                let store = self.store.clone();
-                let echo = call.echo;
+                let history = self.store.history.clone();
                 self.tasks.spawn(
                     async move {
                         if let Ok(outcome) = done.await {
                             log_outcome(&invocation, &outcome, echo);
-                            record_sync(&store, &invocation, started_at, &outcome);
+                            record_sync(&*history, &invocation, started_at, &outcome);
                         }
                         drop(permit);
                     }
@@ -339,8 +339,8 @@ impl Dispatcher {
             }
             HttpServed::Failed(outcome) => {
                 drop(permit);
-                span.in_scope(|| log_outcome(&invocation, &outcome, call.echo));
-                record_sync(&self.store, &invocation, started_at, &outcome);
+                span.in_scope(|| log_outcome(&invocation, &outcome, echo));
+                record_sync(&*self.store.history, &invocation, started_at, &outcome);
                 (id, Served::Failed(outcome))
             }
         }
@@ -348,8 +348,9 @@ impl Dispatcher {
 
     /// Runs a claimed durable invocation to the end of its attempt: the result stored,
     /// then a retry at a backed-off time or `dead`. Interrupted by a shutdown, it goes back
-    /// to the queue without using its attempt. Whatever happens, the row does not stay
-    /// `running` while this host lives.
+    /// to the queue without using its attempt. Whatever the guest does (a panic of the
+    /// host's code for it included), the row does not stay `running`; only a store that
+    /// refuses every write until the host stops leaves it for the next start to recover.
     pub async fn run_claimed(
         self: Arc<Self>,
         function: Arc<Function>,
@@ -383,7 +384,10 @@ impl Dispatcher {
                     let Some(outcome) = self.run_in_task(invocation).await else {
                         // Interrupted by shutdown: back to the queue, the attempt not used.
                         match self.store.queue.release(&lease).await {
-                            Ok(_) => tracing::warn!("interrupted by shutdown; queued again"),
+                            Ok(true) => tracing::warn!("interrupted by shutdown; queued again"),
+                            Ok(false) => tracing::warn!(
+                                "interrupted by shutdown; it had been claimed again meanwhile"
+                            ),
                             Err(e) => tracing::error!(
                                 "cannot queue the interrupted invocation again ({e:#}); it runs again on the next start"
                             ),
@@ -435,26 +439,40 @@ impl Dispatcher {
         }
     }
 
-    /// Stores the result, trying again for a while when the store fails: a row left
-    /// `running` would wait for the next start to run again.
+    /// Stores the result. A store that fails is tried again, backing off up to a few
+    /// seconds, until it takes the result or the host stops (then the next start runs the
+    /// invocation again): a row left `running` would wait for that.
     async fn finish(&self, lease: &Lease, outcome: &Outcome, next: Next) {
-        const TRIES: u32 = 5;
-        for attempt in 1..=TRIES {
+        let mut wait = Duration::from_millis(100);
+        let mut said = false;
+        loop {
             match self.store.queue.finish(lease, output(outcome), next).await {
-                Ok(true) => return,
+                Ok(true) => {
+                    if said {
+                        tracing::info!("the result is stored");
+                    }
+                    return;
+                }
                 Ok(false) => {
                     tracing::warn!(
                         "the invocation was claimed again meanwhile; this attempt's result is dropped"
                     );
                     return;
                 }
-                Err(e) if attempt < TRIES => {
-                    tracing::warn!("cannot store the result yet ({e:#}); trying again");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                Err(e) => {
+                    if !said {
+                        tracing::error!("cannot store the result ({e:#}); trying again");
+                        said = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.hard_stop.cancelled() => {
+                            tracing::error!("the result was never stored; the invocation runs again on the next start");
+                            return;
+                        }
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(5));
                 }
-                Err(e) => tracing::error!(
-                    "cannot store the result ({e:#}); the invocation runs again on the next start"
-                ),
             }
         }
     }
@@ -473,8 +491,8 @@ fn output(outcome: &Outcome) -> Output {
     }
 }
 
-fn record_sync(store: &Store, invocation: &Invocation, started_at: i64, outcome: &Outcome) {
-    store.history.record(SyncRecord {
+fn record_sync(history: &dyn History, invocation: &Invocation, started_at: i64, outcome: &Outcome) {
+    history.record(SyncRecord {
         id: invocation.id.clone(),
         function: invocation.function.spec.name.clone(),
         trigger: invocation.trigger,

@@ -11,6 +11,10 @@
 //! `sandbox` is the only module that names wasmtime, `config` the only one that knows the
 //! TOML shape, and `schedule` does timer arithmetic. See ARCHITECTURE.md.
 
+// First: its macro is used by the modules below.
+#[macro_use]
+mod names;
+
 pub mod answer;
 pub mod api;
 pub mod cli;

@@ -37,11 +37,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let store = Store::new(SqliteStore::open_for_host(data_dir)?);
     let owner = HostId::load_or_create(data_dir)?;
     let recovered = store.queue.recover(&owner).await?;
-    if recovered.requeued > 0 || recovered.interrupted > 0 {
+    if recovered.requeued > 0 || recovered.dead > 0 {
         tracing::warn!(
             requeued = recovered.requeued,
-            interrupted_sync = recovered.interrupted,
-            "recovered from an unclean stop: background invocations that were running run again"
+            dead = recovered.dead,
+            "recovered from an unclean stop: background invocations that were running run again, or end dead on their last attempt"
         );
     }
     std::fs::create_dir_all(&config.host.functions_dir).with_context(|| {
@@ -55,9 +55,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let specs = config::functions(&config);
     let sandbox = Sandbox::new(&registry::sandbox_settings(&config, &specs))?;
     let registry = registry::load(&specs, &sandbox, None);
+    // Cursors are kept for every configured timer, loaded or not: a function whose module
+    // fails now keeps the runs it missed for when it loads.
     store
         .triggers
-        .forget_timers_except(&triggers::timer_keys(&registry))
+        .forget_timers_except(&triggers::timer_keys(specs.values().flatten()))
         .await?;
     let listen = config.host.listen;
     let listener = TcpListener::bind(listen).await.with_context(|| {
@@ -146,6 +148,7 @@ impl Running {
                 "invocations still running after shutdown_timeout ({grace:?}); interrupting them"
             );
             self.stop_now().await;
+            return;
         }
         self.flush_records().await;
     }

@@ -93,35 +93,6 @@ pub enum Reason {
     Retry,
 }
 
-/// Text names for the enums above, as stored and shown.
-macro_rules! named {
-    ($ty:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
-        impl $ty {
-            pub const ALL: &[$ty] = &[$($ty::$variant),+];
-
-            pub fn as_str(self) -> &'static str {
-                match self { $($ty::$variant => $text),+ }
-            }
-
-            pub fn parse(text: &str) -> Option<$ty> {
-                match text { $($text => Some($ty::$variant),)+ _ => None }
-            }
-        }
-
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl Serialize for $ty {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(self.as_str())
-            }
-        }
-    };
-}
-
 named!(State {
     Queued = "queued",
     Running = "running",
@@ -140,17 +111,6 @@ named!(Reason {
     Manual = "manual",
     Retry = "retry",
 });
-
-impl State {
-    /// The names, for messages that list them.
-    pub fn names() -> String {
-        State::ALL
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
 
 /// Durable work to record; once `enqueue` returns, it will run.
 #[derive(Debug, Clone)]
@@ -227,10 +187,11 @@ pub enum Next {
 /// What `recover` found after an unclean stop.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Recovered {
-    /// Durable invocations that were running: queued again for their next attempt.
+    /// Invocations that were running: queued again for their next attempt.
     pub requeued: usize,
-    /// Synchronous ones that were running: marked failed, their caller is gone.
-    pub interrupted: usize,
+    /// Invocations that were running their last attempt: `dead`, so that a guest that
+    /// takes the host down with it cannot run forever.
+    pub dead: usize,
 }
 
 /// Why a retry was refused.
@@ -286,14 +247,15 @@ pub struct SyncRecord {
     pub output: Output,
 }
 
-/// An invocation as the API and the CLI show it.
+/// An invocation as the API and the CLI show it. `trigger` and `reason` are the names as
+/// stored: a record written by another version of jobhost, with a kind this one does not
+/// know, is still shown.
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
     pub id: String,
     pub function: String,
-    #[serde(serialize_with = "as_text")]
-    pub trigger: TriggerKind,
-    pub reason: Reason,
+    pub trigger: String,
+    pub reason: String,
     pub attempt: u32,
     pub max_attempts: u32,
     pub state: State,
@@ -312,10 +274,6 @@ pub struct Record {
     pub stderr: String,
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
-}
-
-fn as_text<S: Serializer>(kind: &TriggerKind, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(kind.as_str())
 }
 
 fn time<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
@@ -340,6 +298,7 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The number of records asked for: 100 unless said, at most 1000.
     pub fn limit(&self) -> usize {
         self.limit.unwrap_or(100).clamp(1, 1000)
     }
@@ -366,8 +325,9 @@ pub trait Queue: Send + Sync {
     /// Puts an invocation interrupted by a graceful shutdown back in the queue without
     /// using its attempt; `false` when the lease is no longer current.
     async fn release(&self, lease: &Lease) -> anyhow::Result<bool>;
-    /// After an unclean stop of `owner`: its running durable invocations run again (same
-    /// id, next attempt); its running synchronous ones are marked failed.
+    /// After an unclean stop of `owner`: its running invocations run again (same id, next
+    /// attempt), or end `dead` when that was their last attempt. (An implementation that
+    /// only one host can use at a time may take every running row as the owner's.)
     async fn recover(&self, owner: &HostId) -> anyhow::Result<Recovered>;
     /// Queues a dead invocation again with a fresh round of the attempts it was given.
     async fn retry(&self, id: &str) -> Result<Record, RetryError>;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Trigger;
+use crate::config::{FunctionSpec, Trigger};
 use crate::dispatch::Dispatcher;
 use crate::registry::{Function, Registry};
 use crate::runtime::Runtime;
@@ -83,14 +83,12 @@ fn start(rt: &Runtime, context: &Context, function: &Arc<Function>, stop: &Cance
     }
 }
 
-/// The state keys of every timer of `registry`: the cursors worth keeping.
-pub fn timer_keys(registry: &Registry) -> Vec<String> {
-    registry
-        .functions
-        .values()
+/// The state keys of every timer of `specs`: the cursors worth keeping.
+pub fn timer_keys<'a>(specs: impl Iterator<Item = &'a FunctionSpec>) -> Vec<String> {
+    specs
         .flat_map(|f| {
-            f.spec.triggers.iter().filter_map(|t| match t {
-                Trigger::Timer(timer) => Some(timer::key(&f.spec.name, timer)),
+            f.triggers.iter().filter_map(|t| match t {
+                Trigger::Timer(timer) => Some(timer::key(&f.name, timer)),
                 _ => None,
             })
         })

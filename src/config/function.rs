@@ -169,7 +169,7 @@ pub(crate) struct Sections<'a> {
 
 impl Sections<'_> {
     /// A key's value and the file it came from, so that a problem with it names that
-    /// file and line. A key set in both places is itself a problem.
+    /// file and line. (A key set in both places is refused by `function_spec`.)
     fn with<T>(&self, get: impl Fn(&RawFunction) -> Option<&T>) -> Option<(&T, &Source)> {
         self.sidecar
             .iter()

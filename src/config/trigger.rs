@@ -31,39 +31,12 @@ pub enum TriggerKind {
     Manual,
 }
 
-impl TriggerKind {
-    pub const ALL: [TriggerKind; 4] = [
-        TriggerKind::Http,
-        TriggerKind::Timer,
-        TriggerKind::File,
-        TriggerKind::Manual,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TriggerKind::Http => "http",
-            TriggerKind::Timer => "timer",
-            TriggerKind::File => "file",
-            TriggerKind::Manual => "manual",
-        }
-    }
-
-    /// The kind named `text`; `None` for one this build does not know.
-    pub fn parse(text: &str) -> Option<TriggerKind> {
-        TriggerKind::ALL.into_iter().find(|k| k.as_str() == text)
-    }
-
-    /// The names, for messages that list them.
-    pub fn names() -> String {
-        TriggerKind::ALL.map(TriggerKind::as_str).join(", ")
-    }
-}
-
-impl fmt::Display for TriggerKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+named!(TriggerKind {
+    Http = "http",
+    Timer = "timer",
+    File = "file",
+    Manual = "manual",
+});
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpTrigger {

@@ -20,7 +20,7 @@ pub(crate) async fn run<K>(make: impl Fn() -> (Store, K)) {
     only_a_dead_invocation_is_retried_with_a_fresh_round(make()).await;
     recover_queues_running_work_again_for_the_next_attempt(make()).await;
     a_timer_occurrence_fires_once_and_overlap_decides_skip_or_queue(make()).await;
-    a_timer_run_is_not_due_while_another_run_of_it_is_going(make()).await;
+    a_timer_run_is_not_due_nor_claimed_while_another_run_of_it_is_going(make()).await;
     forgotten_timers_lose_their_cursor(make()).await;
     a_file_event_and_its_receipt_are_stored_together(make()).await;
     history_lists_newest_first_filtered_and_limited(make()).await;
@@ -180,19 +180,28 @@ async fn only_a_dead_invocation_is_retried_with_a_fresh_round<K>((store, _keep):
         .unwrap();
     let record = store.queue.retry("a").await.unwrap();
     assert_eq!(record.state, State::Queued);
-    assert_eq!(record.reason, Reason::Retry);
+    assert_eq!(record.reason, "retry");
     assert_eq!((record.attempt, record.max_attempts), (1, 4));
 }
 
 async fn recover_queues_running_work_again_for_the_next_attempt<K>((store, _keep): (Store, K)) {
     store.queue.enqueue(new("a", "f")).await.unwrap();
     store.queue.enqueue(new("b", "f")).await.unwrap();
+    let mut last = new("last", "f");
+    last.attempts = 1;
+    store.queue.enqueue(last).await.unwrap();
     store.queue.claim("a", &owner()).await.unwrap().unwrap();
+    store.queue.claim("last", &owner()).await.unwrap().unwrap();
     let recovered = store.queue.recover(&owner()).await.unwrap();
-    assert_eq!(recovered.requeued, 1);
+    assert_eq!((recovered.requeued, recovered.dead), (1, 1));
     assert_eq!(state_of(&store, "a").await, State::Queued);
+    assert_eq!(state_of(&store, "b").await, State::Queued);
     let again = store.queue.claim("a", &owner()).await.unwrap().unwrap();
     assert_eq!(again.attempt, 2, "a crash uses up the attempt");
+    // Its last attempt crashed the host: it does not run again and again.
+    let last = store.history.get("last").await.unwrap().unwrap();
+    assert_eq!(last.state, State::Dead);
+    assert!(last.error.unwrap().contains("no attempts were left"));
 }
 
 fn timer_fire(id: &str, advance: Option<(i64, i64)>, overlap: Overlap) -> TimerFire {
@@ -254,7 +263,9 @@ async fn a_timer_occurrence_fires_once_and_overlap_decides_skip_or_queue<K>(
     assert_eq!(t.timer_cursor("t every").await.unwrap(), Some(1000));
 }
 
-async fn a_timer_run_is_not_due_while_another_run_of_it_is_going<K>((store, _keep): (Store, K)) {
+async fn a_timer_run_is_not_due_nor_claimed_while_another_run_of_it_is_going<K>(
+    (store, _keep): (Store, K),
+) {
     let t = &store.triggers;
     t.fire_timer(timer_fire("1", Some((100, 100)), Overlap::Queue))
         .await
@@ -273,6 +284,23 @@ async fn a_timer_run_is_not_due_while_another_run_of_it_is_going<K>((store, _kee
         .map(|d| d.id)
         .collect();
     assert_eq!(due, ["other"]);
+    assert!(store.queue.claim("2", &owner()).await.unwrap().is_none());
+    // A retry that is not yet due is not claimed either.
+    let claimed = store.queue.claim("other", &owner()).await.unwrap().unwrap();
+    let later = now_ms() + 60_000;
+    store
+        .queue
+        .finish(&claimed.lease, failed(), Next::RetryAt(later))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .queue
+            .claim("other", &owner())
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn forgotten_timers_lose_their_cursor<K>((store, _keep): (Store, K)) {
@@ -370,7 +398,10 @@ async fn history_lists_newest_first_filtered_and_limited<K>((store, _keep): (Sto
     assert_eq!(record.state, State::Failed);
     assert_eq!(record.stderr, "oops\n");
     assert_eq!(record.attempt, 1);
-    assert_eq!(record.trigger, TriggerKind::Http);
+    assert_eq!(
+        (record.trigger.as_str(), record.reason.as_str()),
+        ("http", "http")
+    );
     assert!(h.get("nope").await.unwrap().is_none());
 }
 

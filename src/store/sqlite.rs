@@ -22,8 +22,7 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
     Claimed, Due, Filter, Fired, History, HostId, Lease, NewInvocation, Next, Output, Queue,
-    Reason, Receipt, Record, Recovered, RetryError, State, SyncRecord, TimerFire, TriggerState,
-    now_ms,
+    Receipt, Record, Recovered, RetryError, State, SyncRecord, TimerFire, TriggerState, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 use batch::Batcher;
@@ -102,6 +101,11 @@ fn open_connection(data_dir: &Path) -> anyhow::Result<Connection> {
 }
 
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current == MIGRATIONS.len() as i64 {
+        return Ok(());
+    }
+    // Read again under the write lock: another process may have migrated meanwhile.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let version = usize::try_from(version).unwrap_or(usize::MAX);
@@ -205,6 +209,14 @@ fn insert(conn: &Connection, new: &NewInvocation, state: State) -> anyhow::Resul
     Ok(())
 }
 
+fn set_cursor(conn: &Connection, key: &str, at: i64) -> anyhow::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO timers (key, last) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET last = ?2",
+    )?
+    .execute(params![key, at])?;
+    Ok(())
+}
+
 /// Records finished synchronous invocations, many in one transaction.
 fn insert_sync(conn: &mut Connection, batch: &[SyncRecord]) -> anyhow::Result<()> {
     let tx = conn.transaction()?;
@@ -273,8 +285,8 @@ fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
     Ok(Record {
         id: r.get(0)?,
         function: r.get(1)?,
-        trigger: named(r, 2, TriggerKind::parse)?,
-        reason: named(r, 3, Reason::parse)?,
+        trigger: r.get(2)?,
+        reason: r.get(3)?,
         attempt: r.get(4)?,
         max_attempts: r.get(5)?,
         next_attempt_at: (durable && matches!(state, State::Queued | State::Failed))
@@ -354,10 +366,15 @@ impl Queue for SqliteStore {
     async fn claim(&self, id: &str, owner: &HostId) -> anyhow::Result<Option<Claimed>> {
         let (id, owner) = (id.to_string(), owner.clone());
         self.with(move |conn| {
-            let mut stmt = conn.prepare_cached(
+            // In a transaction: a row that fails to read back is not left `running`.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut stmt = tx.prepare_cached(
                 "UPDATE invocations SET state = 'running', attempt = attempt + 1, started_at = ?3,
                      finished_at = NULL, duration_ms = NULL, owner = ?2, fence = fence + 1
                  WHERE id = ?1 AND state IN ('queued', 'failed') AND durable = 1
+                   AND run_after <= ?3
+                   AND (timer IS NULL OR NOT EXISTS (SELECT 1 FROM invocations AS r
+                        WHERE r.timer = invocations.timer AND r.state = 'running'))
                  RETURNING function, trigger, attempt, max_attempt, payload, vars, input_dir, fence",
             )?;
             let claimed = stmt
@@ -381,6 +398,8 @@ impl Queue for SqliteStore {
                     })
                 })
                 .optional()?;
+            drop(stmt);
+            tx.commit()?;
             Ok(claimed)
         })
         .await
@@ -438,21 +457,20 @@ impl Queue for SqliteStore {
         // one of its own, whatever owner it was claimed under.
         self.with(|conn| {
             let now = now_ms();
-            let requeued = conn.execute(
+            let tx = conn.transaction()?;
+            let dead = tx.execute(
+                "UPDATE invocations SET state = 'dead', finished_at = ?1,
+                     error = 'interrupted: the host stopped while it ran, and no attempts were left'
+                 WHERE state = 'running' AND durable = 1 AND attempt >= max_attempt",
+                params![now],
+            )?;
+            let requeued = tx.execute(
                 "UPDATE invocations SET state = 'queued', run_after = ?1
                  WHERE state = 'running' AND durable = 1",
                 params![now],
             )?;
-            let interrupted = conn.execute(
-                "UPDATE invocations SET state = 'failed', finished_at = ?1,
-                     error = 'interrupted: the host stopped while it ran'
-                 WHERE state = 'running' AND durable = 0",
-                params![now],
-            )?;
-            Ok(Recovered {
-                requeued,
-                interrupted,
-            })
+            tx.commit()?;
+            Ok(Recovered { requeued, dead })
         })
         .await
     }
@@ -507,14 +525,7 @@ impl TriggerState for SqliteStore {
 
     async fn set_timer_cursor(&self, key: &str, at: i64) -> anyhow::Result<()> {
         let key = key.to_string();
-        self.with(move |conn| {
-            conn.execute(
-                "INSERT INTO timers (key, last) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET last = ?2",
-                params![key, at],
-            )?;
-            Ok(())
-        })
-        .await
+        self.with(move |conn| set_cursor(conn, &key, at)).await
     }
 
     async fn fire_timer(&self, fire: TimerFire) -> anyhow::Result<Fired> {
@@ -531,10 +542,7 @@ impl TriggerState for SqliteStore {
                 if last.is_some_and(|last| last >= occurrence) {
                     return Ok(Fired::AlreadyFired);
                 }
-                tx.execute(
-                    "INSERT INTO timers (key, last) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET last = ?2",
-                    params![fire.key, cursor],
-                )?;
+                set_cursor(&tx, &fire.key, cursor)?;
             }
             let count = |state: State| -> rusqlite::Result<i64> {
                 tx.query_row(

@@ -454,19 +454,18 @@ fn a_queued_invocation_of_an_unknown_trigger_kind_ends_dead_and_is_never_left_ru
         [],
     )
     .unwrap();
-    let _host = project.start();
-    let (state, error): (String, String) = wait_until(Duration::from_secs(30), || {
-        db.query_row(
-            "SELECT state, COALESCE(error, '') FROM invocations WHERE id = 'from-elsewhere'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .ok()
-        .filter(|(state, _): &(String, String)| state != "queued" && state != "running")
+    let host = project.start();
+    let record = host.wait_for_record("from-elsewhere", Duration::from_secs(30), |r| {
+        state(r) != "queued" && state(r) != "running"
     });
-    assert_eq!(state, "dead");
+    assert_eq!(state(&record), "dead", "{record}");
+    assert_eq!(record["trigger"], "carrier-pigeon");
+    let error = record["error"].as_str().unwrap_or_default();
     assert!(
         error.contains("unknown trigger kind `carrier-pigeon`"),
         "{error}"
     );
+    // It is listed like any other.
+    let dead = host.json("/_jobhost/invocations?state=dead");
+    assert_eq!(dead.as_array().unwrap().len(), 1, "{dead}");
 }
