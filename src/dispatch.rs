@@ -419,7 +419,8 @@ impl Dispatcher {
     /// it becomes an outcome; `None` when the shutdown grace ran out first.
     async fn run_in_task(self: &Arc<Self>, invocation: Invocation) -> Option<Outcome> {
         let dispatcher = self.clone();
-        let span = invocation.span();
+        // The task is the invocation's own; it logs in the span it is awaited in.
+        let span = tracing::Span::current();
         let task = AbortOnDropHandle::new(tokio::spawn(
             async move {
                 let outcome = dispatcher
