@@ -90,11 +90,15 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+# `--pin`: the server on one core and wrk on the other, so neither takes the other's cycles.
+PIN = {"server": [], "client": []}
+
+
 def wrk(url, connections, duration, pid=None):
     before = cpu_seconds(pid) if pid else None
     out = subprocess.run(
-        ["wrk", "-t", "2" if connections > 1 else "1", "-c", str(connections), "-d", f"{duration}s",
-         "--latency", url],
+        PIN["client"] + ["wrk", "-t", "2" if connections > 1 else "1", "-c", str(connections),
+                         "-d", f"{duration}s", "--latency", url],
         check=True, capture_output=True, text=True).stdout
     cpu = cpu_seconds(pid) - before if pid else None
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -331,7 +335,7 @@ def before_and_after(baseline, rounds, duration, levels):
             with tempfile.TemporaryDirectory() as t:
                 tmp = Path(t)
                 port = jobhost_project(tmp, {"hello": hello}, f"max_concurrency = {2 * levels[-1]}\n")
-                server = Server([str(binary), "--config", str(tmp / "runtime.toml"), "up"],
+                server = Server(PIN["server"] + [str(binary), "--config", str(tmp / "runtime.toml"), "up"],
                                 f"http://127.0.0.1:{port}/hello", env={**os.environ, "JOBHOST_LOG": "warn"})
                 try:
                     wrk(server.url, 8, 2)  # warm up
@@ -343,7 +347,8 @@ def before_and_after(baseline, rounds, duration, levels):
         BEFORE_AFTER,
         "",
         f"Written by `bench/compare.py --baseline` on {time.strftime('%Y-%m-%d')}: {machine()}.",
-        f"The same hello component; medians of {rounds} alternating rounds of {duration} s per level.",
+        f"The same hello component; medians of {rounds} alternating rounds of {duration} s per level"
+        + (", the server pinned to one core and wrk to the other." if PIN["server"] else "."),
         "",
         "| connections | build | requests/s | p99 ms | CPU µs/request |",
         "|---|---|---|---|---|",
@@ -369,10 +374,14 @@ def main():
     parser.add_argument("--baseline", help="another jobhost binary to compare this one with")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--levels", default="1,16", help="connections for --baseline, comma-separated")
+    parser.add_argument("--pin", action="store_true",
+                        help="with --baseline: the server on core 1, wrk on core 0 (steadier on a shared machine)")
     args = parser.parse_args()
     build()
     if args.baseline:
         levels = [int(c) for c in args.levels.split(",")]
+        if args.pin:
+            PIN.update(server=["taskset", "-c", "1"], client=["taskset", "-c", "0"])
         lines, runs = before_and_after(args.baseline, args.rounds, args.duration, levels)
         path = REPO / "BENCHMARKS.md"
         text = path.read_text() if path.exists() else "# Benchmarks\n"
