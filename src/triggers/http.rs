@@ -256,6 +256,18 @@ pub fn cgi_response(stdout: Bytes) -> Response<Body> {
     response
 }
 
+/// Headers about the connection and its framing rather than the answer.
+const FRAMING: [HeaderName; 8] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
 fn split_cgi(out: &Bytes) -> Option<(Option<StatusCode>, HeaderMap, Bytes)> {
     let (head_len, sep_len) = [(b"\r\n\r\n".as_slice(), 4), (b"\n\n".as_slice(), 2)]
         .into_iter()
@@ -276,7 +288,11 @@ fn split_cgi(out: &Bytes) -> Option<(Option<StatusCode>, HeaderMap, Bytes)> {
             status = Some(StatusCode::from_u16(code).ok()?);
         } else {
             let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
-            headers.append(name, HeaderValue::from_str(value).ok()?);
+            // The host owns the framing of its connections: a guest's length (which may lie,
+            // or count output cut at `max_output`) or hop-by-hop header never reaches them.
+            if !FRAMING.contains(&name) {
+                headers.append(name, HeaderValue::from_str(value).ok()?);
+            }
         }
     }
     Some((status, headers, out.slice(head_len + sep_len..)))
@@ -336,5 +352,23 @@ mod tests {
             "hello\n\nworld",
         );
         check("", 200, "text/plain; charset=utf-8", "");
+    }
+
+    #[test]
+    fn a_guest_cannot_set_the_framing_of_the_connection() {
+        let response = cgi_response(Bytes::from_static(
+            b"Content-Length: 999\nTransfer-Encoding: chunked\nConnection: close\nKeep-Alive: 1\nX-Kept: yes\n\nhello",
+        ));
+        let headers = response.headers();
+        for dropped in [
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "keep-alive",
+        ] {
+            assert!(!headers.contains_key(dropped), "{dropped}: {headers:?}");
+        }
+        assert_eq!(headers["x-kept"], "yes");
+        assert_eq!(futures_body(response), "hello");
     }
 }

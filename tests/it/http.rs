@@ -229,3 +229,68 @@ fn over_max_concurrency_sync_http_answers_503_with_retry_after() {
     assert_eq!(slow.join().unwrap().body, "slept 3000 ms\n");
     assert_eq!(host.post("/probe", "echo free again").body, "free again\n");
 }
+
+/// Sends one request on `stream` and reads one response: (status line, headers, body),
+/// framed by the response's own Content-Length.
+fn exchange(stream: &mut std::net::TcpStream, path: &str, body: &str) -> (String, String, String) {
+    use std::io::{BufRead, Read, Write};
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    let mut headers = String::new();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+        headers.push_str(&line);
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    (status, headers, String::from_utf8(body).unwrap())
+}
+
+#[test]
+fn the_host_owns_the_framing_a_guest_cannot_set_its_length_or_hop_by_hop_headers() {
+    let project = Project::new("[functions.probe]\nmax_output = \"1KiB\"\n");
+    project.function("probe", &probe(P1));
+    let host = project.start();
+    let mut stream = std::net::TcpStream::connect(&host.addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    // A guest that lies about its length: the client gets the whole body, framed right,
+    // and the connection stays in step for the next request.
+    let (status, headers, body) = exchange(
+        &mut stream,
+        "/probe",
+        "raw Content-Length: 3\\nConnection: close\\nX-Guest: yes\\n\\nhello world",
+    );
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(headers.contains("x-guest: yes"), "{headers}");
+    assert!(!headers.contains("connection: close"), "{headers}");
+    assert_eq!(body, "hello world");
+    // Output cut at max_output after a declared length: the cut body, framed as cut.
+    let long = "x".repeat(5000);
+    let (status, _, body) = exchange(
+        &mut stream,
+        "/probe",
+        &format!("raw Content-Length: 5000\\n\\n{long}"),
+    );
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(body.len(), 1024 - "Content-Length: 5000\n\n".len());
+    let (status, _, body) = exchange(&mut stream, "/probe", "echo still in step");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(body, "still in step\n");
+}

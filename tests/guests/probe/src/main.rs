@@ -2,8 +2,8 @@
 //! `env`, `read PATH`, `write PATH`, `alloc MIB`, `loop`, `sleep MS`, `panic`, `exit N`,
 //! `flood BYTES`, `echo TEXT`, `config KEY`, `job MS` (sleep, then print the invocation id
 //! and attempt), `stamp PATH` (append the time in ms to PATH, then fail), `input` (read the
-//! file of a watch event). Every answer
-//! starts with a CGI header block. An event (JSON on stdin, from a timer or a watch) runs the
+//! file of a watch event), `raw TEXT` (TEXT alone, `\n` as a line break: headers of the
+//! test's choosing). Every other answer starts with a CGI header block. An event (JSON on stdin, from a timer or a watch) runs the
 //! command in the function's `PROBE_EVENT` variable, `env` by default.
 
 use std::io::{Read, Write};
@@ -19,6 +19,10 @@ fn main() {
     }
     let (command, arg) = input.trim().split_once(' ').unwrap_or((input.trim(), ""));
     let mut out = std::io::stdout().lock();
+    if command == "raw" {
+        let _ = write!(out, "{}", arg.replace("\\n", "\n"));
+        return;
+    }
     let _ = write!(out, "Content-Type: text/plain\n\n");
     match command {
         "env" => {
