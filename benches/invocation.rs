@@ -62,6 +62,7 @@ fn invocation(c: &mut Criterion) {
         max_concurrency: 64,
         fuel: false,
         cache_dir: None,
+        max_module_size: 256 << 20,
     })
     .unwrap();
     let limits = limits();

@@ -56,6 +56,9 @@ pub struct HostSettings {
     pub data_dir: PathBuf,
     pub shutdown_timeout: Duration,
     pub max_concurrency: usize,
+    /// The largest module the host reads; a bigger file (or one that is not a regular
+    /// file: a device, a FIFO) is refused before it is read.
+    pub max_module_size: u64,
     pub retention: Duration,
     pub admin_token: Option<String>,
 }
@@ -87,6 +90,7 @@ pub struct DirMount {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
 const DEFAULT_MAX_CONCURRENCY: usize = 64;
+const DEFAULT_MAX_MODULE_SIZE: u64 = 256 << 20;
 const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Default for Limits {
@@ -250,6 +254,10 @@ fn host_settings(
         max_concurrency: raw
             .max_concurrency
             .unwrap_or(DEFAULT_MAX_CONCURRENCY)
+            .max(1),
+        max_module_size: raw
+            .max_module_size
+            .map_or(DEFAULT_MAX_MODULE_SIZE, |s| s.0)
             .max(1),
         retention: raw.retention.map_or(DEFAULT_RETENTION, |d| d.0),
         admin_token,

@@ -2,6 +2,7 @@
 //! routing table, plus every problem found on the way (a bad module never stops the others).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -66,6 +67,7 @@ pub fn sandbox_settings(config: &Config, specs: &Specs) -> SandboxSettings {
         max_concurrency: config.host.max_concurrency,
         fuel,
         cache_dir: Some(config.host.data_dir.join("cache")),
+        max_module_size: config.host.max_module_size,
     }
 }
 
@@ -175,16 +177,8 @@ fn load_function(
         )
         .into());
     }
-    let bytes = std::fs::read(&spec.module).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            format!(
-                "{}: the module does not exist: build it and copy it there, or set `module`",
-                spec.module.display()
-            )
-        } else {
-            format!("{}: cannot read the module: {e}", spec.module.display())
-        }
-    })?;
+    let bytes = read_module(&spec.module, sandbox.max_module_size())
+        .map_err(|why| format!("{}: {why}", spec.module.display()))?;
     let module_hash: [u8; 32] = sha2::Sha256::digest(&bytes).into();
     if let Some(old) = old
         && old.module_hash == module_hash
@@ -249,6 +243,49 @@ fn load_function(
         permits,
         config,
     }))
+}
+
+/// Reads a module: a regular file of at most `cap` bytes. It is opened without blocking
+/// and checked through the open handle, so a FIFO cannot hang the host and a device such as
+/// `/dev/zero` cannot fill its memory, even if the file is swapped between look and read.
+fn read_module(path: &Path, cap: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                "the module does not exist: build it and copy it there, or set `module`".to_string()
+            }
+            _ => format!("cannot read the module: {e}"),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read the module: {e}"))?;
+    if !meta.is_file() {
+        return Err(
+            "not a regular file (a folder, a device or a FIFO): point `module` at a .wasm file"
+                .to_string(),
+        );
+    }
+    if meta.len() > cap {
+        return Err(format!(
+            "the module is {} bytes, more than max_module_size ({cap} bytes): raise [host] max_module_size if it is meant to be this big",
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the module: {e}"))?;
+    if bytes.len() as u64 > cap {
+        return Err(format!(
+            "the module grew past max_module_size ({cap} bytes) while it was read"
+        ));
+    }
+    Ok(bytes)
 }
 
 impl Registry {

@@ -48,6 +48,8 @@ pub struct SandboxSettings {
     pub fuel: bool,
     /// Where compiled modules are cached; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
+    /// The largest module file read for loading.
+    pub max_module_size: u64,
 }
 
 pub struct Sandbox {
@@ -57,6 +59,7 @@ pub struct Sandbox {
     cache_dir: Option<PathBuf>,
     engine_hash: String,
     fuel: bool,
+    max_module_size: u64,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -381,12 +384,18 @@ impl Sandbox {
             cache_dir: settings.cache_dir.clone(),
             engine_hash,
             fuel: settings.fuel,
+            max_module_size: settings.max_module_size,
             ticker_stop,
         })
     }
 
     pub fn fuel_enabled(&self) -> bool {
         self.fuel
+    }
+
+    /// The largest module file the host reads (`max_module_size`).
+    pub fn max_module_size(&self) -> u64 {
+        self.max_module_size
     }
 
     /// Compiles (or loads from the cache), recognises the shape and links.

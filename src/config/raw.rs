@@ -17,6 +17,7 @@ pub(crate) struct RawHost {
     pub(crate) data: Option<String>,
     pub(crate) shutdown_timeout: Option<Dur>,
     pub(crate) max_concurrency: Option<usize>,
+    pub(crate) max_module_size: Option<Size>,
     pub(crate) retention: Option<Dur>,
     pub(crate) admin_token: Option<RawValue>,
 }

@@ -1,7 +1,7 @@
 //! Bad modules and bad configuration get clear errors that name the file,
 //! line, key or import, and the host serves everything else.
 
-use crate::support::{P1, P2, Project, example, probe, wat};
+use crate::support::{P1, P2, Project, example, probe, wait_until, wat};
 
 #[test]
 fn bad_modules_are_refused_with_their_reason_and_the_rest_still_serves() {
@@ -247,4 +247,64 @@ module = "cfg1.wasm"
         "greeting=hello\nwho: its environment variable is not set (see the host's log)\n"
     );
     assert_eq!(host.post("/cfg1", "greeting").body, "greeting=hello\n");
+}
+
+#[test]
+fn a_module_must_be_a_regular_file_within_max_module_size() {
+    let project = Project::new(
+        r#"
+[host]
+max_module_size = "1KiB"
+[functions.zero]
+module = "/dev/zero"
+[functions.fifo]
+module = "pipe.wasm"
+"#,
+    );
+    project.function("big", &probe(P1));
+    project.write(
+        "functions/tiny.wasm",
+        &wat(r#"(module (memory (export "memory") 1) (func (export "_start")))"#),
+    );
+    let status = std::process::Command::new("mkfifo")
+        .arg(project.path("functions/pipe.wasm"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // `check` neither hangs on the FIFO nor reads /dev/zero without end.
+    let mut check = project
+        .jobhost()
+        .arg("check")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_until(std::time::Duration::from_secs(60), || {
+        check.try_wait().unwrap()
+    });
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut check.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    for expected in [
+        "/dev/zero: not a regular file",
+        "pipe.wasm: not a regular file",
+        "big.wasm: the module is",
+        "more than max_module_size (1024 bytes)",
+        "3 problems",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "{expected} missing from:\n{stdout}"
+        );
+    }
+    // The host starts, serves what it can, and shows the rest.
+    let host = project.start();
+    assert_eq!(host.get("/tiny").status, 200);
+    let functions = host.json("/_jobhost/functions");
+    let errors = functions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["status"] == "error")
+        .count();
+    assert_eq!(errors, 3, "{functions:#}");
 }
