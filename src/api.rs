@@ -1,8 +1,9 @@
 //! `/_jobhost/`: the status API. Functions, invocations with filters, one invocation,
-//! manual invoke and retry; a bearer token when the listener is not on loopback.
+//! manual invoke and retry; who may call it is `access`'s.
+
+mod access;
 
 use chrono::Utc;
-use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -83,37 +84,8 @@ pub fn function_views(registry: &Registry) -> Vec<FunctionView> {
     out
 }
 
-/// `None` when the request may use the API, else the answer that refuses it.
-fn refusal(rt: &Runtime, req: &Request<Incoming>) -> Option<Response<Body>> {
-    if !rt.admin_needs_token() {
-        return None;
-    }
-    let Some(token) = rt.host.admin_token.as_deref() else {
-        return Some(error(
-            StatusCode::FORBIDDEN,
-            "the status API is off: the host listens beyond loopback and has no host.admin_token",
-        ));
-    };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if given.and_then(|v| v.strip_prefix("Bearer ")) == Some(token) {
-        None
-    } else {
-        let mut response = error(
-            StatusCode::UNAUTHORIZED,
-            "send Authorization: Bearer <admin_token>",
-        );
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        Some(response)
-    }
-}
-
 pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
-    if let Some(response) = refusal(rt, &req) {
+    if let Some(response) = access::refusal(&rt.host, req.method(), req.headers()) {
         return response;
     }
     let path = req

@@ -61,6 +61,9 @@ pub struct HostSettings {
     pub max_module_size: u64,
     pub retention: Duration,
     pub admin_token: Option<String>,
+    /// Names besides the listen address and `localhost` that the status API answers to
+    /// (its `Host` header), for a host reached by name without a token.
+    pub api_hosts: Vec<String>,
 }
 
 /// Limits of one invocation; `[defaults]` and each function's own keys.
@@ -243,7 +246,18 @@ fn host_settings(
     });
     // An admin token read from an unset variable means "no token": the API then stays
     // loopback-only, which is the safe side.
-    let admin_token = raw.admin_token.and_then(|v| v.resolve().ok());
+    let admin_token = raw.admin_token.and_then(|v| {
+        let span = v.span();
+        let token = v.into_inner().resolve().ok()?;
+        if token.trim().is_empty() {
+            problems.push(source.problem(
+                Some(&span),
+                "host.admin_token",
+                "the token is empty: set a long random one, or leave admin_token out to keep the API on loopback",
+            ));
+        }
+        Some(token)
+    });
     HostSettings {
         listen,
         functions_dir: root.join(raw.functions.as_deref().unwrap_or("functions")),
@@ -261,6 +275,12 @@ fn host_settings(
             .max(1),
         retention: raw.retention.map_or(DEFAULT_RETENTION, |d| d.0),
         admin_token,
+        api_hosts: raw
+            .api_hosts
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
     }
 }
 

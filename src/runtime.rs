@@ -14,7 +14,8 @@ use crate::registry::Registry;
 use crate::store::Store;
 
 pub struct Runtime {
-    /// The `[host]` settings the host started with; they hold until a restart.
+    /// The `[host]` settings the host started with (they hold until a restart), with
+    /// `listen` the address as bound.
     pub host: HostSettings,
     functions: RwLock<Arc<Registry>>,
     pub dispatch: Arc<Dispatcher>,
@@ -57,10 +58,5 @@ impl Runtime {
     pub fn swap(&self, next: Arc<Registry>) -> Arc<Registry> {
         let mut functions = self.functions.write().unwrap_or_else(|e| e.into_inner());
         std::mem::replace(&mut *functions, next)
-    }
-
-    /// `/_jobhost/` needs the admin token when the listener is not on loopback.
-    pub fn admin_needs_token(&self) -> bool {
-        !self.host.listen.ip().is_loopback()
     }
 }

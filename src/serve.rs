@@ -78,8 +78,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         hard_stop: hard_stop.clone(),
         tasks: tasks.clone(),
     }));
+    // The address as bound (port 0 becomes the port the system chose): what the API checks
+    // requests against, and the `Host` a wasi:http guest sees when a client sends none.
+    let mut host = config.host.clone();
+    host.listen = addr;
     let rt = Arc::new(Runtime::new(
-        config.host.clone(),
+        host,
         dispatch,
         store,
         accept.clone(),

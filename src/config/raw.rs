@@ -19,7 +19,8 @@ pub(crate) struct RawHost {
     pub(crate) max_concurrency: Option<usize>,
     pub(crate) max_module_size: Option<Size>,
     pub(crate) retention: Option<Dur>,
-    pub(crate) admin_token: Option<RawValue>,
+    pub(crate) admin_token: Option<Spanned<RawValue>>,
+    pub(crate) api_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

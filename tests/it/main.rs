@@ -7,6 +7,7 @@
 mod cli;
 mod durable;
 mod examples;
+mod hostile;
 mod http;
 mod loading;
 mod metrics;

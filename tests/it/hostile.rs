@@ -1,0 +1,58 @@
+//! What an attacker tried, as regression tests: each hostile client or guest that once broke
+//! the host, and the answer the host gives now.
+
+use crate::support::Project;
+
+#[test]
+fn the_api_on_loopback_refuses_a_rebound_host_name_and_cross_origin_writes() {
+    let project =
+        Project::new("[host]\napi_hosts = [\"jobs.internal\"]\n[functions.none]\ntriggers = []\n");
+    let host = project.start();
+    let port = host.addr.rsplit(':').next().unwrap().to_string();
+    let get = |headers: &[(&str, &str)]| {
+        host.request_with("GET", "/_jobhost/functions", b"", headers)
+            .status
+    };
+    // A page on evil.example whose name now resolves to 127.0.0.1 sends its own Host.
+    assert_eq!(get(&[("host", "evil.example")]), 403);
+    assert_eq!(get(&[("host", &format!("evil.example:{port}"))]), 403);
+    assert_eq!(get(&[("host", &format!("localhost:{port}"))]), 200);
+    assert_eq!(get(&[("host", &format!("jobs.internal:{port}"))]), 200);
+    assert_eq!(get(&[]), 200);
+    // A form on any page the user visits posts with its own Origin.
+    let invoke = |headers: &[(&str, &str)]| {
+        host.request_with("POST", "/_jobhost/functions/none/invoke", b"", headers)
+    };
+    let refused = invoke(&[("origin", "http://evil.example")]);
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused.body.contains("http://evil.example"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(invoke(&[("sec-fetch-site", "cross-site")]).status, 403);
+    let own = format!("http://{}", host.addr);
+    assert_eq!(
+        invoke(&[("origin", &own)]).status,
+        404,
+        "same origin passes"
+    );
+    // Function routes are not the API: they answer whatever the Host.
+    assert_eq!(
+        host.request_with("GET", "/healthz", b"", &[("host", "evil.example")])
+            .status,
+        200
+    );
+}
+
+#[test]
+fn an_empty_admin_token_is_a_configuration_error() {
+    let project = Project::new("[host]\nadmin_token = \"\"\n");
+    let output = project.jobhost().arg("check").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("`host.admin_token`: the token is empty"),
+        "{stdout}"
+    );
+}
