@@ -109,10 +109,12 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
             invoke(rt, &name, req).await
         }
         (Method::GET, ["invocations"]) => {
-            let filter = match filter(req.uri().query().unwrap_or_default()) {
+            let mut filter = match filter(req.uri().query().unwrap_or_default()) {
                 Ok(f) => f,
                 Err(why) => return error(StatusCode::BAD_REQUEST, why),
             };
+            // A list shows excerpts; one invocation's record shows all it keeps.
+            filter.excerpt = Some(rt.host.record_excerpt);
             match rt.store.history.list(&filter).await {
                 Ok(list) => json(StatusCode::OK, &list),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),

@@ -105,6 +105,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             limit,
             json,
         } => {
+            let config = load(&path)?;
             let filter = Filter {
                 function,
                 state: status
@@ -122,8 +123,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     })
                     .transpose()?,
                 limit: Some(limit),
+                excerpt: Some(config.host.record_excerpt),
             };
-            let store = open_store(&load(&path)?)?;
+            let store = open_store(&config)?;
             let list = runtime.block_on(store.history.list(&filter))?;
             print::invocations(&list, json)?;
             Ok(ExitCode::SUCCESS)
@@ -249,6 +251,7 @@ async fn invoke(config: &Config, name: &str, payload: Bytes) -> anyhow::Result<E
         store: store.clone(),
         owner: HostId::load_or_create(data_dir)?,
         max_concurrency: 1,
+        record_excerpt: config.host.record_excerpt,
         hard_stop: CancellationToken::new(),
         tasks: TaskTracker::new(),
     }));

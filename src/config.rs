@@ -59,6 +59,9 @@ pub struct HostSettings {
     /// The largest module the host reads; a bigger file (or one that is not a regular
     /// file: a device, a FIFO) is refused before it is read.
     pub max_module_size: u64,
+    /// How much of the payload, stdout and stderr a synchronous invocation's record keeps,
+    /// and how much of each a list of records shows.
+    pub record_excerpt: usize,
     pub retention: Duration,
     pub admin_token: Option<String>,
     /// Names besides the listen address and `localhost` that the status API answers to
@@ -94,6 +97,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
 const DEFAULT_MAX_CONCURRENCY: usize = 64;
 const DEFAULT_MAX_MODULE_SIZE: u64 = 256 << 20;
+const DEFAULT_RECORD_EXCERPT: usize = 4 << 10;
 const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Default for Limits {
@@ -273,6 +277,9 @@ fn host_settings(
             .max_module_size
             .map_or(DEFAULT_MAX_MODULE_SIZE, |s| s.0)
             .max(1),
+        record_excerpt: raw
+            .record_excerpt
+            .map_or(DEFAULT_RECORD_EXCERPT, |s| s.0 as usize),
         retention: raw.retention.map_or(DEFAULT_RETENTION, |d| d.0),
         admin_token,
         api_hosts: raw

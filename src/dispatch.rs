@@ -37,6 +37,7 @@ pub fn new_id() -> String {
 pub struct Dispatcher {
     sandbox: Sandbox,
     store: Store,
+    sync_records: SyncRecords,
     owner: HostId,
     /// `max_concurrency`: one permit per running invocation.
     permits: Arc<Semaphore>,
@@ -56,6 +57,8 @@ pub struct Parts {
     pub store: Store,
     pub owner: HostId,
     pub max_concurrency: usize,
+    /// How much of a synchronous invocation's payload and output its record keeps.
+    pub record_excerpt: usize,
     pub hard_stop: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -194,6 +197,10 @@ impl Dispatcher {
     pub fn new(parts: Parts) -> Dispatcher {
         Dispatcher {
             sandbox: parts.sandbox,
+            sync_records: SyncRecords {
+                history: parts.store.history.clone(),
+                excerpt: parts.record_excerpt,
+            },
             store: parts.store,
             owner: parts.owner,
             permits: Arc::new(Semaphore::new(parts.max_concurrency)),
@@ -300,7 +307,7 @@ impl Dispatcher {
             .await;
         drop(permit);
         span.in_scope(|| log_outcome(&invocation, &outcome, echo));
-        record_sync(&*self.store.history, &invocation, started_at, &outcome);
+        self.sync_records.record(&invocation, started_at, &outcome);
         (invocation.id, outcome)
     }
 
@@ -324,12 +331,12 @@ impl Dispatcher {
         let id = invocation.id.clone();
         match served {
             HttpServed::Responded(response, done) => {
-                let history = self.store.history.clone();
+                let records = self.sync_records.clone();
                 self.tasks.spawn(
                     async move {
                         if let Ok(outcome) = done.await {
                             log_outcome(&invocation, &outcome, echo);
-                            record_sync(&*history, &invocation, started_at, &outcome);
+                            records.record(&invocation, started_at, &outcome);
                         }
                         drop(permit);
                     }
@@ -340,7 +347,7 @@ impl Dispatcher {
             HttpServed::Failed(outcome) => {
                 drop(permit);
                 span.in_scope(|| log_outcome(&invocation, &outcome, echo));
-                record_sync(&*self.store.history, &invocation, started_at, &outcome);
+                self.sync_records.record(&invocation, started_at, &outcome);
                 (id, Served::Failed(outcome))
             }
         }
@@ -492,18 +499,36 @@ fn output(outcome: &Outcome) -> Output {
     }
 }
 
-fn record_sync(history: &dyn History, invocation: &Invocation, started_at: i64, outcome: &Outcome) {
-    history.record(SyncRecord {
-        id: invocation.id.clone(),
-        function: invocation.function.spec.name.clone(),
-        trigger: invocation.trigger,
-        reason: match invocation.trigger {
-            TriggerKind::Manual => Reason::Manual,
-            _ => Reason::Http,
-        },
-        started_at,
-        output: output(outcome),
-    });
+/// Where synchronous invocations are recorded: excerpts of their payload and output (the
+/// caller got the whole answer; the store keeps what is needed to see what happened).
+#[derive(Clone)]
+struct SyncRecords {
+    history: Arc<dyn History>,
+    excerpt: usize,
+}
+
+impl SyncRecords {
+    fn record(&self, invocation: &Invocation, started_at: i64, outcome: &Outcome) {
+        let cut = |bytes: &Bytes| bytes.slice(..bytes.len().min(self.excerpt));
+        let mut output = output(outcome);
+        output.stdout_truncated |= output.stdout.len() > self.excerpt;
+        output.stderr_truncated |= output.stderr.len() > self.excerpt;
+        output.stdout = cut(&output.stdout);
+        output.stderr = cut(&output.stderr);
+        self.history.record(SyncRecord {
+            id: invocation.id.clone(),
+            function: invocation.function.spec.name.clone(),
+            trigger: invocation.trigger,
+            reason: match invocation.trigger {
+                TriggerKind::Manual => Reason::Manual,
+                _ => Reason::Http,
+            },
+            started_at,
+            payload: cut(&invocation.payload),
+            payload_truncated: invocation.payload.len() > self.excerpt,
+            output,
+        });
+    }
 }
 
 /// Counts an outcome and logs it in the current span: the guest's stderr lines at WARN

@@ -73,9 +73,12 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
 }
 
 async fn metrics_text(rt: &Runtime) -> Response<Body> {
-    let queued = rt.store.queue.depth().await.unwrap_or(0);
-    let running = rt.dispatch.running() as i64;
-    let mut response = answer::text(StatusCode::OK, metrics::get().render(queued, running));
+    let gauges = metrics::Gauges {
+        queue_depth: rt.store.queue.depth().await.unwrap_or(0),
+        running: rt.dispatch.running() as i64,
+        store_bytes: rt.store.history.bytes().await.unwrap_or(0) as i64,
+    };
+    let mut response = answer::text(StatusCode::OK, metrics::get().render(&gauges));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

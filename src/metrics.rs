@@ -1,7 +1,7 @@
 //! `GET /metrics` in the Prometheus text format (prometheus-client): invocations by
 //! function, trigger and outcome, durations, queue depth, running invocations, timer
 //! lateness, watch latency, watch triggers by state, compile and instantiation times, hot
-//! reloads.
+//! reloads, and the store's size.
 //!
 //! The metrics are one process-wide set, as Prometheus clients are: every part of the host
 //! records into it without being handed a reference.
@@ -47,12 +47,20 @@ pub struct Metrics {
     durations: Family<FunctionLabels, Histogram>,
     queue_depth: Gauge,
     running: Gauge,
+    store_bytes: Gauge,
     timer_lateness: Histogram,
     watch_latency: Histogram,
     compile: Histogram,
     instantiate: Histogram,
     reloads: Family<ReloadLabels, Counter>,
     watches: Family<WatchLabels, Gauge>,
+}
+
+/// The gauges read when `/metrics` is scraped.
+pub struct Gauges {
+    pub queue_depth: i64,
+    pub running: i64,
+    pub store_bytes: i64,
 }
 
 /// How a hot reload ended, for `jobhost_reloads_total{result}`.
@@ -98,6 +106,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Invocations running now",
         running.clone(),
     );
+    let store_bytes = Gauge::default();
+    registry.register(
+        "store_bytes",
+        "Bytes the invocation store takes on disk",
+        store_bytes.clone(),
+    );
     let timer_lateness = seconds();
     registry.register(
         "timer_lateness_seconds",
@@ -141,6 +155,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         durations,
         queue_depth,
         running,
+        store_bytes,
         timer_lateness,
         watch_latency,
         compile,
@@ -252,9 +267,10 @@ impl Metrics {
     }
 
     /// The text of `/metrics`, with the gauges read now.
-    pub fn render(&self, queue_depth: i64, running: i64) -> String {
-        self.queue_depth.set(queue_depth);
-        self.running.set(running);
+    pub fn render(&self, gauges: &Gauges) -> String {
+        self.queue_depth.set(gauges.queue_depth);
+        self.running.set(gauges.running);
+        self.store_bytes.set(gauges.store_bytes);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

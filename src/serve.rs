@@ -75,6 +75,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         store: store.clone(),
         owner,
         max_concurrency: config.host.max_concurrency,
+        record_excerpt: config.host.record_excerpt,
         hard_stop: hard_stop.clone(),
         tasks: tasks.clone(),
     }));

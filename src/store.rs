@@ -244,6 +244,9 @@ pub struct SyncRecord {
     pub trigger: TriggerKind,
     pub reason: Reason,
     pub started_at: i64,
+    /// What the store keeps of the payload: an excerpt, as of the output.
+    pub payload: Bytes,
+    pub payload_truncated: bool,
     pub output: Output,
 }
 
@@ -270,8 +273,12 @@ pub struct Record {
     pub duration_ms: Option<u64>,
     pub exit_code: Option<i32>,
     pub error: Option<String>,
+    /// The payload as text (bytes that are not UTF-8 are replaced).
+    pub payload: String,
     pub stdout: String,
     pub stderr: String,
+    /// Whether the text is cut: an excerpt kept or listed, or output past `max_output`.
+    pub payload_truncated: bool,
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
 }
@@ -295,6 +302,9 @@ pub struct Filter {
     pub trigger: Option<TriggerKind>,
     /// Default 100, at most 1000.
     pub limit: Option<usize>,
+    /// Each record's payload, stdout and stderr cut to this many bytes (flagged as cut), so
+    /// a list stays small whatever the records hold; `None` lists them whole.
+    pub excerpt: Option<usize>,
 }
 
 impl Filter {
@@ -366,10 +376,12 @@ pub trait History: Send + Sync {
     /// Writes every record handed over before (readers call it to see their writes).
     async fn flush(&self) -> anyhow::Result<()>;
     async fn get(&self, id: &str) -> anyhow::Result<Option<Record>>;
-    /// Records newest first, filtered.
+    /// Records newest first, filtered, their output cut to `filter.excerpt`.
     async fn list(&self, filter: &Filter) -> anyhow::Result<Vec<Record>>;
     /// Deletes finished records that ended before `before` (ms); returns how many.
     async fn prune(&self, before: i64) -> anyhow::Result<usize>;
+    /// The bytes the store takes on disk.
+    async fn bytes(&self) -> anyhow::Result<u64>;
 }
 
 /// One store seen through its three traits.

@@ -18,6 +18,7 @@ pub(crate) struct RawHost {
     pub(crate) shutdown_timeout: Option<Dur>,
     pub(crate) max_concurrency: Option<usize>,
     pub(crate) max_module_size: Option<Size>,
+    pub(crate) record_excerpt: Option<Size>,
     pub(crate) retention: Option<Dur>,
     pub(crate) admin_token: Option<Spanned<RawValue>>,
     pub(crate) api_hosts: Option<Vec<String>>,

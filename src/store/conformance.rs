@@ -25,6 +25,7 @@ pub(crate) async fn run<K>(make: impl Fn() -> (Store, K)) {
     a_file_event_and_its_receipt_are_stored_together(make()).await;
     history_lists_newest_first_filtered_and_limited(make()).await;
     prune_deletes_only_finished_records_older_than_the_cut(make()).await;
+    a_list_shows_excerpts_and_one_record_all_it_keeps(make()).await;
 }
 
 fn owner() -> HostId {
@@ -356,6 +357,8 @@ fn sync(id: &str, function: &str, trigger: TriggerKind, output: Output) -> SyncR
             Reason::Http
         },
         started_at: now_ms(),
+        payload: Bytes::from_static(b"asked"),
+        payload_truncated: false,
         output,
     }
 }
@@ -415,4 +418,53 @@ async fn prune_deletes_only_finished_records_older_than_the_cut<K>((store, _keep
     assert_eq!(pruned, 1);
     assert!(h.get("old").await.unwrap().is_none());
     assert!(h.get("waiting").await.unwrap().is_some());
+}
+
+async fn a_list_shows_excerpts_and_one_record_all_it_keeps<K>((store, _keep): (Store, K)) {
+    let h = &store.history;
+    let mut big = new("big", "f");
+    big.payload = Bytes::from(vec![b'p'; 100]);
+    store.queue.enqueue(big).await.unwrap();
+    let claimed = store.queue.claim("big", &owner()).await.unwrap().unwrap();
+    let long = Output {
+        stdout: Bytes::from(vec![b'o'; 100]),
+        stderr: Bytes::from_static(b"short"),
+        ..succeeded()
+    };
+    store
+        .queue
+        .finish(&claimed.lease, long, Next::Succeeded)
+        .await
+        .unwrap();
+    let before = h.bytes().await.unwrap();
+    assert!(before > 0);
+    let excerpts = Filter {
+        excerpt: Some(10),
+        ..Filter::default()
+    };
+    let listed = h.list(&excerpts).await.unwrap().remove(0);
+    assert_eq!(
+        (
+            listed.payload.len(),
+            listed.stdout.len(),
+            listed.stderr.as_str()
+        ),
+        (10, 10, "short")
+    );
+    assert!(listed.payload_truncated && listed.stdout_truncated && !listed.stderr_truncated);
+    let whole = h.get("big").await.unwrap().unwrap();
+    assert_eq!((whole.payload.len(), whole.stdout.len()), (100, 100));
+    assert!(!whole.payload_truncated && !whole.stdout_truncated);
+    let all = h.list(&Filter::default()).await.unwrap().remove(0);
+    assert_eq!(all.stdout.len(), 100);
+    // A synchronous record keeps the excerpt it was given, and says it was cut.
+    let mut cut = sync("cut", "f", TriggerKind::Http, succeeded());
+    cut.payload_truncated = true;
+    h.record(cut);
+    h.flush().await.unwrap();
+    let cut = h.get("cut").await.unwrap().unwrap();
+    assert_eq!(
+        (cut.payload.as_str(), cut.payload_truncated),
+        ("asked", true)
+    );
 }

@@ -81,6 +81,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE invocations ADD COLUMN owner TEXT;
     ALTER TABLE invocations ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE invocations ADD COLUMN attempts INTEGER;",
+    // 3: synchronous records keep an excerpt of their payload, flagged when cut.
+    "ALTER TABLE invocations ADD COLUMN payload_truncated INTEGER NOT NULL DEFAULT 0;",
 ];
 
 fn db_path(data_dir: &Path) -> PathBuf {
@@ -224,9 +226,10 @@ fn insert_sync(conn: &mut Connection, batch: &[SyncRecord]) -> anyhow::Result<()
         let mut stmt = tx.prepare_cached(
             "INSERT INTO invocations (id, function, trigger, reason, attempt, max_attempt, state,
                  durable, payload, vars, created_at, run_after, started_at, finished_at,
-                 duration_ms, exit_code, error, stdout, stderr, stdout_truncated, stderr_truncated)
-             VALUES (?1, ?2, ?3, ?4, 1, 1, ?5, 0, x'', '[]', ?6, ?6, ?6, ?7, ?8, ?9, ?10,
-                 ?11, ?12, ?13, ?14)",
+                 duration_ms, exit_code, error, stdout, stderr, stdout_truncated, stderr_truncated,
+                 payload_truncated)
+             VALUES (?1, ?2, ?3, ?4, 1, 1, ?5, 0, ?15, '[]', ?6, ?6, ?6, ?7, ?8, ?9, ?10,
+                 ?11, ?12, ?13, ?14, ?16)",
         )?;
         for r in batch {
             let o = &r.output;
@@ -250,7 +253,9 @@ fn insert_sync(conn: &mut Connection, batch: &[SyncRecord]) -> anyhow::Result<()
                 o.stdout.as_ref(),
                 o.stderr.as_ref(),
                 o.stdout_truncated,
-                o.stderr_truncated
+                o.stderr_truncated,
+                r.payload.as_ref(),
+                r.payload_truncated
             ])?;
         }
     }
@@ -271,9 +276,24 @@ fn named<T>(r: &Row<'_>, i: usize, parse: fn(&str) -> Option<T>) -> rusqlite::Re
     })
 }
 
-const COLUMNS: &str = "id, function, trigger, reason, attempt, max_attempt, state, created_at,
-    started_at, finished_at, run_after, duration_ms, exit_code, error, stdout, stderr,
-    stdout_truncated, stderr_truncated, durable";
+/// The columns of a record, in the order `record` reads them. With `excerpt` (the name of
+/// a bound parameter), the payload, stdout and stderr are cut to that many bytes, and
+/// flagged as cut when they were longer.
+fn columns(excerpt: Option<&str>) -> String {
+    let mut out = String::from(
+        "id, function, trigger, reason, attempt, max_attempt, state, created_at, started_at,
+         finished_at, run_after, duration_ms, exit_code, error, durable",
+    );
+    for field in ["payload", "stdout", "stderr"] {
+        out += &match excerpt {
+            Some(n) => {
+                format!(", substr({field}, 1, {n}), {field}_truncated OR length({field}) > {n}")
+            }
+            None => format!(", {field}, {field}_truncated"),
+        };
+    }
+    out
+}
 
 fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
     let text = |i: usize| -> rusqlite::Result<String> {
@@ -281,7 +301,7 @@ fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
         Ok(String::from_utf8_lossy(&bytes.unwrap_or_default()).into_owned())
     };
     let state = named(r, 6, State::parse)?;
-    let durable: bool = r.get(18)?;
+    let durable: bool = r.get(14)?;
     Ok(Record {
         id: r.get(0)?,
         function: r.get(1)?,
@@ -299,16 +319,20 @@ fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
         duration_ms: r.get::<_, Option<i64>>(11)?.map(|d| d.max(0) as u64),
         exit_code: r.get(12)?,
         error: r.get(13)?,
-        stdout: text(14)?,
-        stderr: text(15)?,
-        stdout_truncated: r.get(16)?,
-        stderr_truncated: r.get(17)?,
+        payload: text(15)?,
+        payload_truncated: r.get(16)?,
+        stdout: text(17)?,
+        stdout_truncated: r.get(18)?,
+        stderr: text(19)?,
+        stderr_truncated: r.get(20)?,
     })
 }
 
 fn get(conn: &Connection, id: &str) -> anyhow::Result<Option<Record>> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {COLUMNS} FROM invocations WHERE id = ?1"))?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {} FROM invocations WHERE id = ?1",
+        columns(None)
+    ))?;
     stmt.query_row(params![id], record)
         .optional()
         .with_context(|| format!("reading invocation {id}"))
@@ -670,22 +694,43 @@ impl History for SqliteStore {
     async fn list(&self, filter: &Filter) -> anyhow::Result<Vec<Record>> {
         let filter = filter.clone();
         self.with(move |conn| {
+            let columns = columns(filter.excerpt.map(|_| "?5"));
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM invocations
+                "SELECT {columns} FROM invocations
                  WHERE (?1 IS NULL OR function = ?1) AND (?2 IS NULL OR state = ?2)
                    AND (?3 IS NULL OR trigger = ?3)
                  ORDER BY id DESC LIMIT ?4"
             ))?;
-            let rows = stmt.query_map(
-                params![
-                    filter.function,
-                    filter.state.map(State::as_str),
-                    filter.trigger.map(TriggerKind::as_str),
-                    filter.limit() as i64
-                ],
-                record,
-            )?;
+            let (state, trigger) = (
+                filter.state.map(State::as_str),
+                filter.trigger.map(TriggerKind::as_str),
+            );
+            let (limit, excerpt) = (filter.limit() as i64, filter.excerpt.map(|n| n as i64));
+            let mut bound: Vec<&dyn rusqlite::ToSql> =
+                vec![&filter.function, &state, &trigger, &limit];
+            if let Some(n) = &excerpt {
+                bound.push(n);
+            }
+            let rows = stmt.query_map(bound.as_slice(), record)?;
             Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn bytes(&self) -> anyhow::Result<u64> {
+        self.with(|conn| {
+            let bytes: i64 = conn.query_row(
+                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                [],
+                |r| r.get(0),
+            )?;
+            // Committed rows not yet checkpointed live in the write-ahead log beside it.
+            let wal = conn
+                .path()
+                .map(|p| format!("{p}-wal"))
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map_or(0, |m| m.len());
+            Ok(bytes.max(0) as u64 + wal)
         })
         .await
     }

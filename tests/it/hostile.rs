@@ -1,7 +1,9 @@
 //! What an attacker tried, as regression tests: each hostile client or guest that once broke
 //! the host, and the answer the host gives now.
 
-use crate::support::Project;
+use std::time::Duration;
+
+use crate::support::{P1, Project, probe, state};
 
 #[test]
 fn the_api_on_loopback_refuses_a_rebound_host_name_and_cross_origin_writes() {
@@ -55,4 +57,34 @@ fn an_empty_admin_token_is_a_configuration_error() {
         stdout.contains("`host.admin_token`: the token is empty"),
         "{stdout}"
     );
+}
+
+#[test]
+fn sync_records_keep_bounded_excerpts_and_lists_show_excerpts_only() {
+    let project =
+        Project::new("[host]\nrecord_excerpt = \"1KiB\"\n[functions.probe]\ntimeout = \"20s\"\n");
+    project.function("probe", &probe(P1));
+    let host = project.start();
+    // A 200 KB answer: the caller gets all of it, the record an excerpt.
+    let flood = host.post("/probe", "flood 200000");
+    assert_eq!(flood.status, 200);
+    assert_eq!(flood.body.len(), 200_000);
+    let id = flood.header("x-jobhost-invocation-id").unwrap();
+    let record = host.json(&format!("/_jobhost/invocations/{id}"));
+    assert_eq!(record["stdout"].as_str().unwrap().len(), 1024);
+    assert_eq!(record["stdout_truncated"], true);
+    assert_eq!(record["payload"], "flood 200000");
+    assert_eq!(record["payload_truncated"], false);
+    // A background one keeps all its output, and a list still shows only excerpts.
+    let job = host.invoke("probe", "flood 50000");
+    let whole = host.wait_for_record(&job, Duration::from_secs(30), |r| state(r) == "succeeded");
+    assert!(whole["stdout"].as_str().unwrap().len() > 50_000);
+    assert_eq!(whole["stdout_truncated"], false);
+    let list = host.json("/_jobhost/invocations?function=probe");
+    for r in list.as_array().unwrap() {
+        assert!(r["stdout"].as_str().unwrap().len() <= 1024, "{}", r["id"]);
+        assert_eq!(r["stdout_truncated"], true);
+    }
+    let bytes = host.metric("jobhost_store_bytes").unwrap();
+    assert!(bytes > 0.0 && bytes < 10_000_000.0, "{bytes}");
 }

@@ -150,6 +150,8 @@ mod tests {
             trigger: TriggerKind::Http,
             reason: crate::store::Reason::Http,
             started_at: now_ms(),
+            payload: bytes::Bytes::new(),
+            payload_truncated: false,
             output: Output {
                 stdout: bytes::Bytes::from_static(b"out"),
                 duration: Duration::from_millis(1),
