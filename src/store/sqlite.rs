@@ -287,7 +287,9 @@ fn columns(excerpt: Option<&str>) -> String {
     for field in ["payload", "stdout", "stderr"] {
         out += &match excerpt {
             Some(n) => {
-                format!(", substr({field}, 1, {n}), {field}_truncated OR length({field}) > {n}")
+                format!(
+                    ", substr({field}, 1, {n}), {field}_truncated OR COALESCE(length({field}), 0) > {n}"
+                )
             }
             None => format!(", {field}, {field}_truncated"),
         };

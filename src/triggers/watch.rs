@@ -3,17 +3,17 @@
 //! actor loop here then checks the file again and compares it with the receipt in the
 //! store (size and modification time), so bursts, atomic saves and renames fire once, and
 //! a restart neither re-fires handled files nor misses ones that came while it was down.
+//! Symbolic links are never followed: the watch stays inside its folder.
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use notify::RecursiveMode;
-use notify_debouncer_mini::{DebounceEventResult, DebouncedEventKind, new_debouncer};
-use tokio_util::sync::CancellationToken;
-
 use bytes::Bytes;
+use notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_mini::{Config, DebounceEventResult, DebouncedEventKind, new_debouncer_opt};
+use tokio_util::sync::CancellationToken;
 
 use super::Context;
 use crate::config::{FileEvent, TriggerKind, WatchTrigger};
@@ -63,9 +63,9 @@ fn wanted(watch: &WatchTrigger, rel: &Path) -> bool {
     }
 }
 
-/// The file's receipt now, or `None` if it is not a regular file.
+/// The file's receipt now, or `None` if it is not a regular file (a link is not).
 fn stat(path: &Path) -> Option<Receipt> {
-    let meta = std::fs::metadata(path).ok()?;
+    let meta = std::fs::symlink_metadata(path).ok()?;
     if !meta.is_file() {
         return None;
     }
@@ -85,6 +85,35 @@ fn rel_text(rel: &Path) -> String {
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// The files of a watch's folder that it fires for, with their receipts. Symbolic links
+/// are neither followed nor fired for: a link could lead out of the folder (a guest could
+/// not read through it anyway: `/input` does not follow links out) or round in a loop.
+fn scan(watch: &WatchTrigger, dir: &Path, out: &mut Vec<(String, Receipt)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(rel) = path.strip_prefix(&watch.folder) else {
+            continue;
+        };
+        // The entry's own type: a link is a link, whatever it points at.
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            if watch.recursive && !ignored(rel) {
+                scan(watch, &path, out);
+            }
+        } else if kind.is_file()
+            && wanted(watch, rel)
+            && let Some(receipt) = stat(&path)
+        {
+            out.push((rel_text(rel), receipt));
+        }
+    }
 }
 
 /// The folder's identity, to notice it was removed and created again.
@@ -132,7 +161,12 @@ pub async fn run(
         };
         said_missing = false;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DebounceEventResult>();
-        let debouncer = new_debouncer(w.watch.debounce, move |result| {
+        // notify follows links when it watches a tree; a link out of the folder, or round a
+        // loop, must not be watched.
+        let config = Config::default()
+            .with_timeout(w.watch.debounce)
+            .with_notify_config(notify::Config::default().with_follow_symlinks(false));
+        let debouncer = new_debouncer_opt::<_, RecommendedWatcher>(config, move |result| {
             let _ = tx.send(result);
         });
         let mut debouncer = match debouncer {
@@ -197,7 +231,7 @@ impl Watch {
         if rel.as_os_str().is_empty() {
             return; // the folder itself; its removal is noticed by the identity check
         }
-        if path.is_dir() {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
             // A folder moved in or created: whatever it holds is new.
             if self.watch.recursive {
                 self.reconcile().await;
@@ -227,35 +261,21 @@ impl Watch {
                 return;
             }
         };
-        let mut files = Vec::new();
-        self.scan(&self.watch.folder, &mut files);
+        // Off the async workers: a big tree takes a while to read.
+        let watch = self.watch.clone();
+        let files = tokio::task::spawn_blocking(move || {
+            let mut files = Vec::new();
+            scan(&watch, &watch.folder, &mut files);
+            files
+        })
+        .await
+        .unwrap_or_default();
         for (rel, now) in files {
             let before = receipts.remove(&rel);
             self.changed(&rel, before, Some(now)).await;
         }
         for (rel, before) in receipts {
             self.changed(&rel, Some(before), None).await;
-        }
-    }
-
-    fn scan(&self, dir: &Path, out: &mut Vec<(String, Receipt)>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Ok(rel) = path.strip_prefix(&self.watch.folder) else {
-                continue;
-            };
-            if path.is_dir() {
-                if self.watch.recursive && !ignored(rel) {
-                    self.scan(&path, out);
-                }
-            } else if wanted(&self.watch, rel)
-                && let Some(receipt) = stat(&path)
-            {
-                out.push((rel_text(rel), receipt));
-            }
         }
     }
 

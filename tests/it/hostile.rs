@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{P1, Project, probe, state};
+use crate::support::{P1, Project, probe, state, wait_until};
 
 #[test]
 fn the_api_on_loopback_refuses_a_rebound_host_name_and_cross_origin_writes() {
@@ -87,4 +87,57 @@ fn sync_records_keep_bounded_excerpts_and_lists_show_excerpts_only() {
     }
     let bytes = host.metric("jobhost_store_bytes").unwrap();
     assert!(bytes > 0.0 && bytes < 10_000_000.0, "{bytes}");
+}
+
+#[test]
+fn symbolic_links_in_a_watched_tree_are_not_followed_out_of_it_or_round_a_loop() {
+    let project = Project::new(
+        r#"
+[defaults]
+retry = { attempts = 1 }
+[functions.onfile]
+module = "probe.wasm"
+triggers = [{ watch = "inbox", recursive = true }]
+env = { PROBE_EVENT = "env" }
+"#,
+    );
+    project.function("probe", &probe(P1));
+    std::fs::create_dir_all(project.path("inbox/sub")).unwrap();
+    // Planted before the start: loops back up the tree, and links out of it.
+    let link = |target: &str, at: &str| {
+        std::os::unix::fs::symlink(target, project.path(at)).unwrap();
+    };
+    link("..", "inbox/loop");
+    link("../..", "inbox/sub/up");
+    link("/etc", "inbox/outside");
+    link("/etc/hostname", "inbox/secret");
+    let host = project.start();
+    host.wait_for_metric(r#"jobhost_watches{state="watching"}"#, 1.0);
+    project.write("inbox/sub/real.txt", b"real");
+    // More planted while it runs.
+    link("/etc", "inbox/sub/later");
+    project.write("inbox/after.txt", b"after");
+    let paths = wait_until(Duration::from_secs(30), || {
+        let list = host.json("/_jobhost/invocations?function=onfile&limit=1000");
+        let done: Vec<String> = list
+            .as_array()
+            .unwrap_or_else(|| panic!("{list}"))
+            .iter()
+            .filter(|r| state(r) == "succeeded")
+            .map(|r| r["payload"].as_str().unwrap().to_string())
+            .collect();
+        (done.len() >= 2).then_some(done)
+    });
+    assert_eq!(paths.len(), 2, "{paths:#?}");
+    for payload in &paths {
+        assert!(
+            payload.contains("/input/sub/real.txt") || payload.contains("/input/after.txt"),
+            "{payload}"
+        );
+    }
+    // The host is responsive and stops at once.
+    assert_eq!(host.get("/healthz").status, 200);
+    let (status, took) = host.sigterm(Duration::from_secs(30));
+    assert!(status.success());
+    assert!(took < Duration::from_secs(10), "{took:?}");
 }
