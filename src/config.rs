@@ -56,6 +56,11 @@ pub struct HostSettings {
     pub data_dir: PathBuf,
     pub shutdown_timeout: Duration,
     pub max_concurrency: usize,
+    /// Connections open at once; more wait in the listen queue until one closes.
+    pub max_connections: usize,
+    /// How long a client has to send a request's headers; an idle kept-alive connection
+    /// is closed after it too.
+    pub header_timeout: Duration,
     /// The largest module the host reads; a bigger file (or one that is not a regular
     /// file: a device, a FIFO) is refused before it is read.
     pub max_module_size: u64,
@@ -96,6 +101,8 @@ pub struct DirMount {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
 const DEFAULT_MAX_CONCURRENCY: usize = 64;
+const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_MODULE_SIZE: u64 = 256 << 20;
 const DEFAULT_RECORD_EXCERPT: usize = 4 << 10;
 const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -273,6 +280,14 @@ fn host_settings(
             .max_concurrency
             .unwrap_or(DEFAULT_MAX_CONCURRENCY)
             .max(1),
+        max_connections: raw
+            .max_connections
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS)
+            .max(1),
+        header_timeout: raw
+            .header_timeout
+            .map_or(DEFAULT_HEADER_TIMEOUT, |d| d.0)
+            .max(Duration::from_millis(1)),
         max_module_size: raw
             .max_module_size
             .map_or(DEFAULT_MAX_MODULE_SIZE, |s| s.0)

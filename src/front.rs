@@ -1,17 +1,22 @@
-//! The HTTP front: accepts connections, parses requests (hyper), and sends each to what
-//! serves its path: `/healthz`, `/metrics`, the status API under `/_jobhost/`, or a
-//! function's route (the HTTP trigger). During shutdown it answers 503.
+//! The HTTP front: accepts connections (at most `max_connections`, backing off when the
+//! system has no file descriptors left), parses requests (hyper; a client has
+//! `header_timeout` to send its headers, and an idle connection is closed after it), and
+//! sends each to what serves its path: `/healthz`, `/metrics`, the status API under
+//! `/_jobhost/`, or a function's route (the HTTP trigger). During shutdown it answers 503.
 
 use std::convert::Infallible;
+use std::io::ErrorKind;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::answer::{self, API_PREFIX, Body};
 use crate::api;
@@ -19,29 +24,74 @@ use crate::metrics;
 use crate::runtime::Runtime;
 use crate::triggers;
 
-/// Accepts connections until the runtime stops accepting, serving each on a tracked task.
+/// How long accepting waits after it failed for want of a resource (file descriptors,
+/// memory): the failure is not this connection's, so trying again at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepts connections until the runtime stops accepting, at most `max_connections` at
+/// once, serving each on a tracked task.
 pub async fn serve(listener: TcpListener, rt: Arc<Runtime>) {
     let shutdown = rt.accept.clone();
+    let max = rt.host.max_connections;
+    let open = Arc::new(Semaphore::new(max));
+    // Since when accepting fails, so that it is logged once an episode, not once a try.
+    let mut failing: Option<Instant> = None;
     loop {
-        let (stream, _) = tokio::select! {
+        let slot = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    continue;
-                }
+            slot = open.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
             },
         };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            // The client gave up before it was accepted: nothing to wait for.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                if failing.is_none() {
+                    tracing::error!(
+                        open_connections = max - open.available_permits() - 1,
+                        "cannot accept connections ({e}); trying again every {ACCEPT_BACKOFF:?} until it can"
+                    );
+                    failing = Some(Instant::now());
+                }
+                drop(slot);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                }
+                continue;
+            }
+        };
+        if let Some(since) = failing.take() {
+            tracing::info!("accepting connections again after {:?}", since.elapsed());
+        }
         let _ = stream.set_nodelay(true);
         let conn_rt = rt.clone();
         let shutdown = shutdown.clone();
+        let header_timeout = rt.host.header_timeout;
         rt.tasks.spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let rt = conn_rt.clone();
                 async move { Ok::<_, Infallible>(handle(&rt, req).await) }
             });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}

@@ -18,6 +18,8 @@ pub(crate) struct RawHost {
     pub(crate) shutdown_timeout: Option<Dur>,
     pub(crate) max_concurrency: Option<usize>,
     pub(crate) max_module_size: Option<Size>,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) header_timeout: Option<Dur>,
     pub(crate) record_excerpt: Option<Size>,
     pub(crate) retention: Option<Dur>,
     pub(crate) admin_token: Option<Spanned<RawValue>>,

@@ -1,9 +1,11 @@
 //! What an attacker tried, as regression tests: each hostile client or guest that once broke
 //! the host, and the answer the host gives now.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::support::{P1, Project, probe, state, wait_until};
+use crate::support::{P1, Project, cpu_seconds, open_fds, probe, state, wait_until};
 
 #[test]
 fn the_api_on_loopback_refuses_a_rebound_host_name_and_cross_origin_writes() {
@@ -140,4 +142,80 @@ env = { PROBE_EVENT = "env" }
     let (status, took) = host.sigterm(Duration::from_secs(30));
     assert!(status.success());
     assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+/// Waits out a quiet window of `window`, for a measure over time (CPU, log volume).
+fn quiet_window(window: Duration) {
+    let until = std::time::Instant::now() + window;
+    wait_until(window * 2, || {
+        (std::time::Instant::now() >= until).then_some(())
+    });
+}
+
+#[test]
+fn out_of_file_descriptors_the_host_backs_off_instead_of_spinning_and_serves_again() {
+    let project = Project::new("[functions.probe]\n");
+    project.function("probe", &probe(P1));
+    let host = project.start_under(&["prlimit", "--nofile=48:48", "--"]);
+    let pid = host.pid();
+    // Idle connections until the host has no descriptors left; the rest wait unaccepted.
+    let idle: Vec<TcpStream> = (0..80)
+        .map(|_| TcpStream::connect(&host.addr).unwrap())
+        .collect();
+    wait_until(Duration::from_secs(20), || {
+        (open_fds(pid) >= 47).then_some(())
+    });
+    let (cpu, lines) = (cpu_seconds(pid), host.log().len());
+    quiet_window(Duration::from_secs(2));
+    let spent = cpu_seconds(pid) - cpu;
+    let logged = host.log().len() - lines;
+    // Spinning on accept took a whole core and logged hundreds of thousands of lines.
+    assert!(spent < 0.5, "{spent} s of CPU in 2 s of waiting");
+    assert!(logged < 5, "{logged} lines logged: {:#?}", host.log());
+    drop(idle);
+    let answer = wait_until(Duration::from_secs(30), || {
+        let answer = host.post("/probe", "echo served again");
+        (answer.status == 200).then_some(answer)
+    });
+    assert_eq!(answer.body, "served again\n");
+}
+
+#[test]
+fn connections_are_capped_at_max_connections_and_idle_ones_closed_after_header_timeout() {
+    let project = Project::new("[host]\nmax_connections = 4\n");
+    let host = project.start();
+    let idle: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(&host.addr).unwrap())
+        .collect();
+    // A fifth client is not served while four connections are open...
+    let mut fifth = TcpStream::connect(&host.addr).unwrap();
+    fifth
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut answer = [0u8; 12];
+    assert!(
+        fifth.read(&mut answer).is_err(),
+        "served past max_connections"
+    );
+    // ...and is once one closes.
+    drop(idle);
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    fifth.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+
+    // A client that sends nothing is closed after header_timeout.
+    let project = Project::new("[host]\nheader_timeout = \"1s\"\n");
+    let host = project.start();
+    let mut silent = TcpStream::connect(&host.addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = silent.read(&mut buf).expect("closed, not timed out");
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
 }

@@ -147,8 +147,24 @@ impl Project {
 
     pub fn start_with(&self, setup: impl FnOnce(&mut Command)) -> Host {
         let mut cmd = self.jobhost();
-        cmd.arg("up").stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.arg("up");
         setup(&mut cmd);
+        self.spawn(cmd)
+    }
+
+    /// Starts `jobhost up` under a wrapper command, such as `prlimit --nofile=48:48 --`.
+    pub fn start_under(&self, wrapper: &[&str]) -> Host {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..])
+            .arg(env!("CARGO_BIN_EXE_jobhost"))
+            .arg("up")
+            .current_dir(self.dir.path())
+            .env("JOBHOST_LOG", "info");
+        self.spawn(cmd)
+    }
+
+    fn spawn(&self, mut cmd: Command) -> Host {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("jobhost starts");
         let log = Arc::new(Mutex::new(Vec::<String>::new()));
         let stderr = child.stderr.take().unwrap();
@@ -405,6 +421,25 @@ impl Drop for Host {
             );
         }
     }
+}
+
+/// The CPU time a process used so far (user and system), from /proc.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // The kernel counts in clock ticks, 100 a second on Linux.
+    ticks as f64 / 100.0
+}
+
+/// The file descriptors a process has open, from /proc.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
 /// The resident memory of a process in KiB, from /proc.
