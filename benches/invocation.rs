@@ -89,7 +89,11 @@ fn invocation(c: &mut Criterion) {
                 let request = http::Request::builder()
                     .uri("http://localhost/hello")
                     .header("host", "localhost")
-                    .body(Full::new(Bytes::new()))
+                    .body(
+                        Full::new(Bytes::new())
+                            .map_err(|never| match never {})
+                            .boxed_unsync(),
+                    )
                     .unwrap();
                 let HttpServed::Responded(response, done) =
                     sandbox.serve_http(&hello, request, run(&limits)).await

@@ -58,9 +58,12 @@ pub struct HostSettings {
     pub max_concurrency: usize,
     /// Connections open at once; more wait in the listen queue until one closes.
     pub max_connections: usize,
-    /// How long a client has to send a request's headers; an idle kept-alive connection
-    /// is closed after it too.
-    pub header_timeout: Duration,
+    /// How long the host waits for a client that sends nothing: for a request's headers,
+    /// for the next part of its body, and on an idle kept-alive connection.
+    pub client_timeout: Duration,
+    /// Request bodies held in memory at once, all requests together (a command's stdin is
+    /// its whole body); past it a request waits up to `client_timeout`, then answers 503.
+    pub max_body_memory: u64,
     /// The largest module the host reads; a bigger file (or one that is not a regular
     /// file: a device, a FIFO) is refused before it is read.
     pub max_module_size: u64,
@@ -102,7 +105,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
 const DEFAULT_MAX_CONCURRENCY: usize = 64;
 const DEFAULT_MAX_CONNECTIONS: usize = 1000;
-const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_BODY_MEMORY: u64 = 256 << 20;
 const DEFAULT_MAX_MODULE_SIZE: u64 = 256 << 20;
 const DEFAULT_RECORD_EXCERPT: usize = 4 << 10;
 const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -284,10 +288,14 @@ fn host_settings(
             .max_connections
             .unwrap_or(DEFAULT_MAX_CONNECTIONS)
             .max(1),
-        header_timeout: raw
-            .header_timeout
-            .map_or(DEFAULT_HEADER_TIMEOUT, |d| d.0)
+        client_timeout: raw
+            .client_timeout
+            .map_or(DEFAULT_CLIENT_TIMEOUT, |d| d.0)
             .max(Duration::from_millis(1)),
+        max_body_memory: raw
+            .max_body_memory
+            .map_or(DEFAULT_MAX_BODY_MEMORY, |s| s.0)
+            .max(1),
         max_module_size: raw
             .max_module_size
             .map_or(DEFAULT_MAX_MODULE_SIZE, |s| s.0)

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
@@ -19,7 +18,7 @@ use tracing::Instrument;
 use crate::config::{DirMount, Retry, TriggerKind};
 use crate::metrics;
 use crate::registry::Function;
-use crate::sandbox::{Body, HttpServed, Outcome, Run, Sandbox};
+use crate::sandbox::{Body, HttpServed, IncomingBody, Outcome, Run, Sandbox};
 use crate::store::{
     Claimed, History, HostId, Lease, NewInvocation, Next, Output, Reason, Record, RetryError,
     Store, SyncRecord, now_ms,
@@ -316,7 +315,7 @@ impl Dispatcher {
     pub async fn serve_http(
         &self,
         call: Call<'_>,
-        request: http::Request<Full<Bytes>>,
+        request: http::Request<IncomingBody>,
         permit: Permit,
     ) -> (String, Served) {
         let echo = call.echo;

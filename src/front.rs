@@ -1,6 +1,6 @@
 //! The HTTP front: accepts connections (at most `max_connections`, backing off when the
-//! system has no file descriptors left), parses requests (hyper; a client has
-//! `header_timeout` to send its headers, and an idle connection is closed after it), and
+//! system has no file descriptors left), parses requests (hyper; a client that sends no
+//! headers for `client_timeout` is closed, an idle kept-alive connection too), and
 //! sends each to what serves its path: `/healthz`, `/metrics`, the status API under
 //! `/_jobhost/`, or a function's route (the HTTP trigger). During shutdown it answers 503.
 
@@ -81,7 +81,7 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>) {
         let _ = stream.set_nodelay(true);
         let conn_rt = rt.clone();
         let shutdown = shutdown.clone();
-        let header_timeout = rt.host.header_timeout;
+        let client_timeout = rt.host.client_timeout;
         rt.tasks.spawn(async move {
             let _slot = slot;
             let service = service_fn(move |req| {
@@ -90,7 +90,7 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>) {
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
+                .header_read_timeout(client_timeout)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
@@ -127,6 +127,7 @@ async fn metrics_text(rt: &Runtime) -> Response<Body> {
         queue_depth: rt.store.queue.depth().await.unwrap_or(0),
         running: rt.dispatch.running() as i64,
         store_bytes: rt.store.history.bytes().await.unwrap_or(0) as i64,
+        body_bytes: rt.bodies_held() as i64,
     };
     let mut response = answer::text(StatusCode::OK, metrics::get().render(&gauges));
     response.headers_mut().insert(

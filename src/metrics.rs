@@ -48,6 +48,7 @@ pub struct Metrics {
     queue_depth: Gauge,
     running: Gauge,
     store_bytes: Gauge,
+    body_bytes: Gauge,
     timer_lateness: Histogram,
     watch_latency: Histogram,
     compile: Histogram,
@@ -61,6 +62,7 @@ pub struct Gauges {
     pub queue_depth: i64,
     pub running: i64,
     pub store_bytes: i64,
+    pub body_bytes: i64,
 }
 
 /// How a hot reload ended, for `jobhost_reloads_total{result}`.
@@ -105,6 +107,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "running_invocations",
         "Invocations running now",
         running.clone(),
+    );
+    let body_bytes = Gauge::default();
+    registry.register(
+        "request_body_bytes",
+        "Bytes of request bodies held in memory now (bounded by max_body_memory)",
+        body_bytes.clone(),
     );
     let store_bytes = Gauge::default();
     registry.register(
@@ -156,6 +164,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         queue_depth,
         running,
         store_bytes,
+        body_bytes,
         timer_lateness,
         watch_latency,
         compile,
@@ -271,6 +280,7 @@ impl Metrics {
         self.queue_depth.set(gauges.queue_depth);
         self.running.set(gauges.running);
         self.store_bytes.set(gauges.store_bytes);
+        self.body_bytes.set(gauges.body_bytes);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -5,6 +5,7 @@
 
 use std::sync::{Arc, RwLock};
 
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -20,6 +21,9 @@ pub struct Runtime {
     functions: RwLock<Arc<Registry>>,
     pub dispatch: Arc<Dispatcher>,
     pub store: Store,
+    /// The budget for request bodies held in memory, in bytes (`max_body_memory`).
+    pub bodies: Arc<Semaphore>,
+    body_budget: usize,
     /// Cancelled on the first shutdown signal: the listener and triggers stop, and requests
     /// still arriving on open connections answer 503.
     pub accept: CancellationToken,
@@ -35,7 +39,12 @@ impl Runtime {
         accept: CancellationToken,
         tasks: TaskTracker,
     ) -> Runtime {
+        let budget = usize::try_from(host.max_body_memory)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
         Runtime {
+            bodies: Arc::new(Semaphore::new(budget)),
+            body_budget: budget,
             host,
             functions: RwLock::new(Arc::new(Registry::default())),
             dispatch,
@@ -43,6 +52,11 @@ impl Runtime {
             accept,
             tasks,
         }
+    }
+
+    /// Bytes of request bodies held in memory now.
+    pub fn bodies_held(&self) -> usize {
+        self.body_budget - self.bodies.available_permits()
     }
 
     /// The functions as they are now. A request or a run keeps the snapshot it started

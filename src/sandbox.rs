@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
 use sha2::Digest;
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{
@@ -172,6 +171,31 @@ impl Outcome {
 
 /// The body of an HTTP answer: a guest's streamed body, or one the host wrote.
 pub type Body = HyperOutgoingBody;
+
+/// A request body on its way into a wasi:http guest, read as it arrives.
+pub type IncomingBody = http_body_util::combinators::UnsyncBoxBody<Bytes, RequestBodyError>;
+
+/// Why a request body could not be read to its end. A wasi:http guest sees its read fail
+/// with the matching `error-code`.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error("the body is larger than {0} bytes (max_body)")]
+    TooLarge(u64),
+    #[error("the client sent nothing for client_timeout")]
+    TimedOut,
+    #[error("the client's body broke off: {0}")]
+    Client(hyper::Error),
+}
+
+impl From<RequestBodyError> for wasmtime_wasi_http::Error {
+    fn from(e: RequestBodyError) -> Self {
+        match e {
+            RequestBodyError::TooLarge(limit) => Self::HttpRequestBodySize(Some(limit)),
+            RequestBodyError::TimedOut => Self::ConnectionReadTimeout,
+            RequestBodyError::Client(e) => Self::Hyper(e),
+        }
+    }
+}
 
 /// The answer of a wasi:http component.
 pub enum HttpServed {
@@ -342,7 +366,7 @@ impl Sandbox {
             .pagemap_scan(wasmtime::Enabled::Auto)
             .linear_memory_keep_resident(KEEP_RESIDENT)
             .table_keep_resident(64 << 10)
-            .decommit_batch_size(16);
+            .decommit_batch_size(1);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
 
@@ -616,7 +640,7 @@ impl Sandbox {
     pub async fn serve_http(
         &self,
         prepared: &Prepared,
-        request: hyper::Request<Full<Bytes>>,
+        request: hyper::Request<IncomingBody>,
         run: Run<'_>,
     ) -> HttpServed {
         let started = Instant::now();

@@ -1,12 +1,15 @@
 //! The HTTP trigger: what a function's route does. The request is matched to a route (404,
-//! 405), its body read within `max_body` (413), and handed to the dispatcher as a
-//! wasi:http request or, for a command, as CGI variables and stdin; the guest's answer
-//! becomes the response. Accepting connections is the HTTP front's.
+//! 405) and admitted within the limits (503) before its body is read; then a wasi:http
+//! component gets the request with its body streaming in, and a command gets it as CGI
+//! variables and its whole body on stdin (`body`: within `max_body`, 413, and the host's
+//! budget for bodies in memory). The guest's answer becomes the response. Accepting
+//! connections is the HTTP front's.
+
+mod body;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
 use crate::answer::{self, Body};
@@ -14,8 +17,9 @@ use crate::config::{HttpMode, TriggerKind};
 use crate::dispatch::{Call, Echo, Served};
 use crate::registry::{Registry, RouteEntry};
 use crate::runtime::Runtime;
-use crate::sandbox::{Outcome, Shape};
+use crate::sandbox::{Outcome, RequestBodyError, Shape};
 use crate::store::Reason;
+use body::{Bounded, Refused};
 
 /// Answers a request for a function's route.
 pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
@@ -25,20 +29,30 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
         Ok(matched) => matched,
         Err(why) => return unrouted(why, path, method),
     };
-    let (parts, body) = match read_body(req, entry).await {
-        Ok(read) => read,
-        Err(response) => return response,
-    };
+    let declared_length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_length.is_some_and(|len| len > entry.max_body) {
+        return refused(
+            Refused::Body(RequestBodyError::TooLarge(entry.max_body)),
+            entry,
+        );
+    }
+    let (parts, body) = req.into_parts();
+    let body = Bounded::new(body, entry.max_body, rt.host.client_timeout);
     let function = &entry.function;
-    // A wasi:http component sees the request itself; commands see it as CGI variables.
-    let vars = match function.prepared.shape {
-        Shape::Http => Vec::new(),
-        Shape::Command | Shape::Module => cgi_vars(&parts, &body, entry, &params),
-    };
     if entry.mode == HttpMode::Async {
-        let new = rt
-            .dispatch
-            .new_invocation(function, TriggerKind::Http, Reason::Http, body, vars);
+        // Durable: written to the store, so read whole; its admission is the queue's.
+        let (payload, _share) = match body::collect(body, &rt.bodies).await {
+            Ok(read) => read,
+            Err(why) => return refused(why, entry),
+        };
+        let vars = cgi_vars(&parts, payload.len(), entry, &params);
+        let new =
+            rt.dispatch
+                .new_invocation(function, TriggerKind::Http, Reason::Http, payload, vars);
         return match rt.dispatch.submit(new).await {
             Ok(id) => answer::accepted(&id),
             Err(e) => {
@@ -47,20 +61,23 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
             }
         };
     }
+    // Admitted before the body is read: a request that cannot run now costs no memory.
     let permit = match rt.dispatch.admit(function) {
         Ok(permit) => permit,
         Err(busy) => return answer::unavailable(busy.to_string()),
     };
-    let call = Call {
-        function,
-        trigger: TriggerKind::Http,
-        vars,
-        payload: body.clone(),
-        echo: Echo::Stderr,
-    };
     let (id, response) = match function.prepared.shape {
         Shape::Http => {
-            let mut request = Request::from_parts(parts, Full::new(body));
+            // The component sees the request itself and reads the body as it arrives; its
+            // record keeps no payload.
+            let call = Call {
+                function,
+                trigger: TriggerKind::Http,
+                vars: Vec::new(),
+                payload: Bytes::new(),
+                echo: Echo::Stderr,
+            };
+            let mut request = Request::from_parts(parts, body.streamed());
             if !request.headers().contains_key(header::HOST)
                 && let Ok(v) = HeaderValue::from_str(&rt.host.listen.to_string())
             {
@@ -75,7 +92,19 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
             }
         }
         Shape::Command | Shape::Module => {
+            let (payload, share) = match body::collect(body, &rt.bodies).await {
+                Ok(read) => read,
+                Err(why) => return refused(why, entry),
+            };
+            let call = Call {
+                function,
+                trigger: TriggerKind::Http,
+                vars: cgi_vars(&parts, payload.len(), entry, &params),
+                payload,
+                echo: Echo::Stderr,
+            };
             let (id, outcome) = rt.dispatch.run_sync(call, permit).await;
+            drop(share);
             let response = match &outcome.result {
                 Ok(()) => cgi_response(outcome.stdout),
                 Err(_) => failed(&id, &outcome),
@@ -84,6 +113,30 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
         }
     };
     answer::with_invocation(response, &id)
+}
+
+/// The answer to a body that could not be had.
+fn refused(why: Refused, entry: &RouteEntry) -> Response<Body> {
+    match why {
+        Refused::Body(RequestBodyError::TooLarge(limit)) => answer::text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is larger than {limit} bytes (max_body of {})\n",
+                entry.route.text
+            ),
+        ),
+        Refused::Body(RequestBodyError::TimedOut) => answer::text(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body stopped arriving (client_timeout)\n",
+        ),
+        Refused::Body(RequestBodyError::Client(e)) => answer::text(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the request body: {e}\n"),
+        ),
+        Refused::Busy => answer::unavailable(
+            "the host holds as many request bodies as max_body_memory allows; try again",
+        ),
+    }
 }
 
 /// A route that matched, with its `{param}` values.
@@ -136,40 +189,6 @@ fn unrouted(why: Unrouted, path: &str, method: &str) -> Response<Body> {
     }
 }
 
-/// The request's head and its whole body, or 413 past the route's `max_body`.
-async fn read_body(
-    req: Request<Incoming>,
-    entry: &RouteEntry,
-) -> Result<(http::request::Parts, Bytes), Response<Body>> {
-    let too_large = || {
-        answer::text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the request body is larger than {} bytes (max_body of {})\n",
-                entry.max_body, entry.route.text
-            ),
-        )
-    };
-    let declared_length = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared_length.is_some_and(|len| len > entry.max_body) {
-        return Err(too_large());
-    }
-    let (parts, body) = req.into_parts();
-    let limit = usize::try_from(entry.max_body).unwrap_or(usize::MAX);
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok((parts, collected.to_bytes())),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(answer::text(
-            StatusCode::BAD_REQUEST,
-            format!("cannot read the request body: {e}\n"),
-        )),
-    }
-}
-
 /// A failed invocation's answer: 500 with its id and reason.
 fn failed(id: &str, outcome: &Outcome) -> Response<Body> {
     let reason = outcome
@@ -187,7 +206,7 @@ fn failed(id: &str, outcome: &Outcome) -> Response<Body> {
 /// The CGI variables a command sees for one request.
 fn cgi_vars(
     parts: &http::request::Parts,
-    body: &Bytes,
+    length: usize,
     entry: &RouteEntry,
     params: &[(String, String)],
 ) -> Vec<(String, String)> {
@@ -211,7 +230,7 @@ fn cgi_vars(
             "CONTENT_TYPE".to_string(),
             header_text(header::CONTENT_TYPE),
         ),
-        ("CONTENT_LENGTH".to_string(), body.len().to_string()),
+        ("CONTENT_LENGTH".to_string(), length.to_string()),
         (
             "SERVER_PROTOCOL".to_string(),
             format!("{:?}", parts.version),
@@ -300,6 +319,8 @@ fn split_cgi(out: &Bytes) -> Option<(Option<StatusCode>, HeaderMap, Bytes)> {
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::BodyExt;
+
     use super::*;
 
     fn check(out: &str, status: u16, content_type: &str, body: &str) {

@@ -5,7 +5,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::support::{P1, Project, cpu_seconds, open_fds, probe, state, wait_until};
+use crate::support::{
+    P1, Project, cpu_seconds, example, open_fds, peak_rss_kib, probe, rss_kib, state, wait_until,
+};
 
 #[test]
 fn the_api_on_loopback_refuses_a_rebound_host_name_and_cross_origin_writes() {
@@ -181,7 +183,7 @@ fn out_of_file_descriptors_the_host_backs_off_instead_of_spinning_and_serves_aga
 }
 
 #[test]
-fn connections_are_capped_at_max_connections_and_idle_ones_closed_after_header_timeout() {
+fn connections_are_capped_at_max_connections_and_idle_ones_closed_after_client_timeout() {
     let project = Project::new("[host]\nmax_connections = 4\n");
     let host = project.start();
     let idle: Vec<TcpStream> = (0..4)
@@ -208,8 +210,8 @@ fn connections_are_capped_at_max_connections_and_idle_ones_closed_after_header_t
     fifth.read_exact(&mut answer).unwrap();
     assert_eq!(&answer, b"HTTP/1.1 200");
 
-    // A client that sends nothing is closed after header_timeout.
-    let project = Project::new("[host]\nheader_timeout = \"1s\"\n");
+    // A client that sends nothing is closed after client_timeout.
+    let project = Project::new("[host]\nclient_timeout = \"1s\"\n");
     let host = project.start();
     let mut silent = TcpStream::connect(&host.addr).unwrap();
     silent
@@ -218,4 +220,74 @@ fn connections_are_capped_at_max_connections_and_idle_ones_closed_after_header_t
     let mut buf = [0u8; 64];
     let n = silent.read(&mut buf).expect("closed, not timed out");
     assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
+}
+
+#[test]
+fn a_burst_of_big_bodies_is_admitted_before_it_is_read_and_its_memory_given_back() {
+    let project = Project::new("[host]\nmax_concurrency = 2\n[functions.wc]\n");
+    project.function("wc", &example("wordcount-p1", P1));
+    let host = project.start();
+    let pid = host.pid();
+    let body = vec![b'w'; 9 << 20];
+    assert_eq!(host.request("POST", "/wc", &body).status, 200);
+    let before = rss_kib(pid);
+    // A client refused before its body is read sees 503, or (when it is still sending the
+    // body the host will not read) its connection closed.
+    let statuses: Vec<Option<u16>> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..100)
+            .map(|_| scope.spawn(|| host.try_request("POST", "/wc", &body).map(|a| a.status)))
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert!(
+        statuses.iter().all(|s| matches!(s, None | Some(200 | 503))),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&Some(200)), "{statuses:?}");
+    // Refused before their bodies were read: the peak is two bodies and two guests, not
+    // a hundred bodies (900 MiB).
+    let peak = peak_rss_kib(pid) - before;
+    assert!(peak < 400 << 10, "the burst took {} MiB", peak >> 10);
+    // And given back: what stays is bounded by the instance pool, not by the burst.
+    wait_until(Duration::from_secs(20), || {
+        (rss_kib(pid) < before + (64 << 10)).then_some(())
+    });
+}
+
+#[test]
+fn a_body_that_stops_arriving_times_out_and_bodies_in_memory_are_bounded() {
+    let project = Project::new(
+        "[host]\nclient_timeout = \"1s\"\nmax_body_memory = \"1MiB\"\n[functions.wc]\n",
+    );
+    project.function("wc", &example("wordcount-p1", P1));
+    let host = project.start();
+    // Declares 100 bytes, sends 10, then nothing: 408 once client_timeout has passed.
+    let mut stalled = TcpStream::connect(&host.addr).unwrap();
+    stalled
+        .write_all(b"POST /wc HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut answer = [0u8; 12];
+    stalled.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 408");
+
+    // One slow upload holds 900 KB of the 1 MiB for bodies; another cannot fit meanwhile.
+    let mut slow = TcpStream::connect(&host.addr).unwrap();
+    slow.write_all(b"POST /wc HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+        .unwrap();
+    slow.write_all(&vec![b'a'; 900_000]).unwrap();
+    host.wait_for_metric("jobhost_request_body_bytes", 900_000.0);
+    let other = std::thread::scope(|scope| {
+        let other = scope.spawn(|| host.request("POST", "/wc", &vec![b'b'; 200_000]));
+        // Keep the slow one alive, a byte at a time, until the other is answered.
+        while !other.is_finished() {
+            slow.write_all(b"a").unwrap();
+            std::thread::sleep(Duration::from_millis(100)); // the uploader's pace, not a wait
+        }
+        other.join().unwrap()
+    });
+    assert_eq!(other.status, 503, "{}", other.body);
+    assert!(other.body.contains("max_body_memory"), "{}", other.body);
 }

@@ -268,6 +268,16 @@ impl Host {
         )
     }
 
+    /// A request whose connection may fail (`None`): the host may close it early.
+    pub fn try_request(&self, method: &str, path: &str, body: &[u8]) -> Option<Answer> {
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(path))
+            .body(body.to_vec())
+            .unwrap();
+        agent().run(request).ok().map(answer)
+    }
+
     /// Whether the host accepts connections.
     pub fn listening(&self) -> bool {
         std::net::TcpStream::connect(&self.addr).is_ok()
@@ -444,10 +454,19 @@ pub fn open_fds(pid: u32) -> usize {
 
 /// The resident memory of a process in KiB, from /proc.
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The most resident memory a process has had, in KiB, from /proc.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap()
