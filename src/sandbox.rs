@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use sha2::Digest;
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{
@@ -676,6 +677,7 @@ impl Sandbox {
         let pre = pre.clone();
         let timeout = run.limits.timeout;
         let (task_stdout, task_stderr) = (stdout.clone(), stderr.clone());
+        let (verdict, failed) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let call = async {
                 let started = Instant::now();
@@ -690,11 +692,17 @@ impl Sandbox {
             let guard = store.data_mut().guard();
             let result = classify(result.map(|r| r.map(Ok)), guard);
             let instantiation = guard.instantiated_in;
+            // Said before the store (and with it the response body's sender) goes, so that
+            // the body sees it when it ends.
+            let _ = verdict.send(result.is_err());
             drop(store);
             finish(result, &task_stdout, &task_stderr, started, instantiation)
         });
         match receiver.await {
-            Ok(Ok(response)) => HttpServed::Responded(response, task),
+            Ok(Ok(response)) => {
+                let response = response.map(|body| Unfinished { body, failed }.boxed_unsync());
+                HttpServed::Responded(response, task)
+            }
             Ok(Err(code)) => {
                 let mut outcome = task.await.unwrap_or_else(|e| panicked(e, started));
                 if outcome.result.is_ok() {
@@ -714,6 +722,43 @@ impl Sandbox {
                 HttpServed::Failed(outcome)
             }
         }
+    }
+}
+
+/// A guest's response body that does not end cleanly when the guest failed before it
+/// finished the body (a trap, a timeout, a limit): it ends in an error, so the connection
+/// is cut short and the client knows the body is incomplete. wasmtime-wasi-http ends such a
+/// body as if it were whole.
+struct Unfinished {
+    body: Body,
+    /// Whether the guest failed, sent before its store (the body's sender) is dropped.
+    failed: tokio::sync::oneshot::Receiver<bool>,
+}
+
+impl hyper::body::Body for Unfinished {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match std::pin::Pin::new(&mut self.body).poll_frame(cx) {
+            // The body ended: finished by the guest (which may still run: then it has
+            // said nothing yet), or cut off by its end (then it has said how it ended).
+            std::task::Poll::Ready(None) if self.failed.try_recv() == Ok(true) => {
+                std::task::Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpResponseIncomplete)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

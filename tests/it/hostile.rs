@@ -6,7 +6,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::support::{
-    P1, Project, cpu_seconds, example, open_fds, peak_rss_kib, probe, rss_kib, state, wait_until,
+    P1, Project, cpu_seconds, example, open_fds, peak_rss_kib, probe, probe_http, rss_kib, state,
+    wait_until,
 };
 
 #[test]
@@ -290,4 +291,47 @@ fn a_body_that_stops_arriving_times_out_and_bodies_in_memory_are_bounded() {
     });
     assert_eq!(other.status, 503, "{}", other.body);
     assert!(other.body.contains("max_body_memory"), "{}", other.body);
+}
+
+/// Reads a raw HTTP/1.1 answer to `path` until the host closes the connection.
+fn raw_get(addr: &str, path: &str) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    out
+}
+
+#[test]
+fn a_wasi_http_body_cut_by_a_timeout_or_a_trap_does_not_end_as_if_whole() {
+    let project =
+        Project::new("[functions.p]\ntimeout = \"1s\"\ntriggers = [{ http = \"/p/*\" }]\n");
+    project.function("p", &probe_http());
+    let host = project.start();
+    // The whole body, for comparison: chunked, with its final empty chunk.
+    let whole = raw_get(&host.addr, "/p/stream/10000");
+    let text = String::from_utf8_lossy(&whole);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.ends_with("\r\n0\r\n\r\n"),
+        "{}",
+        &text[text.len() - 20..]
+    );
+    for path in ["/p/partial/10000", "/p/partial-panic/10000"] {
+        let cut = raw_get(&host.addr, path);
+        let text = String::from_utf8_lossy(&cut);
+        assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text}");
+        assert!(text.contains("pppp"), "{path}: the part sent arrives");
+        assert!(
+            !text.ends_with("\r\n0\r\n\r\n"),
+            "{path}: a cut body ended as if whole"
+        );
+    }
 }

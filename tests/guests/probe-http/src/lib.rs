@@ -1,6 +1,8 @@
 //! A wasi:http test guest that misbehaves on request, by the path after its first segment
 //! (the route): `/panic` before answering, `/loop` forever, `/alloc/MIB`, `/stream/BYTES`
-//! (a long streamed body), `/env`; anything else echoes the method, path and body.
+//! (a long streamed body), `/partial/BYTES` (that much of a body, then a loop until the
+//! timeout), `/partial-panic/BYTES` (that much, then a panic), `/env`; anything else echoes
+//! the method, path and body.
 
 use std::io::{Read as _, Write as _};
 
@@ -62,6 +64,24 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
             ["stream", bytes] => {
                 let bytes: usize = bytes.parse().unwrap_or(0);
                 respond(response_out, 200, &vec![b'y'; bytes]);
+            }
+            ["partial" | "partial-panic", bytes] => {
+                let bytes: usize = bytes.parse().unwrap_or(0);
+                let response = OutgoingResponse::new(Fields::new());
+                let out_body = response.body().expect("the body is taken once");
+                ResponseOutparam::set(response_out, Ok(response));
+                let mut out = out_body.write().expect("the stream is taken once");
+                for chunk in vec![b'p'; bytes].chunks(4096) {
+                    let _ = out.write_all(chunk);
+                }
+                let _ = out.flush();
+                if parts[0] == "partial-panic" {
+                    panic!("probe-http was asked to panic mid-body");
+                }
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
             }
             ["env"] => {
                 let env: String = std::env::vars()
