@@ -127,7 +127,39 @@ impl Default for Limits {
     }
 }
 
+/// The largest memory a guest may have: a 32-bit memory's whole address space.
+const MAX_MEMORY: u64 = 4 << 30;
+/// A WebAssembly page: the least memory that lets a guest that has any memory start.
+const WASM_PAGE: u64 = 64 << 10;
+
 impl Limits {
+    /// What in these limits cannot work, as (key, why).
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.timeout.is_zero() {
+            out.push((
+                "timeout",
+                "must be more than 0s: no guest could run".to_string(),
+            ));
+        }
+        if self.memory < WASM_PAGE {
+            out.push((
+                "memory",
+                format!(
+                    "{} bytes is less than one WebAssembly page (64KiB)",
+                    self.memory
+                ),
+            ));
+        }
+        if self.memory > MAX_MEMORY {
+            out.push((
+                "memory",
+                "is more than 4GiB, the most a 32-bit guest memory can hold".to_string(),
+            ));
+        }
+        out
+    }
+
     fn from_raw(raw: &RawLimits, base: &Limits) -> Limits {
         let retry = match &raw.retry {
             None => base.retry.clone(),
@@ -188,10 +220,23 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
                 Ok(raw) => raw_host = raw,
                 Err(p) => problems.push(p),
             },
-            "defaults" => match source.deserialize(section, value) {
-                Ok(raw) => raw_defaults = raw,
-                Err(p) => problems.push(p),
-            },
+            "defaults" => {
+                let keys = source::key_spans(&value);
+                match source.deserialize::<RawLimits>(section, value) {
+                    Ok(raw) => {
+                        for (key, why) in Limits::from_raw(&raw, &Limits::default()).problems() {
+                            let span = keys.get(key).unwrap_or(&span);
+                            problems.push(source.problem(
+                                Some(span),
+                                &format!("defaults.{key}"),
+                                why,
+                            ));
+                        }
+                        raw_defaults = raw;
+                    }
+                    Err(p) => problems.push(p),
+                }
+            }
             "config" => match source.deserialize(section, value) {
                 Ok(raw) => shared = values::resolve(&source, section, &raw),
                 Err(p) => problems.push(p),
@@ -380,6 +425,22 @@ mod tests {
             (
                 "[config]\nk = { env = \"X\", bogus = 1 }\n",
                 "2|config.k|{ env = \"NAME\" }",
+            ),
+            (
+                "[defaults]\nmemory = \"1MiB\"\ntimeout = \"0s\"\n",
+                "3|defaults.timeout|must be more than 0s",
+            ),
+            (
+                "[defaults]\nmemory = 0\n",
+                "2|defaults.memory|less than one WebAssembly page",
+            ),
+            (
+                "[defaults]\n\nmemory = \"5GiB\"\n",
+                "3|defaults.memory|more than 4GiB",
+            ),
+            (
+                "[host]\nretention = \"99999999999d\"\n",
+                "2|host.retention|longer than 100 years",
             ),
         ];
         for (text, expect) in cases {

@@ -540,12 +540,12 @@ fn log_outcome(invocation: &Invocation, outcome: &Outcome, echo: Echo) {
         outcome,
     );
     if echo != Echo::Neither {
-        for line in String::from_utf8_lossy(&outcome.stderr).lines() {
+        for line in log_lines(&outcome.stderr, "stderr") {
             tracing::warn!(target: "guest", "{line}");
         }
     }
     if echo == Echo::Both {
-        for line in String::from_utf8_lossy(&outcome.stdout).lines() {
+        for line in log_lines(&outcome.stdout, "stdout") {
             tracing::info!(target: "guest", "{line}");
         }
     }
@@ -562,6 +562,43 @@ fn log_outcome(invocation: &Invocation, outcome: &Outcome, echo: Echo) {
             "output past `max_output` was dropped"
         );
     }
+}
+
+/// The longest guest line the log takes whole.
+const LOG_LINE: usize = 4 << 10;
+/// How much of one invocation's output goes to the log; the record keeps the rest.
+const LOG_OUTPUT: usize = 64 << 10;
+
+/// A guest's output as log lines: each at most `LOG_LINE` bytes, `LOG_OUTPUT` in all, and
+/// a last line saying what was left out, so that a guest cannot flood the host's log.
+fn log_lines(output: &[u8], stream: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(output);
+    let mut lines = Vec::new();
+    let mut logged = 0;
+    for line in text.lines() {
+        if logged >= LOG_OUTPUT {
+            lines.push(format!(
+                "... {} more bytes of {stream} are in the record, not the log",
+                text.len() - logged
+            ));
+            break;
+        }
+        let mut end = line.len().min(LOG_LINE);
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        logged += line.len() + 1;
+        if end < line.len() {
+            lines.push(format!(
+                "{} ... ({} bytes more)",
+                &line[..end],
+                line.len() - end
+            ));
+        } else {
+            lines.push(line.to_string());
+        }
+    }
+    lines
 }
 
 /// The wait before the attempt after `attempt`: `initial * 2^(attempt-1)`, at most `max`,
@@ -582,6 +619,30 @@ pub fn backoff(retry: &Retry, attempt: u32, id: &str) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_guest_cannot_flood_the_log() {
+        let long_line = vec![b'x'; 1 << 20];
+        let lines = log_lines(&long_line, "stderr");
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].len() < LOG_LINE + 64, "{}", lines[0].len());
+        assert!(
+            lines[0].ends_with("... (1044480 bytes more)"),
+            "{}",
+            &lines[0][4000..]
+        );
+        let many: Vec<u8> = b"a short line\n".repeat(100_000);
+        let lines = log_lines(&many, "stdout");
+        let total: usize = lines.iter().map(String::len).sum();
+        assert!(total < LOG_OUTPUT + 256, "{total}");
+        assert!(
+            lines
+                .last()
+                .unwrap()
+                .contains("more bytes of stdout are in the record")
+        );
+        assert_eq!(log_lines(b"one\ntwo\n", "stdout"), ["one", "two"]);
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_stops_at_max() {

@@ -381,6 +381,15 @@ impl Sandbox {
             &mut s.wasi
         })?;
         imports::add_config_to_module_linker(&mut module_linker)?;
+        // wasmtime-wasi turns a preview 1 exit status of 126 or more into a trap that loses
+        // the status; a guest's status is its own to choose, so it is reported as it is.
+        module_linker.allow_shadowing(true);
+        module_linker.func_wrap(
+            "wasi_snapshot_preview1",
+            "proc_exit",
+            |status: i32| -> wasmtime::Result<()> { Err(I32Exit(status).into()) },
+        )?;
+        module_linker.allow_shadowing(false);
 
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);

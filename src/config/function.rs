@@ -43,13 +43,7 @@ impl Section {
         section: &str,
         body: Spanned<DeValue<'_>>,
     ) -> Result<Section, Problem> {
-        let keys = match body.get_ref() {
-            DeValue::Table(t) => t
-                .iter()
-                .map(|(k, _)| (k.get_ref().to_string(), k.span()))
-                .collect(),
-            _ => BTreeMap::new(),
-        };
+        let keys = super::source::key_spans(&body);
         let raw = source.deserialize::<RawFunction>(section, body)?;
         Ok(Section {
             raw,
@@ -180,6 +174,14 @@ impl Sections<'_> {
     fn value<T: Clone>(&self, get: impl Fn(&RawFunction) -> Option<&T>) -> Option<T> {
         self.with(get).map(|(v, _)| v.clone())
     }
+
+    /// The file that sets `key`, and where in it.
+    fn source_of(&self, key: &str) -> Option<(&Source, &Range<usize>)> {
+        self.sidecar
+            .iter()
+            .chain(self.declared.iter())
+            .find_map(|s| s.keys.get(key).map(|span| (&s.source, span)))
+    }
 }
 
 /// The spec of the function `name` from its sections, over the defaults.
@@ -248,8 +250,20 @@ pub(crate) fn function_spec(
                 ));
                 continue;
             }
+            let host = root.join(&d.host);
+            if !host.is_dir() {
+                problems.push(source.problem(
+                    Some(&span),
+                    &format!("{section}.dirs[{i}].host"),
+                    format!(
+                        "{} is not a folder: create it, or fix the path (relative to the folder of runtime.toml)",
+                        host.display()
+                    ),
+                ));
+                continue;
+            }
             dirs.push(DirMount {
-                host: root.join(&d.host),
+                host,
                 guest: d.guest.clone(),
                 write: d.write,
             });
@@ -270,10 +284,17 @@ pub(crate) fn function_spec(
         Some((m, _)) => config.host.functions_dir.join(m),
         None => config.host.functions_dir.join(format!("{name}.wasm")),
     };
+    let limits = Limits::from_raw(&raw_limits, &config.defaults);
+    for (key, why) in limits.problems() {
+        // Only a key the function sets is its own problem; [defaults] is checked once.
+        if let Some((source, span)) = sections.source_of(key) {
+            problems.push(source.problem(Some(span), &format!("{section}.{key}"), why));
+        }
+    }
     let spec = FunctionSpec {
         name: name.to_string(),
         module,
-        limits: Limits::from_raw(&raw_limits, &config.defaults),
+        limits,
         concurrency: sections.value(|r| r.concurrency.as_ref()).map(|c| c.max(1)),
         triggers,
         dirs,
@@ -323,6 +344,25 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused() {
+        let (_dir, config) = project(&[(
+            "runtime.toml",
+            "[functions.a]\ntimeout = \"0s\"\nmemory = \"8GiB\"\ntriggers = [{ http = \"/healthz\" }, { http = \"/_jobhost/x\" }]\ndirs = [{ host = \"nowhere\", guest = \"/in\" }]\n",
+        )]);
+        let text = problems_of(&config, "a");
+        for expected in [
+            ":2: `functions.a.timeout`: must be more than 0s",
+            ":3: `functions.a.memory`: is more than 4GiB",
+            ":4: `functions.a.triggers[0]`: route /healthz is the host's own",
+            ":4: `functions.a.triggers[1]`: route /_jobhost/x is the host's own",
+            ":5: `functions.a.dirs[0].host`:",
+            "nowhere is not a folder",
+        ] {
+            assert!(text.contains(expected), "{expected} missing from:\n{text}");
+        }
     }
 
     #[test]

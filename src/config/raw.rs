@@ -88,13 +88,23 @@ pub(crate) struct Dur(pub(crate) Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(text.trim()).map(Dur).map_err(|e| {
+        let duration = humantime::parse_duration(text.trim()).map_err(|e| {
             serde::de::Error::custom(format!(
                 "invalid duration {text:?} ({e}): write a number and a unit, such as 500ms, 30s, 5m or 7d"
             ))
-        })
+        })?;
+        // Beyond this, adding it to a clock overflows; no setting needs more.
+        if duration > MAX_DURATION {
+            return Err(serde::de::Error::custom(format!(
+                "duration {text:?} is longer than 100 years: write a shorter one"
+            )));
+        }
+        Ok(Dur(duration))
     }
 }
+
+/// The longest duration any setting takes: a hundred years.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// A size such as `64MiB`, `512KiB`, `1GiB` or a plain number of bytes.
 #[derive(Debug, Clone, Copy)]
@@ -143,6 +153,16 @@ fn parse_size(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_absurd_duration_is_an_error_not_a_panic() {
+        let parsed: Result<Dur, _> = toml::from_str::<toml::Table>("d = \"99999999999d\"").unwrap()
+            ["d"]
+            .clone()
+            .try_into();
+        let message = parsed.unwrap_err().to_string();
+        assert!(message.contains("longer than 100 years"), "{message}");
+    }
 
     #[test]
     fn sizes_parse() {

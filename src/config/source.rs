@@ -10,6 +10,20 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
+/// The spans of a table's keys, so that a problem found after deserializing can still name
+/// its line.
+pub(crate) fn key_spans(
+    value: &Spanned<DeValue<'_>>,
+) -> std::collections::BTreeMap<String, Range<usize>> {
+    match value.get_ref() {
+        DeValue::Table(t) => t
+            .iter()
+            .map(|(k, _)| (k.get_ref().to_string(), k.span()))
+            .collect(),
+        _ => Default::default(),
+    }
+}
+
 /// A problem found while reading configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {

@@ -229,6 +229,14 @@ impl HttpTrigger {
 
     fn parse(raw: RawHttp) -> Result<HttpTrigger, String> {
         let route = parse_route(&raw.http)?;
+        let own = ["/healthz", "/metrics"].contains(&route.text.trim_end_matches('/'))
+            || route.text.starts_with("/_jobhost");
+        if own {
+            return Err(format!(
+                "route {} is the host's own (/healthz, /metrics and /_jobhost/ are): pick another",
+                route.text
+            ));
+        }
         let mut methods = BTreeSet::new();
         for m in raw.methods.unwrap_or_default() {
             let upper = m.to_ascii_uppercase();

@@ -335,3 +335,26 @@ fn a_wasi_http_body_cut_by_a_timeout_or_a_trap_does_not_end_as_if_whole() {
         );
     }
 }
+
+#[test]
+fn a_guest_cannot_flood_the_hosts_log() {
+    let project = Project::new("[functions.probe]\n");
+    project.function("probe", &probe(P1));
+    let host = project.start();
+    // One line of stderr a megabyte long.
+    let answer = host.post("/probe", &format!("read /{}", "x".repeat(1 << 20)));
+    assert_eq!(answer.status, 500);
+    let id = answer
+        .header("x-jobhost-invocation-id")
+        .unwrap()
+        .to_string();
+    let log = wait_until(Duration::from_secs(10), || {
+        let log = host.log();
+        log.iter()
+            .any(|l| l.contains(&id) && l.contains("failed"))
+            .then_some(log)
+    });
+    let longest = log.iter().map(String::len).max().unwrap();
+    assert!(longest < 8 << 10, "a log line of {longest} bytes");
+    assert!(log.iter().any(|l| l.contains("bytes more)")), "{log:#?}");
+}

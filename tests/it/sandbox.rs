@@ -108,6 +108,8 @@ fn a_trap_a_panic_and_an_exit_map_to_their_reasons_and_a_500_with_the_id() {
             "failed: trap: wasm `unreachable` instruction executed\n",
         ),
         ("/p1", "exit 3", "failed: exit 3\n"),
+        // A status of 126 and above is the guest's too, not a trap.
+        ("/p1", "exit 200", "failed: exit 200\n"),
         // WASI 0.2's `exit` carries only success or failure, and Rust's std for
         // wasm32-wasip2 uses it, so any non-zero status arrives as 1.
         ("/p2", "exit 3", "failed: exit 1\n"),
