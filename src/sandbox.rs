@@ -184,6 +184,8 @@ pub enum RequestBodyError {
     TooLarge(u64),
     #[error("the client sent nothing for client_timeout")]
     TimedOut,
+    #[error("the host is shutting down")]
+    ShuttingDown,
     #[error("the client's body broke off: {0}")]
     Client(hyper::Error),
 }
@@ -193,6 +195,7 @@ impl From<RequestBodyError> for wasmtime_wasi_http::Error {
         match e {
             RequestBodyError::TooLarge(limit) => Self::HttpRequestBodySize(Some(limit)),
             RequestBodyError::TimedOut => Self::ConnectionReadTimeout,
+            RequestBodyError::ShuttingDown => Self::ConnectionTerminated,
             RequestBodyError::Client(e) => Self::Hyper(e),
         }
     }

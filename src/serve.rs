@@ -28,6 +28,8 @@ pub struct Running {
     pub rt: Arc<Runtime>,
     /// Cancelled when `shutdown_timeout` has passed: running invocations are interrupted.
     hard_stop: CancellationToken,
+    /// Cancelled when the host cannot go on (its store went away): it stops at once.
+    fatal: CancellationToken,
 }
 
 /// Opens the store, loads everything and binds the listener; serving starts at once.
@@ -96,6 +98,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tasks.spawn(front::serve(listener, rt.clone()));
     tasks.spawn(queue::run(rt.clone(), accept.clone()));
     tasks.spawn(prune(rt.clone(), accept.clone()));
+    let fatal = CancellationToken::new();
+    tasks.spawn(watch_store(rt.clone(), fatal.clone(), accept.clone()));
     if let Some(watching) = watching {
         let reload = Reload {
             rt: rt.clone(),
@@ -116,7 +120,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         addr,
         rt,
         hard_stop,
+        fatal,
     })
+}
+
+/// Looks every second that the store is still there; when it went away (its file deleted
+/// or replaced), what the host writes would be lost, so it stops, loudly.
+async fn watch_store(rt: Arc<Runtime>, fatal: CancellationToken, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if let Err(e) = rt.store.history.check().await {
+            tracing::error!("{e:#}: what the host writes now would be lost, so it stops");
+            fatal.cancel();
+            break;
+        }
+    }
 }
 
 /// Deletes finished records older than `retention`, at start and every ten minutes.
@@ -175,10 +196,17 @@ impl Running {
     }
 }
 
-/// `jobhost up`: serve until SIGINT or SIGTERM; a second signal stops at once.
+/// `jobhost up`: serve until SIGINT or SIGTERM; a second signal stops at once. A host
+/// that cannot go on (its store went away) stops at once and fails.
 pub async fn up(config: Config) -> anyhow::Result<()> {
     let running = start(config).await?;
-    shutdown_signal().await;
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = running.fatal.cancelled() => {
+            running.stop_now().await;
+            anyhow::bail!("stopped: the store went away while the host ran (see the log above)");
+        }
+    }
     tracing::info!(
         "shutting down: waiting up to {:?} for running invocations",
         running.rt.host.shutdown_timeout

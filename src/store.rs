@@ -382,6 +382,10 @@ pub trait History: Send + Sync {
     async fn prune(&self, before: i64) -> anyhow::Result<usize>;
     /// The bytes the store takes on disk.
     async fn bytes(&self) -> anyhow::Result<u64>;
+    /// Whether the store is still there to write to: an error when it went away under the
+    /// host (a deleted or replaced file, a lost server), so the host can stop loudly rather
+    /// than accept work it cannot keep.
+    async fn check(&self) -> anyhow::Result<()>;
 }
 
 /// One store seen through its three traits.

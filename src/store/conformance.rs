@@ -76,6 +76,11 @@ async fn state_of(store: &Store, id: &str) -> State {
 }
 
 async fn enqueued_work_is_claimed_once_and_finished<K>((store, _keep): (Store, K)) {
+    store
+        .history
+        .check()
+        .await
+        .expect("a new store is there to write to");
     store.queue.enqueue(new("a", "f")).await.unwrap();
     assert_eq!(store.queue.depth().await.unwrap(), 1);
     let due = store.queue.due(now_ms(), 10).await.unwrap();

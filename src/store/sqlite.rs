@@ -125,6 +125,12 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A file's device and inode: the same path with another identity is another file.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -133,6 +139,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     batch: Batcher,
+    /// `data/jobhost.db`, named in every error.
+    path: PathBuf,
+    /// The file's identity when it was opened, to notice it deleted or replaced.
+    identity: Option<(u64, u64)>,
     /// Held for the life of a host: a second host on the same `data/` is refused.
     _lock: Option<File>,
 }
@@ -165,14 +175,17 @@ impl SqliteStore {
 
     fn open(data_dir: &Path, lock: Option<File>) -> anyhow::Result<SqliteStore> {
         let conn = open_connection(data_dir)?;
+        let path = db_path(data_dir);
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             batch: Batcher::start(data_dir)?,
+            identity: identity(&path),
+            path,
             _lock: lock,
         })
     }
 
-    /// Runs `f` on the connection, on a blocking thread.
+    /// Runs `f` on the connection, on a blocking thread; an error names the file.
     async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> anyhow::Result<T> + Send + 'static,
@@ -181,6 +194,7 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || f(&mut lock(&conn)))
             .await
             .context("the store's worker thread failed")?
+            .with_context(|| format!("the store {}", self.path.display()))
     }
 }
 
@@ -719,6 +733,20 @@ impl History for SqliteStore {
         .await
     }
 
+    async fn check(&self) -> anyhow::Result<()> {
+        match identity(&self.path) {
+            Some(now) if Some(now) == self.identity => Ok(()),
+            Some(_) => bail!(
+                "the store {} was replaced by another file while the host ran",
+                self.path.display()
+            ),
+            None => bail!(
+                "the store {} was deleted while the host ran",
+                self.path.display()
+            ),
+        }
+    }
+
     async fn bytes(&self) -> anyhow::Result<u64> {
         self.with(|conn| {
             let bytes: i64 = conn.query_row(
@@ -794,6 +822,37 @@ mod tests {
         drop(conn);
         // Opening again changes nothing.
         open_connection(dir.path()).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn store_errors_name_the_file_and_a_deleted_file_is_noticed() {
+        use crate::store::{History, Queue};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_for_host(dir.path()).unwrap();
+        store.check().await.unwrap();
+        Connection::open(db_path(dir.path()))
+            .unwrap()
+            .execute_batch("DROP TABLE invocations")
+            .unwrap();
+        let new = crate::store::NewInvocation {
+            id: "x".to_string(),
+            function: "f".to_string(),
+            trigger: crate::config::TriggerKind::Manual,
+            reason: crate::store::Reason::Manual,
+            attempts: 1,
+            payload: bytes::Bytes::new(),
+            vars: Vec::new(),
+            timer: None,
+            input_dir: None,
+        };
+        let message = format!("{:#}", store.enqueue(new).await.unwrap_err());
+        assert!(message.contains("jobhost.db"), "{message}");
+        std::fs::remove_file(db_path(dir.path())).unwrap();
+        let message = store.check().await.unwrap_err().to_string();
+        assert!(
+            message.contains("was deleted while the host ran"),
+            "{message}"
+        );
     }
 
     #[test]

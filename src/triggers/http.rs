@@ -41,7 +41,12 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
         );
     }
     let (parts, body) = req.into_parts();
-    let body = Bounded::new(body, entry.max_body, rt.host.client_timeout);
+    let body = Bounded::new(
+        body,
+        entry.max_body,
+        rt.host.client_timeout,
+        rt.accept.clone(),
+    );
     let function = &entry.function;
     if entry.mode == HttpMode::Async {
         // Durable: written to the store, so read whole; its admission is the queue's.
@@ -129,6 +134,9 @@ fn refused(why: Refused, entry: &RouteEntry) -> Response<Body> {
             StatusCode::REQUEST_TIMEOUT,
             "the request body stopped arriving (client_timeout)\n",
         ),
+        Refused::Body(RequestBodyError::ShuttingDown) => {
+            answer::unavailable("the host is shutting down")
+        }
         Refused::Body(RequestBodyError::Client(e)) => answer::text(
             StatusCode::BAD_REQUEST,
             format!("cannot read the request body: {e}\n"),

@@ -358,3 +358,36 @@ fn a_guest_cannot_flood_the_hosts_log() {
     assert!(longest < 8 << 10, "a log line of {longest} bytes");
     assert!(log.iter().any(|l| l.contains("bytes more)")), "{log:#?}");
 }
+
+#[test]
+fn a_store_deleted_under_the_host_stops_it_loudly() {
+    let project = Project::new("");
+    let host = project.start();
+    for file in ["jobhost.db", "jobhost.db-wal", "jobhost.db-shm"] {
+        let _ = std::fs::remove_file(project.path(&format!(".jobhost/{file}")));
+    }
+    let log = host.log.clone();
+    let (status, _) = host.wait_exit(Duration::from_secs(30));
+    assert!(!status.success(), "{status}");
+    let log = log.lock().unwrap().join("\n");
+    assert!(log.contains("was deleted while the host ran"), "{log}");
+}
+
+#[test]
+fn sigterm_does_not_wait_for_a_request_whose_body_stopped_coming() {
+    let project = Project::new("[functions.wc]\n");
+    project.function("wc", &example("wordcount-p1", P1));
+    let host = project.start();
+    let mut half = TcpStream::connect(&host.addr).unwrap();
+    half.write_all(b"POST /wc HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789")
+        .unwrap();
+    host.wait_for_metric("jobhost_request_body_bytes", 10.0);
+    let (status, took) = host.sigterm(Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+    // Neither shutdown_timeout (25 s) nor client_timeout (30 s) is waited out.
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    half.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = [0u8; 12];
+    half.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 503");
+}

@@ -190,7 +190,7 @@ impl Project {
 /// A running `jobhost up`, killed when dropped.
 pub struct Host {
     child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+    pub log: Arc<Mutex<Vec<String>>>,
     pub addr: String,
     /// The project's folder, kept until the host is gone.
     _dir: Arc<tempfile::TempDir>,
@@ -380,6 +380,11 @@ impl Host {
             .status()
             .unwrap();
         assert!(status.success());
+        self.sigterm_wait(within)
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(self, within: Duration) -> (std::process::ExitStatus, Duration) {
         self.sigterm_wait(within)
     }
 

@@ -117,8 +117,9 @@ impl Shared {
             && let Err(e) = insert_sync(&mut conn, &batch)
         {
             tracing::error!(
-                "cannot record {} synchronous invocations: {e:#}",
-                batch.len()
+                "cannot record {} synchronous invocations in {}: {e:#}",
+                batch.len(),
+                conn.path().unwrap_or("the store")
             );
         }
     }

@@ -13,29 +13,44 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::sandbox::{IncomingBody, RequestBodyError};
 
-/// A body read within its limits; it fails with `TooLarge` past `max_body` and `TimedOut`
-/// when the client sends nothing for `timeout`.
+/// A body read within its limits; it fails with `TooLarge` past `max_body`, `TimedOut`
+/// when the client sends nothing for `timeout`, and `ShuttingDown` when the host stops
+/// accepting work while the client is still sending.
 pub(super) struct Bounded {
     inner: Incoming,
     max_body: u64,
     read: u64,
     timeout: Duration,
+    stop: CancellationToken,
     /// Made the first time the client keeps the body waiting: most bodies (and every
     /// empty one) never do, and cost no timer.
-    idle: Option<Pin<Box<Sleep>>>,
+    waiting: Option<Waiting>,
+}
+
+/// What a body that keeps its reader waiting is watched for.
+struct Waiting {
+    idle: Pin<Box<Sleep>>,
+    stop: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl Bounded {
-    pub(super) fn new(inner: Incoming, max_body: u64, timeout: Duration) -> Bounded {
+    pub(super) fn new(
+        inner: Incoming,
+        max_body: u64,
+        timeout: Duration,
+        stop: CancellationToken,
+    ) -> Bounded {
         Bounded {
             inner,
             max_body,
             read: 0,
             timeout,
-            idle: None,
+            stop,
+            waiting: None,
         }
     }
 
@@ -62,19 +77,23 @@ impl Body for Bounded {
                         return Poll::Ready(Some(Err(RequestBodyError::TooLarge(this.max_body))));
                     }
                 }
-                if let Some(idle) = &mut this.idle {
-                    idle.as_mut().reset(Instant::now() + this.timeout);
+                if let Some(waiting) = &mut this.waiting {
+                    waiting.idle.as_mut().reset(Instant::now() + this.timeout);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(RequestBodyError::Client(e)))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let timeout = this.timeout;
-                let idle = this
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match idle.as_mut().poll(cx) {
+                let (timeout, stop) = (this.timeout, &this.stop);
+                let waiting = this.waiting.get_or_insert_with(|| Waiting {
+                    idle: Box::pin(tokio::time::sleep(timeout)),
+                    stop: Box::pin(stop.clone().cancelled_owned()),
+                });
+                if waiting.stop.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(RequestBodyError::ShuttingDown)));
+                }
+                match waiting.idle.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(RequestBodyError::TimedOut))),
                     Poll::Pending => Poll::Pending,
                 }
