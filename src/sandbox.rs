@@ -430,6 +430,39 @@ impl Sandbox {
         self.fuel
     }
 
+    /// Deletes compiled modules not used for `unused` (old versions of modules, builds of
+    /// another wasmtime) and files left half-written; returns how many. The cache would
+    /// otherwise only grow.
+    pub fn prune_cache(&self, unused: Duration) -> usize {
+        let Some(dir) = &self.cache_dir else {
+            return 0;
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        let mut pruned = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let age = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .unwrap_or_default();
+            let stale = if name.ends_with(".cwasm") {
+                age > unused
+            } else {
+                // A write that never finished: cache files are written beside, then renamed.
+                name.contains(".tmp") && age > Duration::from_secs(3600)
+            };
+            if stale && std::fs::remove_file(&path).is_ok() {
+                pruned += 1;
+            }
+        }
+        pruned
+    }
+
     /// The largest module file the host reads (`max_module_size`).
     pub fn max_module_size(&self) -> u64 {
         self.max_module_size
@@ -505,7 +538,10 @@ impl Sandbox {
             // wasmtime checks the header and engine settings again before using it.
             #[allow(unsafe_code)]
             match unsafe { Component::deserialize_file(&self.engine, path) } {
-                Ok(c) => return Ok(c),
+                Ok(c) => {
+                    used(path);
+                    return Ok(c);
+                }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), "ignoring a bad cache entry: {e:#}")
                 }
@@ -529,7 +565,10 @@ impl Sandbox {
             // SAFETY: as in `compile_component`.
             #[allow(unsafe_code)]
             match unsafe { Module::deserialize_file(&self.engine, path) } {
-                Ok(m) => return Ok(m),
+                Ok(m) => {
+                    used(path);
+                    return Ok(m);
+                }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), "ignoring a bad cache entry: {e:#}")
                 }
@@ -785,6 +824,14 @@ fn panicked(e: tokio::task::JoinError, started: Instant) -> Outcome {
         duration: started.elapsed(),
         ..Outcome::host_failure(format!("the invocation task failed: {e}"))
     }
+}
+
+/// Marks a cache entry as used now, so pruning keeps it.
+fn used(path: &Path) {
+    let _ = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
 }
 
 fn write_cache(path: &Path, bytes: &[u8]) {

@@ -57,6 +57,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let specs = config::functions(&config);
     let sandbox = Sandbox::new(&registry::sandbox_settings(&config, &specs))?;
     let registry = registry::load(&specs, &sandbox, None);
+    // After the load, which marked every entry it used: what is left unused is old.
+    let pruned = sandbox.prune_cache(config.host.retention);
+    if pruned > 0 {
+        tracing::info!("pruned {pruned} compiled modules not used for the retention period");
+    }
     // Cursors are kept for every configured timer, loaded or not: a function whose module
     // fails now keeps the runs it missed for when it loads.
     store

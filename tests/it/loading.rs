@@ -308,3 +308,39 @@ module = "pipe.wasm"
         .count();
     assert_eq!(errors, 3, "{functions:#}");
 }
+
+#[test]
+fn the_compile_cache_keeps_what_is_used_and_prunes_what_is_not() {
+    let project = Project::new("[host]\nretention = \"1d\"\n");
+    project.function("probe", &probe(P1));
+    let host = project.start();
+    assert_eq!(host.post("/probe", "echo cached").status, 200);
+    let (status, _) = host.sigterm(std::time::Duration::from_secs(30));
+    assert!(status.success());
+    let cache = project.path(".jobhost/cache");
+    let entries = |dir: &std::path::Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let used = entries(&cache);
+    assert_eq!(used.len(), 1, "{used:?}");
+    // Everything looks a month old; the entry the host uses is marked used again.
+    std::fs::write(cache.join("old-version.cwasm"), b"stale").unwrap();
+    std::fs::write(cache.join("half.cwasm.tmp42"), b"half").unwrap();
+    let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86400);
+    for name in entries(&cache) {
+        let file = std::fs::File::options()
+            .write(true)
+            .open(cache.join(&name))
+            .unwrap();
+        file.set_modified(month_ago).unwrap();
+    }
+    let host = project.start();
+    assert_eq!(host.post("/probe", "echo cached").status, 200);
+    assert_eq!(entries(&cache), used);
+}
