@@ -216,26 +216,15 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
         let span = key.span();
         let section = key.get_ref().as_ref();
         match section {
-            "host" => match source.deserialize(section, value) {
-                Ok(raw) => raw_host = raw,
-                Err(p) => problems.push(p),
-            },
+            "host" => raw_host = RawHost::read(&source, section, value, &mut problems),
             "defaults" => {
                 let keys = source::key_spans(&value);
-                match source.deserialize::<RawLimits>(section, value) {
-                    Ok(raw) => {
-                        for (key, why) in Limits::from_raw(&raw, &Limits::default()).problems() {
-                            let span = keys.get(key).unwrap_or(&span);
-                            problems.push(source.problem(
-                                Some(span),
-                                &format!("defaults.{key}"),
-                                why,
-                            ));
-                        }
-                        raw_defaults = raw;
-                    }
-                    Err(p) => problems.push(p),
+                let raw = RawLimits::read(&source, section, value, &mut problems);
+                for (key, why) in Limits::from_raw(&raw, &Limits::default()).problems() {
+                    let span = keys.get(key).unwrap_or(&span);
+                    problems.push(source.problem(Some(span), &format!("defaults.{key}"), why));
                 }
+                raw_defaults = raw;
             }
             "config" => match source.deserialize(section, value) {
                 Ok(raw) => shared = values::resolve(&source, section, &raw),
@@ -258,12 +247,8 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
                         problems.push(source.problem(Some(&name_span), &section, why));
                         continue;
                     }
-                    match Section::read(&source, &section, body) {
-                        Ok(f) => {
-                            declared.insert(name, f);
-                        }
-                        Err(p) => problems.push(p),
-                    }
+                    let f = Section::read(&source, &section, body, &mut problems);
+                    declared.insert(name, f);
                 }
             }
             other => problems.push(source.problem(
@@ -457,6 +442,30 @@ mod tests {
     fn every_problem_is_reported_not_just_the_first() {
         let problems = load_text("[host]\nlisen = 1\n[defaults]\ntimeout = \"x\"\n").unwrap_err();
         assert_eq!(problems.0.len(), 2, "{problems}");
+    }
+
+    #[test]
+    fn every_problem_of_a_table_is_reported_under_its_own_key() {
+        let problems = load_text(
+            "[host]\nlisen = 1\nlisten = \"x\"\nretention = \"3x\"\n[defaults]\nretry = { attempts = \"many\" }\n[functions.a]\nbogus = 1\nmemory = \"lots\"\n",
+        )
+        .unwrap_err();
+        let got: Vec<String> = problems
+            .0
+            .iter()
+            .map(|p| format!("{}|{}", p.line.unwrap_or(0), p.key))
+            .collect();
+        for want in [
+            "2|host.lisen",
+            "3|host.listen",
+            "4|host.retention",
+            "6|defaults.retry.attempts",
+            "8|functions.a.bogus",
+            "9|functions.a.memory",
+        ] {
+            assert!(got.contains(&want.to_string()), "{want} not in {got:?}");
+        }
+        assert_eq!(got.len(), 6, "{problems}");
     }
 
     #[test]

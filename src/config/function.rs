@@ -38,28 +38,34 @@ pub(crate) struct Section {
 }
 
 impl Section {
+    /// Reads a function's table; every problem in it is pushed.
     pub(crate) fn read(
         source: &Source,
         section: &str,
         body: Spanned<DeValue<'_>>,
-    ) -> Result<Section, Problem> {
+        problems: &mut Problems,
+    ) -> Section {
         let keys = super::source::key_spans(&body);
-        let raw = source.deserialize::<RawFunction>(section, body)?;
-        Ok(Section {
+        let raw = RawFunction::read(source, section, body, problems);
+        Section {
             raw,
             source: source.clone(),
             keys,
-        })
+        }
     }
 
     /// Reads a `functions/NAME.toml` sidecar.
-    fn sidecar(path: PathBuf, name: &str) -> Result<Section, Problem> {
-        let source =
-            Source::read(path.clone())?.unwrap_or_else(|| Source::new(path, String::new()));
-        let table = source.table()?;
+    fn sidecar(path: PathBuf, name: &str) -> Result<Section, Problems> {
+        let one = |p| Problems(vec![p]);
+        let source = Source::read(path.clone())
+            .map_err(one)?
+            .unwrap_or_else(|| Source::new(path, String::new()));
+        let table = source.table().map_err(one)?;
         let span = table.span();
         let value = Spanned::new(span, DeValue::Table(table.into_inner()));
-        Section::read(&source, &format!("functions.{name}"), value)
+        let mut problems = Problems::default();
+        let section = Section::read(&source, &format!("functions.{name}"), value, &mut problems);
+        problems.or(section)
     }
 }
 
@@ -97,7 +103,7 @@ pub fn functions(config: &Config) -> BTreeMap<String, Result<FunctionSpec, Probl
                 }
                 Some("toml") => {
                     let sidecar = check_function_name(stem)
-                        .map_err(|why| problem_of(&path, &why))
+                        .map_err(|why| Problems(vec![problem_of(&path, &why)]))
                         .and_then(|()| Section::sidecar(path.clone(), stem));
                     sidecars.insert(stem.to_string(), sidecar);
                 }
@@ -128,7 +134,7 @@ pub fn functions(config: &Config) -> BTreeMap<String, Result<FunctionSpec, Probl
         .into_iter()
         .map(|name| {
             let spec = match (sidecars.get(&name), check_function_name(&name)) {
-                (Some(Err(problem)), _) => Err(Problems(vec![problem.clone()])),
+                (Some(Err(problems)), _) => Err(problems.clone()),
                 (_, Err(why)) => {
                     let path = dir.join(format!("{name}.wasm"));
                     Err(Problems(vec![problem_of(&path, &why)]))

@@ -6,36 +6,79 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+use toml::de::DeValue;
 
+use super::source::{Problems, Source};
 use super::values::RawValue;
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawHost {
-    pub(crate) listen: Option<Spanned<String>>,
-    pub(crate) functions: Option<String>,
-    pub(crate) data: Option<String>,
-    pub(crate) shutdown_timeout: Option<Dur>,
-    pub(crate) max_concurrency: Option<usize>,
-    pub(crate) max_module_size: Option<Size>,
-    pub(crate) max_connections: Option<usize>,
-    pub(crate) client_timeout: Option<Dur>,
-    pub(crate) max_body_memory: Option<Size>,
-    pub(crate) record_excerpt: Option<Size>,
-    pub(crate) retention: Option<Dur>,
-    pub(crate) admin_token: Option<Spanned<RawValue>>,
-    pub(crate) api_hosts: Option<Vec<String>>,
+/// A section read key by key, so that every bad key of it is reported (serde stops at the
+/// first) and each under its own name. Every key is optional.
+macro_rules! section {
+    ($(#[$doc:meta])* $name:ident { $($key:ident: $ty:ty),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Default, Clone)]
+        pub(crate) struct $name {
+            $(pub(crate) $key: Option<$ty>,)+
+        }
+
+        impl $name {
+            pub(crate) const KEYS: &[&str] = &[$(stringify!($key)),+];
+
+            /// Reads the table `value`, found at `section`; every problem is pushed.
+            pub(crate) fn read(
+                source: &Source,
+                section: &str,
+                value: Spanned<DeValue<'_>>,
+                problems: &mut Problems,
+            ) -> $name {
+                let mut out = $name::default();
+                let span = value.span();
+                let DeValue::Table(table) = value.into_inner() else {
+                    problems.push(source.problem(Some(&span), section, "must be a table"));
+                    return out;
+                };
+                for (key, value) in table {
+                    match key.get_ref().as_ref() {
+                        $(stringify!($key) => match source.field(section, stringify!($key), value) {
+                            Ok(v) => out.$key = Some(v),
+                            Err(p) => problems.push(p),
+                        },)+
+                        other => problems.push(source.problem(
+                            Some(&key.span()),
+                            &format!("{section}.{other}"),
+                            format!("unknown field `{other}`, expected one of {}", $name::KEYS.join(", ")),
+                        )),
+                    }
+                }
+                out
+            }
+        }
+    };
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawLimits {
-    pub(crate) memory: Option<Size>,
-    pub(crate) timeout: Option<Dur>,
-    pub(crate) fuel: Option<u64>,
-    pub(crate) max_output: Option<Size>,
-    pub(crate) retry: Option<RawRetry>,
-}
+section!(RawHost {
+    listen: Spanned<String>,
+    functions: String,
+    data: String,
+    shutdown_timeout: Dur,
+    max_concurrency: usize,
+    max_module_size: Size,
+    max_connections: usize,
+    client_timeout: Dur,
+    max_body_memory: Size,
+    record_excerpt: Size,
+    retention: Dur,
+    admin_token: Spanned<RawValue>,
+    api_hosts: Vec<String>,
+});
+
+section!(RawLimits {
+    memory: Size,
+    timeout: Dur,
+    fuel: u64,
+    max_output: Size,
+    retry: RawRetry,
+});
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,23 +97,23 @@ pub(crate) enum Backoff {
     Exponential,
 }
 
-/// The keys a function may have, in `[functions.NAME]` or in `functions/NAME.toml`.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawFunction {
-    pub(crate) module: Option<String>,
-    pub(crate) memory: Option<Size>,
-    pub(crate) timeout: Option<Dur>,
-    pub(crate) fuel: Option<u64>,
-    pub(crate) max_output: Option<Size>,
-    pub(crate) retry: Option<RawRetry>,
-    pub(crate) concurrency: Option<usize>,
-    /// Each trigger's table; `config::trigger` reads it by kind.
-    pub(crate) triggers: Option<Vec<Spanned<toml::Value>>>,
-    pub(crate) dirs: Option<Vec<Spanned<RawDir>>>,
-    pub(crate) config: Option<BTreeMap<String, Spanned<RawValue>>>,
-    pub(crate) env: Option<BTreeMap<String, String>>,
-}
+section!(
+    /// The keys a function may have, in `[functions.NAME]` or in `functions/NAME.toml`.
+    /// Each trigger's table is read by `config::trigger`, by its kind.
+    RawFunction {
+        module: String,
+        memory: Size,
+        timeout: Dur,
+        fuel: u64,
+        max_output: Size,
+        retry: RawRetry,
+        concurrency: usize,
+        triggers: Vec<Spanned<toml::Value>>,
+        dirs: Vec<Spanned<RawDir>>,
+        config: BTreeMap<String, Spanned<RawValue>>,
+        env: BTreeMap<String, String>,
+    }
+);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -169,6 +169,26 @@ impl Source {
         self.problem(span.as_ref(), &key, err.message().trim_end())
     }
 
+    /// Deserializes `value`, the value of `key` in `section`; a problem names its line and
+    /// its key, or the key inside it that is wrong (`defaults.retry.attempts`).
+    pub(crate) fn field<T: for<'de> Deserialize<'de>>(
+        &self,
+        section: &str,
+        key: &str,
+        value: Spanned<DeValue<'_>>,
+    ) -> Result<T, Problem> {
+        let whole = value.span();
+        T::deserialize(ValueDeserializer::from(value)).map_err(|err| {
+            // A value's own check (a bad duration) knows no span: it is the whole value's.
+            let span = err.span().or(Some(whole));
+            let path = match span.as_ref().and_then(|s| self.key_at(s)) {
+                Some(inner) if inner != key => format!("{section}.{key}.{inner}"),
+                _ => format!("{section}.{key}"),
+            };
+            self.problem(span.as_ref(), &path, err.message().trim_end())
+        })
+    }
+
     /// Deserializes `value`, found under `section`; a problem names its line and key.
     pub(crate) fn deserialize<T: for<'de> Deserialize<'de>>(
         &self,
