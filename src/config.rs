@@ -479,4 +479,21 @@ mod tests {
         assert!(unset.whence.ends_with("runtime.toml:2 config.k"), "{unset}");
         assert_eq!(config.shared["d"], Ok("7".to_string()));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Any text as runtime.toml: a configuration or problems, never a panic; every
+        /// problem names the file.
+        #[test]
+        fn any_runtime_toml_loads_or_is_refused_without_panicking(
+            text in "(\\[(host|defaults|config|functions\\.a)\\]\n|[a-z_]{1,16} = (\"[a-z0-9 /*{}.:]{0,12}\"|[0-9]{1,20}|true|\\[\\{ ?(http|cron|every|watch|at) = \"[/a-z0-9* ]{0,10}\" ?\\}\\]|\\{ [a-z]{1,8} = [0-9]{1,3} \\})\n|[\\[\\]{}=\"#\n a-z0-9.]{0,12}){0,12}"
+        ) {
+            if let Err(problems) = load_text(&text) {
+                for p in &problems.0 {
+                    proptest::prop_assert!(p.file.ends_with("runtime.toml"), "{p}");
+                }
+            }
+        }
+    }
 }

@@ -215,4 +215,26 @@ mod tests {
         assert_eq!(parse_size("1.5MiB"), None);
         assert_eq!(parse_size("MiB"), None);
     }
+
+    proptest::proptest! {
+        /// Any text as a duration or a size: an answer or an error, never a panic, and no
+        /// duration past the limit.
+        #[test]
+        fn any_duration_or_size_parses_without_panicking(text in "\\PC{0,24}") {
+            let table = toml::Table::from_iter([("v".to_string(), toml::Value::String(text.clone()))]);
+            if let Ok(d) = table["v"].clone().try_into::<Dur>() {
+                proptest::prop_assert!(d.0 <= MAX_DURATION);
+            }
+            let _ = table["v"].clone().try_into::<Size>();
+            let _ = parse_size(&text);
+        }
+
+        #[test]
+        fn numbers_and_units_near_the_limits_never_panic(n in proptest::num::u64::ANY, unit in "(ns|us|ms|s|m|h|d|w|y|B|KiB|MiB|GiB|KB|MB|GB)") {
+            let text = format!("{n}{unit}");
+            let table = toml::Table::from_iter([("v".to_string(), toml::Value::String(text.clone()))]);
+            let _ = table["v"].clone().try_into::<Dur>();
+            let _ = parse_size(&text);
+        }
+    }
 }

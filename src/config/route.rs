@@ -136,4 +136,35 @@ mod tests {
         assert!(parse_route("/a/*/b").is_err());
         assert!(parse_route("/a/{}").is_err());
     }
+
+    proptest::proptest! {
+        /// Any route text and any path: parsing and matching never panic, and a path built
+        /// from a parsed route's own segments matches it, with its parameters.
+        #[test]
+        fn any_route_and_path_parse_and_match_without_panicking(
+            route in "[/a-z{}*_0-9]{0,24}",
+            path in "[/a-z0-9.%]{0,24}",
+            values in proptest::collection::vec("[a-z0-9]{1,4}", 0..6),
+        ) {
+            let Ok(parsed) = parse_route(&route) else { return Ok(()) };
+            let _ = parsed.matches(&path);
+            let mut built = String::new();
+            let mut expected = Vec::new();
+            for (i, segment) in parsed.segments.iter().enumerate() {
+                built.push('/');
+                match segment {
+                    Segment::Literal(l) => built.push_str(l),
+                    Segment::Param(name) => {
+                        let value = values.get(i).cloned().unwrap_or_else(|| "v".to_string());
+                        built.push_str(&value);
+                        expected.push((name.clone(), value));
+                    }
+                }
+            }
+            if built.is_empty() {
+                built.push('/');
+            }
+            proptest::prop_assert_eq!(parsed.matches(&built), Some(expected));
+        }
+    }
 }

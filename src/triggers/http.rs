@@ -400,4 +400,27 @@ mod tests {
         assert_eq!(headers["x-kept"], "yes");
         assert_eq!(futures_body(response), "hello");
     }
+
+    proptest::proptest! {
+        /// Any guest output: an answer, never a panic, and never with the guest's framing.
+        #[test]
+        fn any_command_output_becomes_an_answer_without_framing_headers(
+            head in proptest::collection::vec("[A-Za-z-]{1,20}: [ -~]{0,30}", 0..6),
+            framing in proptest::option::of("(Content-Length: [0-9]{1,9}|Transfer-Encoding: chunked|Connection: close)"),
+            separator in "(\n\n|\r\n\r\n|\n)",
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let mut out = head.join("\n").into_bytes();
+            if let Some(f) = &framing {
+                out.extend_from_slice(b"\n");
+                out.extend_from_slice(f.as_bytes());
+            }
+            out.extend_from_slice(separator.as_bytes());
+            out.extend_from_slice(&body);
+            let response = cgi_response(Bytes::from(out));
+            for name in FRAMING {
+                proptest::prop_assert!(!response.headers().contains_key(&name));
+            }
+        }
+    }
 }
