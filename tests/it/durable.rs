@@ -469,3 +469,57 @@ fn a_queued_invocation_of_an_unknown_trigger_kind_ends_dead_and_is_never_left_ru
     let dead = host.json("/_jobhost/invocations?state=dead");
     assert_eq!(dead.as_array().unwrap().len(), 1, "{dead}");
 }
+
+#[test]
+fn twenty_kill_9s_while_jobs_flow_lose_no_accepted_job_and_hide_no_rerun() {
+    let project = project(
+        r#"retry = { attempts = 40, initial = "20ms", max = "100ms" }
+dirs = [{ host = "marks", guest = "/marks", write = true }]
+[host]
+max_concurrency = 4"#,
+    );
+    std::fs::create_dir_all(project.path("marks")).unwrap();
+    let mut accepted = Vec::new();
+    // Kill points from a fixed sequence, so a failure can be run again.
+    let mut seed: u64 = 0x5eed;
+    for _ in 0..20 {
+        let host = project.start();
+        for _ in 0..5 {
+            accepted.push(host.invoke("probe", "mark 40 /marks/log"));
+        }
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let pause = Duration::from_millis((seed >> 33) % 300);
+        std::thread::sleep(pause); // the kill point: chaos, not a wait for a condition
+        host.kill9();
+    }
+    let host = project.start();
+    let marks = |id: &str| -> Vec<u64> {
+        std::fs::read_to_string(project.path("marks/log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(i, _)| *i == id)
+            .map(|(_, a)| a.parse().unwrap())
+            .collect()
+    };
+    for id in &accepted {
+        let record = host.wait_for_record(id, Duration::from_secs(120), |r| {
+            state(r) == "succeeded" || state(r) == "dead"
+        });
+        assert_eq!(state(&record), "succeeded", "{record}");
+        let attempt = record["attempt"].as_u64().unwrap();
+        let mut runs = marks(id);
+        runs.sort();
+        // Every completed run is one of its attempts, none twice, the last one included:
+        // a run the host did not record is seen as a retry, never hidden.
+        assert!(runs.windows(2).all(|w| w[0] < w[1]), "{id}: {runs:?}");
+        assert!(
+            runs.iter().all(|a| *a <= attempt),
+            "{id}: {runs:?} > {attempt}"
+        );
+        assert_eq!(runs.last(), Some(&attempt), "{id}: {runs:?}");
+    }
+    assert_eq!(accepted.len(), 100);
+}

@@ -1,7 +1,8 @@
 //! A test guest that does what its stdin says, to probe the sandbox from inside:
 //! `env`, `read PATH`, `write PATH`, `alloc MIB`, `loop`, `sleep MS`, `panic`, `exit N`,
 //! `flood BYTES`, `echo TEXT`, `config KEY`, `job MS` (sleep, then print the invocation id
-//! and attempt), `stamp PATH` (append the time in ms to PATH, then fail), `input` (read the
+//! and attempt), `mark MS PATH` (sleep, then append the id and attempt to PATH), `stamp
+//! PATH` (append the time in ms to PATH, then fail), `input` (read the
 //! file of a watch event), `raw TEXT` (TEXT alone, `\n` as a line break: headers of the
 //! test's choosing). Every other answer starts with a CGI header block. An event (JSON on stdin, from a timer or a watch) runs the
 //! command in the function's `PROBE_EVENT` variable, `env` by default.
@@ -101,6 +102,24 @@ fn main() {
                 .expect("the stamp file opens");
             let _ = writeln!(file, "{now}");
             fail("stamped, and failing on purpose");
+        }
+        "mark" => {
+            // `mark MS PATH`: work for MS, then append "ID ATTEMPT" to PATH in one write.
+            let (ms, path) = arg.split_once(' ').expect("mark takes MS and a path");
+            std::thread::sleep(std::time::Duration::from_millis(
+                ms.parse().expect("mark takes milliseconds"),
+            ));
+            let id = std::env::var("JOBHOST_INVOCATION_ID").unwrap_or_default();
+            let attempt = std::env::var("JOBHOST_ATTEMPT").unwrap_or_default();
+            let line = format!("{id} {attempt}\n");
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)
+                .expect("the mark file opens");
+            file.write_all(line.as_bytes())
+                .expect("the mark is written");
+            let _ = write!(out, "{line}");
         }
         "input" => {
             let path = std::env::var("JOBHOST_FILE_PATH").unwrap_or_default();
