@@ -5,11 +5,11 @@ mod access;
 
 use chrono::Utc;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
 
 use crate::answer::{self, API_PREFIX, Body, error, json};
+use crate::body::{self, BodyLimits, Bounded};
 use crate::config::{Trigger, TriggerKind};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
@@ -17,7 +17,7 @@ use crate::sandbox::Shape;
 use crate::store::{Filter, Reason, RetryError, State};
 
 /// Largest payload `POST functions/{name}/invoke` takes.
-const MAX_INVOKE_BODY: usize = 10 << 20;
+const MAX_INVOKE_BODY: u64 = 10 << 20;
 
 /// One function as `GET /_jobhost/functions` and `jobhost functions` show it.
 #[derive(Serialize)]
@@ -152,17 +152,14 @@ async fn invoke(rt: &Runtime, name: &str, req: Request<Incoming>) -> Response<Bo
             format!("`{name}` is a wasi:http component: call it over its HTTP route"),
         );
     }
-    let payload = match Limited::new(req.into_body(), MAX_INVOKE_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("cannot read the payload: {e}"),
-            );
-        }
+    let limits = BodyLimits {
+        max_body: MAX_INVOKE_BODY,
+        timeout: rt.host.client_timeout,
+        stop: rt.accept.clone(),
+    };
+    let payload = match body::collect(Bounded::new(req.into_body(), limits), &rt.bodies).await {
+        Ok((payload, _share)) => payload,
+        Err(why) => return error(why.status(), format!("the payload: {why}")),
     };
     let new = rt.dispatch.new_invocation(
         &function,

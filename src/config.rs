@@ -127,6 +127,26 @@ impl Default for Limits {
     }
 }
 
+impl HostSettings {
+    /// What in these settings cannot work, as (key, why).
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.client_timeout.is_zero() {
+            out.push((
+                "client_timeout",
+                "must be more than 0s: no client could send a request in no time".to_string(),
+            ));
+        }
+        if self.max_body_memory == 0 {
+            out.push((
+                "max_body_memory",
+                "must be more than 0 bytes: no request body could be read".to_string(),
+            ));
+        }
+        out
+    }
+}
+
 /// The largest memory a guest may have: a 32-bit memory's whole address space.
 const MAX_MEMORY: u64 = 4 << 30;
 /// A WebAssembly page: the least memory that lets a guest that has any memory start.
@@ -209,6 +229,7 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
 
     let mut problems = Problems::default();
     let mut raw_host = RawHost::default();
+    let mut host_keys = BTreeMap::new();
     let mut raw_defaults = RawLimits::default();
     let mut shared = BTreeMap::new();
     let mut declared = BTreeMap::new();
@@ -216,7 +237,10 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
         let span = key.span();
         let section = key.get_ref().as_ref();
         match section {
-            "host" => raw_host = RawHost::read(&source, section, value, &mut problems),
+            "host" => {
+                host_keys = source::key_spans(&value);
+                raw_host = RawHost::read(&source, section, value, &mut problems);
+            }
             "defaults" => {
                 let keys = source::key_spans(&value);
                 let raw = RawLimits::read(&source, section, value, &mut problems);
@@ -261,6 +285,10 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
 
     let root = path.parent().unwrap_or(Path::new("/"));
     let host = host_settings(&source, root, raw_host, &mut problems);
+    for (key, why) in host.problems() {
+        let span = host_keys.get(key);
+        problems.push(source.problem(span, &format!("host.{key}"), why));
+    }
     let defaults = Limits::from_raw(&raw_defaults, &Limits::default());
     problems.or(Config {
         path,
@@ -318,14 +346,8 @@ fn host_settings(
             .max_connections
             .unwrap_or(DEFAULT_MAX_CONNECTIONS)
             .max(1),
-        client_timeout: raw
-            .client_timeout
-            .map_or(DEFAULT_CLIENT_TIMEOUT, |d| d.0)
-            .max(Duration::from_millis(1)),
-        max_body_memory: raw
-            .max_body_memory
-            .map_or(DEFAULT_MAX_BODY_MEMORY, |s| s.0)
-            .max(1),
+        client_timeout: raw.client_timeout.map_or(DEFAULT_CLIENT_TIMEOUT, |d| d.0),
+        max_body_memory: raw.max_body_memory.map_or(DEFAULT_MAX_BODY_MEMORY, |s| s.0),
         max_module_size: raw
             .max_module_size
             .map_or(DEFAULT_MAX_MODULE_SIZE, |s| s.0)
@@ -422,6 +444,14 @@ mod tests {
             (
                 "[defaults]\n\nmemory = \"5GiB\"\n",
                 "3|defaults.memory|more than 4GiB",
+            ),
+            (
+                "[host]\nlisten = \"127.0.0.1:0\"\nclient_timeout = \"0s\"\n",
+                "3|host.client_timeout|must be more than 0s",
+            ),
+            (
+                "[host]\nmax_body_memory = 0\n",
+                "2|host.max_body_memory|must be more than 0 bytes",
             ),
             (
                 "[host]\nretention = \"99999999999d\"\n",

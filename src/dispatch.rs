@@ -508,7 +508,9 @@ struct SyncRecords {
 
 impl SyncRecords {
     fn record(&self, invocation: &Invocation, started_at: i64, outcome: &Outcome) {
-        let cut = |bytes: &Bytes| bytes.slice(..bytes.len().min(self.excerpt));
+        // Copied, not sliced: a slice would keep the whole body or output alive until the
+        // record is written.
+        let cut = |bytes: &Bytes| Bytes::copy_from_slice(&bytes[..bytes.len().min(self.excerpt)]);
         let mut output = output(outcome);
         output.stdout_truncated |= output.stdout.len() > self.excerpt;
         output.stderr_truncated |= output.stderr.len() > self.excerpt;
@@ -566,20 +568,22 @@ fn log_outcome(invocation: &Invocation, outcome: &Outcome, echo: Echo) {
 
 /// The longest guest line the log takes whole.
 const LOG_LINE: usize = 4 << 10;
-/// How much of one invocation's output goes to the log; the record keeps the rest.
+/// How much of one invocation's output goes to the log, in bytes and in lines.
 const LOG_OUTPUT: usize = 64 << 10;
+const LOG_LINES: usize = 1000;
 
-/// A guest's output as log lines: each at most `LOG_LINE` bytes, `LOG_OUTPUT` in all, and
-/// a last line saying what was left out, so that a guest cannot flood the host's log.
+/// A guest's output as log lines: each at most `LOG_LINE` bytes, `LOG_OUTPUT` bytes and
+/// `LOG_LINES` lines in all, and a last line saying what was left out, so that a guest
+/// cannot flood the host's log.
 fn log_lines(output: &[u8], stream: &str) -> Vec<String> {
     let text = String::from_utf8_lossy(output);
     let mut lines = Vec::new();
     let mut logged = 0;
     for line in text.lines() {
-        if logged >= LOG_OUTPUT {
+        if logged >= LOG_OUTPUT || lines.len() >= LOG_LINES {
             lines.push(format!(
-                "... {} more bytes of {stream} are in the record, not the log",
-                text.len() - logged
+                "... {} more bytes of {stream} left out of the log (see the invocation's record)",
+                text.len().saturating_sub(logged)
             ));
             break;
         }
@@ -635,12 +639,16 @@ mod tests {
         let lines = log_lines(&many, "stdout");
         let total: usize = lines.iter().map(String::len).sum();
         assert!(total < LOG_OUTPUT + 256, "{total}");
+        assert!(lines.len() <= LOG_LINES + 1, "{}", lines.len());
         assert!(
             lines
                 .last()
                 .unwrap()
-                .contains("more bytes of stdout are in the record")
+                .contains("more bytes of stdout left out of the log")
         );
+        let blank = vec![b'\n'; 1 << 20];
+        let lines = log_lines(&blank, "stderr");
+        assert_eq!(lines.len(), LOG_LINES + 1);
         assert_eq!(log_lines(b"one\ntwo\n", "stdout"), ["one", "two"]);
     }
 

@@ -1,6 +1,7 @@
 //! The HTTP front: accepts connections (at most `max_connections`, backing off when the
 //! system has no file descriptors left), parses requests (hyper; a client that sends no
-//! headers for `client_timeout` is closed, an idle kept-alive connection too), and
+//! headers for `client_timeout` is closed, an idle kept-alive connection too, and so is one
+//! that stops reading its answer for that long), and
 //! sends each to what serves its path: `/healthz`, `/metrics`, the status API under
 //! `/_jobhost/`, or a function's route (the HTTP trigger). During shutdown it answers 503.
 
@@ -79,6 +80,10 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>) {
             tracing::info!("accepting connections again after {:?}", since.elapsed());
         }
         let _ = stream.set_nodelay(true);
+        // A client that stops reading its answer would hold its connection slot for as
+        // long as it liked: writes that cannot go on for client_timeout end the connection.
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(rt.host.client_timeout));
         let conn_rt = rt.clone();
         let shutdown = shutdown.clone();
         let client_timeout = rt.host.client_timeout;
@@ -91,7 +96,7 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>) {
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(client_timeout)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(Box::pin(stream)), service);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
@@ -127,7 +132,7 @@ async fn metrics_text(rt: &Runtime) -> Response<Body> {
         queue_depth: rt.store.queue.depth().await.unwrap_or(0),
         running: rt.dispatch.running() as i64,
         store_bytes: rt.store.history.bytes().await.unwrap_or(0) as i64,
-        body_bytes: rt.bodies_held() as i64,
+        body_bytes: rt.bodies.held() as i64,
     };
     let mut response = answer::text(StatusCode::OK, metrics::get().render(&gauges));
     response.headers_mut().insert(

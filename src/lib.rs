@@ -17,6 +17,7 @@ mod names;
 
 pub mod answer;
 pub mod api;
+pub mod body;
 pub mod cli;
 pub mod config;
 pub mod dispatch;

@@ -111,7 +111,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let body_bytes = Gauge::default();
     registry.register(
         "request_body_bytes",
-        "Bytes of request bodies held in memory now (bounded by max_body_memory)",
+        "Bytes of memory held for request bodies now, a body of declared length counting whole from its start (bounded by max_body_memory)",
         body_bytes.clone(),
     );
     let store_bytes = Gauge::default();

@@ -277,7 +277,7 @@ fn read_module(path: &Path, cap: u64) -> Result<Vec<u8>, String> {
         ));
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(cap + 1)
+    file.take(cap.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read the module: {e}"))?;
     if bytes.len() as u64 > cap {

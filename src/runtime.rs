@@ -5,10 +5,10 @@
 
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::body::Budget;
 use crate::config::HostSettings;
 use crate::dispatch::Dispatcher;
 use crate::registry::Registry;
@@ -21,9 +21,8 @@ pub struct Runtime {
     functions: RwLock<Arc<Registry>>,
     pub dispatch: Arc<Dispatcher>,
     pub store: Store,
-    /// The budget for request bodies held in memory, in bytes (`max_body_memory`).
-    pub bodies: Arc<Semaphore>,
-    body_budget: usize,
+    /// The budget for request bodies held in memory (`max_body_memory`).
+    pub bodies: Budget,
     /// Cancelled on the first shutdown signal: the listener and triggers stop, and requests
     /// still arriving on open connections answer 503.
     pub accept: CancellationToken,
@@ -39,12 +38,8 @@ impl Runtime {
         accept: CancellationToken,
         tasks: TaskTracker,
     ) -> Runtime {
-        let budget = usize::try_from(host.max_body_memory)
-            .unwrap_or(usize::MAX)
-            .min(Semaphore::MAX_PERMITS);
         Runtime {
-            bodies: Arc::new(Semaphore::new(budget)),
-            body_budget: budget,
+            bodies: Budget::new(host.max_body_memory),
             host,
             functions: RwLock::new(Arc::new(Registry::default())),
             dispatch,
@@ -52,11 +47,6 @@ impl Runtime {
             accept,
             tasks,
         }
-    }
-
-    /// Bytes of request bodies held in memory now.
-    pub fn bodies_held(&self) -> usize {
-        self.body_budget - self.bodies.available_permits()
     }
 
     /// The functions as they are now. A request or a run keeps the snapshot it started

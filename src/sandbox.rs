@@ -180,13 +180,13 @@ pub type IncomingBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Reques
 /// with the matching `error-code`.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestBodyError {
-    #[error("the body is larger than {0} bytes (max_body)")]
+    #[error("the request body is larger than {0} bytes (max_body)")]
     TooLarge(u64),
-    #[error("the client sent nothing for client_timeout")]
+    #[error("the request body stopped arriving for client_timeout, or came slower than 16 KiB/s")]
     TimedOut,
     #[error("the host is shutting down")]
     ShuttingDown,
-    #[error("the client's body broke off: {0}")]
+    #[error("cannot read the request body: {0}")]
     Client(hyper::Error),
 }
 
@@ -370,6 +370,9 @@ impl Sandbox {
             .pagemap_scan(wasmtime::Enabled::Auto)
             .linear_memory_keep_resident(KEEP_RESIDENT)
             .table_keep_resident(64 << 10)
+            // What lies past KEEP_RESIDENT is given back to the system as each instance
+            // ends, not gathered into batches that a quiet host might hold for long: a
+            // burst of big guests leaves no memory behind.
             .decommit_batch_size(1);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
@@ -797,7 +800,13 @@ impl hyper::body::Body for Unfinished {
         match std::pin::Pin::new(&mut self.body).poll_frame(cx) {
             // The body ended: finished by the guest (which may still run: then it has
             // said nothing yet), or cut off by its end (then it has said how it ended).
-            std::task::Poll::Ready(None) if self.failed.try_recv() == Ok(true) => {
+            // A verdict never sent means the invocation task itself failed.
+            std::task::Poll::Ready(None)
+                if matches!(
+                    self.failed.try_recv(),
+                    Ok(true) | Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+                ) =>
+            {
                 std::task::Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpResponseIncomplete)))
             }
             other => other,

@@ -1,7 +1,9 @@
 //! Who may use `/_jobhost/`. On loopback the API needs no token, so it answers only requests
 //! addressed to this host (their `Host` is the listen address, `localhost` or a name in
 //! `[host] api_hosts`): a web page whose name was rebound to 127.0.0.1 (DNS rebinding)
-//! cannot read it. Off loopback it needs `Authorization: Bearer <admin_token>`. Either way a
+//! cannot read it. Off loopback, and for a request a local proxy passed on (it has
+//! `Forwarded`, `X-Forwarded-For` or `X-Real-IP`), it needs `Authorization: Bearer
+//! <admin_token>`. Either way a
 //! write that a browser sends from another origin (a form on any page the user visits) is
 //! refused.
 
@@ -24,7 +26,7 @@ pub(super) fn refusal(
             format!("{why}: the API takes writes from its own origin, curl or the CLI only"),
         ));
     }
-    if host.listen.ip().is_loopback() {
+    if host.listen.ip().is_loopback() && !proxied(headers) {
         return match addressed_here(host, headers) {
             Ok(()) => None,
             Err(given) => Some(error(
@@ -38,10 +40,12 @@ pub(super) fn refusal(
         };
     }
     let Some(token) = host.admin_token.as_deref() else {
-        return Some(error(
-            StatusCode::FORBIDDEN,
-            "the status API is off: the host listens beyond loopback and has no host.admin_token",
-        ));
+        let why = if host.listen.ip().is_loopback() {
+            "the request came through a proxy (it has Forwarded, X-Forwarded-For or X-Real-IP) and the host has no host.admin_token: set one to use the API through a proxy"
+        } else {
+            "the status API is off: the host listens beyond loopback and has no host.admin_token"
+        };
+        return Some(error(StatusCode::FORBIDDEN, why));
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -60,6 +64,14 @@ pub(super) fn refusal(
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     Some(response)
+}
+
+/// Whether a proxy on this machine passed the request on (it says whom for): such a request
+/// may come from anywhere, so loopback does not vouch for it and it needs the token.
+fn proxied(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::FORWARDED)
+        || headers.contains_key("x-forwarded-for")
+        || headers.contains_key("x-real-ip")
 }
 
 /// Why a request comes from another origin than the API's own, if it does: a browser says
@@ -162,6 +174,20 @@ mod tests {
         for (headers, want) in cases {
             assert_eq!(status(&host, Method::GET, &headers), want, "{headers:?}");
         }
+    }
+
+    #[test]
+    fn on_loopback_a_request_passed_on_by_a_proxy_needs_the_token() {
+        let open = settings("127.0.0.1:8080", Some("s3cret"));
+        for proxy in ["forwarded", "x-forwarded-for", "x-real-ip"] {
+            let from = [("host", "localhost:8080"), (proxy, "203.0.113.9")];
+            assert_eq!(status(&open, Method::GET, &from), 401, "{proxy}");
+            let with = [from[0], from[1], ("authorization", "Bearer s3cret")];
+            assert_eq!(status(&open, Method::GET, &with), 200, "{proxy}");
+        }
+        let closed = settings("127.0.0.1:8080", None);
+        let from = [("x-forwarded-for", "203.0.113.9")];
+        assert_eq!(status(&closed, Method::GET, &from), 403);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use toml::de::DeValue;
 
 use super::raw::{RawFunction, RawLimits};
 use super::source::{Problem, Problems, Source};
-use super::trigger::Trigger;
+use super::trigger::{HttpMode, Trigger};
 use super::values::{self, Setting};
 use super::{Config, DirMount, Limits};
 
@@ -230,6 +230,20 @@ pub(crate) fn function_spec(
         Some((list, source)) => {
             for (i, t) in list.iter().enumerate() {
                 match Trigger::parse(t.get_ref().clone(), root) {
+                    // An async route holds each body whole in memory until it is queued.
+                    Ok(Trigger::Http(h))
+                        if h.mode == HttpMode::Async
+                            && h.max_body > config.host.max_body_memory =>
+                    {
+                        problems.push(source.problem(
+                            Some(&t.span()),
+                            &format!("{section}.triggers[{i}].max_body"),
+                            format!(
+                                "{} bytes is more than [host] max_body_memory ({} bytes), all the host holds in request bodies at once: lower max_body or raise max_body_memory",
+                                h.max_body, config.host.max_body_memory
+                            ),
+                        ));
+                    }
                     Ok(t) => triggers.push(t),
                     Err(why) => problems.push(source.problem(
                         Some(&t.span()),
@@ -356,15 +370,16 @@ mod tests {
     fn settings_that_cannot_work_are_refused() {
         let (_dir, config) = project(&[(
             "runtime.toml",
-            "[functions.a]\ntimeout = \"0s\"\nmemory = \"8GiB\"\ntriggers = [{ http = \"/healthz\" }, { http = \"/_jobhost/x\" }]\ndirs = [{ host = \"nowhere\", guest = \"/in\" }]\n",
+            "[host]\nmax_body_memory = \"1MiB\"\n[functions.a]\ntimeout = \"0s\"\nmemory = \"8GiB\"\ntriggers = [{ http = \"/healthz\" }, { http = \"/_jobhost/x\" }, { http = \"/up\", mode = \"async\", max_body = \"2MiB\" }]\ndirs = [{ host = \"nowhere\", guest = \"/in\" }]\n",
         )]);
         let text = problems_of(&config, "a");
         for expected in [
-            ":2: `functions.a.timeout`: must be more than 0s",
-            ":3: `functions.a.memory`: is more than 4GiB",
-            ":4: `functions.a.triggers[0]`: route /healthz is the host's own",
-            ":4: `functions.a.triggers[1]`: route /_jobhost/x is the host's own",
-            ":5: `functions.a.dirs[0].host`:",
+            ":4: `functions.a.timeout`: must be more than 0s",
+            ":5: `functions.a.memory`: is more than 4GiB",
+            ":6: `functions.a.triggers[0]`: route /healthz is the host's own",
+            ":6: `functions.a.triggers[1]`: route /_jobhost/x is the host's own",
+            ":6: `functions.a.triggers[2].max_body`: 2097152 bytes is more than [host] max_body_memory",
+            ":7: `functions.a.dirs[0].host`:",
             "nowhere is not a folder",
         ] {
             assert!(text.contains(expected), "{expected} missing from:\n{text}");

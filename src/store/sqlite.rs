@@ -126,9 +126,9 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
 }
 
 /// A file's device and inode: the same path with another identity is another file.
-fn identity(path: &Path) -> Option<(u64, u64)> {
+fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    std::fs::metadata(path).map(|m| (m.dev(), m.ino()))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -179,7 +179,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             batch: Batcher::start(data_dir)?,
-            identity: identity(&path),
+            identity: identity(&path).ok(),
             path,
             _lock: lock,
         })
@@ -735,15 +735,21 @@ impl History for SqliteStore {
 
     async fn check(&self) -> anyhow::Result<()> {
         match identity(&self.path) {
-            Some(now) if Some(now) == self.identity => Ok(()),
-            Some(_) => bail!(
+            Ok(now) if Some(now) == self.identity => Ok(()),
+            Ok(_) => bail!(
                 "the store {} was replaced by another file while the host ran",
                 self.path.display()
             ),
-            None => bail!(
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
                 "the store {} was deleted while the host ran",
                 self.path.display()
             ),
+            // Anything else (a folder made unreadable for a moment, a stale mount) is no
+            // proof the file went: the next look tells.
+            Err(e) => {
+                tracing::warn!("cannot look at the store {}: {e}", self.path.display());
+                Ok(())
+            }
         }
     }
 

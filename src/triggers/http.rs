@@ -1,11 +1,9 @@
 //! The HTTP trigger: what a function's route does. The request is matched to a route (404,
 //! 405) and admitted within the limits (503) before its body is read; then a wasi:http
 //! component gets the request with its body streaming in, and a command gets it as CGI
-//! variables and its whole body on stdin (`body`: within `max_body`, 413, and the host's
-//! budget for bodies in memory). The guest's answer becomes the response. Accepting
-//! connections is the HTTP front's.
-
-mod body;
+//! variables and its whole body on stdin (read by `body`: 413, 408, or 503 past the budget
+//! for bodies in memory). An async route reads the body whole and queues it. The guest's
+//! answer becomes the response. Accepting connections is the HTTP front's.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -13,13 +11,13 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::answer::{self, Body};
+use crate::body::{self, BodyLimits, Bounded, Refused};
 use crate::config::{HttpMode, TriggerKind};
 use crate::dispatch::{Call, Echo, Served};
 use crate::registry::{Registry, RouteEntry};
 use crate::runtime::Runtime;
 use crate::sandbox::{Outcome, RequestBodyError, Shape};
 use crate::store::Reason;
-use body::{Bounded, Refused};
 
 /// Answers a request for a function's route.
 pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
@@ -43,9 +41,11 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let body = Bounded::new(
         body,
-        entry.max_body,
-        rt.host.client_timeout,
-        rt.accept.clone(),
+        BodyLimits {
+            max_body: entry.max_body,
+            timeout: rt.host.client_timeout,
+            stop: rt.accept.clone(),
+        },
     );
     let function = &entry.function;
     if entry.mode == HttpMode::Async {
@@ -122,28 +122,9 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
 
 /// The answer to a body that could not be had.
 fn refused(why: Refused, entry: &RouteEntry) -> Response<Body> {
-    match why {
-        Refused::Body(RequestBodyError::TooLarge(limit)) => answer::text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the request body is larger than {limit} bytes (max_body of {})\n",
-                entry.route.text
-            ),
-        ),
-        Refused::Body(RequestBodyError::TimedOut) => answer::text(
-            StatusCode::REQUEST_TIMEOUT,
-            "the request body stopped arriving (client_timeout)\n",
-        ),
-        Refused::Body(RequestBodyError::ShuttingDown) => {
-            answer::unavailable("the host is shutting down")
-        }
-        Refused::Body(RequestBodyError::Client(e)) => answer::text(
-            StatusCode::BAD_REQUEST,
-            format!("cannot read the request body: {e}\n"),
-        ),
-        Refused::Busy => answer::unavailable(
-            "the host holds as many request bodies as max_body_memory allows; try again",
-        ),
+    match why.status() {
+        StatusCode::SERVICE_UNAVAILABLE => answer::unavailable(why.to_string()),
+        status => answer::text(status, format!("{why} (route {})\n", entry.route.text)),
     }
 }
 

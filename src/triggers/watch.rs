@@ -263,13 +263,20 @@ impl Watch {
         };
         // Off the async workers: a big tree takes a while to read.
         let watch = self.watch.clone();
-        let files = tokio::task::spawn_blocking(move || {
+        let scanned = tokio::task::spawn_blocking(move || {
             let mut files = Vec::new();
             scan(&watch, &watch.folder, &mut files);
             files
         })
-        .await
-        .unwrap_or_default();
+        .await;
+        // A scan that did not finish says nothing about which files went.
+        let files = match scanned {
+            Ok(files) => files,
+            Err(e) => {
+                tracing::error!(function = %self.function.spec.name, "scanning the folder: {e}");
+                return;
+            }
+        };
         for (rel, now) in files {
             let before = receipts.remove(&rel);
             self.changed(&rel, before, Some(now)).await;

@@ -224,6 +224,36 @@ fn connections_are_capped_at_max_connections_and_idle_ones_closed_after_client_t
 }
 
 #[test]
+fn a_client_that_stops_reading_its_answer_is_cut_off_after_client_timeout() {
+    let project = Project::new(
+        "[host]\nmax_connections = 1\nclient_timeout = \"1s\"\n[functions.probe]\nmax_output = \"64MiB\"\n",
+    );
+    project.function("probe", &probe(P1));
+    let host = project.start();
+    // Asks for more than the sockets' buffers hold, and never reads it: the host's writes
+    // cannot go on.
+    let order = "flood 50000000";
+    let mut stuck = TcpStream::connect(&host.addr).unwrap();
+    write!(
+        stuck,
+        "POST /probe HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{order}",
+        order.len()
+    )
+    .unwrap();
+    // The only connection slot comes free once the stuck client is cut off.
+    let mut next = TcpStream::connect(&host.addr).unwrap();
+    next.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    next.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = [0u8; 12];
+    next.read_exact(&mut answer)
+        .expect("served once the stuck client is cut off");
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    drop(stuck);
+}
+
+#[test]
 fn a_burst_of_big_bodies_is_admitted_before_it_is_read_and_its_memory_given_back() {
     let project = Project::new("[host]\nmax_concurrency = 2\n[functions.wc]\n");
     project.function("wc", &example("wordcount-p1", P1));
@@ -274,12 +304,13 @@ fn a_body_that_stops_arriving_times_out_and_bodies_in_memory_are_bounded() {
     stalled.read_exact(&mut answer).unwrap();
     assert_eq!(&answer, b"HTTP/1.1 408");
 
-    // One slow upload holds 900 KB of the 1 MiB for bodies; another cannot fit meanwhile.
+    // One slow upload of declared length holds 1 MB of the 1 MiB for bodies at once; another
+    // cannot fit meanwhile.
     let mut slow = TcpStream::connect(&host.addr).unwrap();
     slow.write_all(b"POST /wc HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
         .unwrap();
     slow.write_all(&vec![b'a'; 900_000]).unwrap();
-    host.wait_for_metric("jobhost_request_body_bytes", 900_000.0);
+    host.wait_for_metric("jobhost_request_body_bytes", 1_000_000.0);
     let other = std::thread::scope(|scope| {
         let other = scope.spawn(|| host.request("POST", "/wc", &vec![b'b'; 200_000]));
         // Keep the slow one alive, a byte at a time, until the other is answered.
@@ -291,6 +322,11 @@ fn a_body_that_stops_arriving_times_out_and_bodies_in_memory_are_bounded() {
     });
     assert_eq!(other.status, 503, "{}", other.body);
     assert!(other.body.contains("max_body_memory"), "{}", other.body);
+
+    // A body bigger than the whole budget could never be held: 413 at once, not 503.
+    let huge = host.request("POST", "/wc", &vec![b'c'; 2 << 20]);
+    assert_eq!(huge.status, 413, "{}", huge.body);
+    assert!(huge.body.contains("max_body_memory"), "{}", huge.body);
 }
 
 /// Reads a raw HTTP/1.1 answer to `path` until the host closes the connection.
@@ -381,7 +417,7 @@ fn sigterm_does_not_wait_for_a_request_whose_body_stopped_coming() {
     let mut half = TcpStream::connect(&host.addr).unwrap();
     half.write_all(b"POST /wc HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789")
         .unwrap();
-    host.wait_for_metric("jobhost_request_body_bytes", 10.0);
+    host.wait_for_metric("jobhost_request_body_bytes", 1000.0);
     let (status, took) = host.sigterm(Duration::from_secs(30));
     assert!(status.success(), "{status}");
     // Neither shutdown_timeout (25 s) nor client_timeout (30 s) is waited out.
