@@ -9,7 +9,8 @@
 - Restart time with 100 cached modules.
 - Memory per instance with 1,000 invocations sleeping at once.
 
-Every HTTP row also gives the server's CPU per request: the process's utime + stime over
+jobhost runs at its default log level (INFO), as its users run it. Every HTTP row also gives
+the server's CPU per request: the process's utime + stime over
 the run divided by the requests answered, far steadier than requests/s on a shared machine.
 
 Writes BENCHMARKS.md. Needs wrk (`apt-get install wrk`).
@@ -149,7 +150,7 @@ def http_throughput(duration, skip_wasmtime):
         port = jobhost_project(tmp, {"hello": hello}, f"max_concurrency = {2 * LEVELS[-1]}\n")
         servers.append(("jobhost", lambda: Server(
             [str(JOBHOST), "--config", str(tmp / "runtime.toml"), "up"],
-            f"http://127.0.0.1:{port}/hello", env={**os.environ, "JOBHOST_LOG": "warn"})))
+            f"http://127.0.0.1:{port}/hello")))
         if not skip_wasmtime:
             wport = free_port()
             servers.append(("wasmtime serve", lambda: Server(
@@ -196,7 +197,7 @@ def latency_during_reload(duration=6):
         tmp = Path(t)
         port = jobhost_project(tmp, {"hello": hello})
         server = Server([str(REPO / "target/release/jobhost"), "--config", str(tmp / "runtime.toml"), "up"],
-                        f"http://127.0.0.1:{port}/hello", env={**os.environ, "JOBHOST_LOG": "warn"})
+                        f"http://127.0.0.1:{port}/hello")
         try:
             quiet = wrk(server.url, 8, duration)
             proc = subprocess.Popen(["wrk", "-t", "2", "-c", "8", "-d", f"{duration}s", "--latency", server.url],
@@ -225,7 +226,7 @@ def drop_to_first_answer():
             tmp = Path(t)
             port = jobhost_project(tmp, {})
             server = Server([str(REPO / "target/release/jobhost"), "--config", str(tmp / "runtime.toml"), "up"],
-                            f"http://127.0.0.1:{port}/healthz", env={**os.environ, "JOBHOST_LOG": "warn"})
+                            f"http://127.0.0.1:{port}/healthz")
             try:
                 # Written beside and renamed in, so the clock starts with the whole file there.
                 staged = tmp / "big.wasm.part"
@@ -258,7 +259,7 @@ def restart_with_cached(n=100):
         for _ in range(3):
             start = time.perf_counter()
             server = Server([str(REPO / "target/release/jobhost"), "--config", str(tmp / "runtime.toml"), "up"],
-                            f"http://127.0.0.1:{port}/healthz", env={**os.environ, "JOBHOST_LOG": "warn"})
+                            f"http://127.0.0.1:{port}/healthz")
             results.append((time.perf_counter() - start) * 1000)
             server.stop()
     return {"modules": n, "cold_ms": results[0], "warm_ms": min(results[1:])}
@@ -278,7 +279,7 @@ def sleeping_instances(n=1000):
         port = jobhost_project(tmp, {"probe": probe},
                                f'max_concurrency = {n + 10}\n[defaults]\ntimeout = "120s"\n')
         server = Server([str(REPO / "target/release/jobhost"), "--config", str(tmp / "runtime.toml"), "up"],
-                        f"http://127.0.0.1:{port}/healthz", env={**os.environ, "JOBHOST_LOG": "warn"})
+                        f"http://127.0.0.1:{port}/healthz")
         try:
             base = f"http://127.0.0.1:{port}"
             # One run first, so code and caches are warm before the baseline.
@@ -336,7 +337,7 @@ def before_and_after(baseline, rounds, duration, levels):
                 tmp = Path(t)
                 port = jobhost_project(tmp, {"hello": hello}, f"max_concurrency = {2 * levels[-1]}\n")
                 server = Server(PIN["server"] + [str(binary), "--config", str(tmp / "runtime.toml"), "up"],
-                                f"http://127.0.0.1:{port}/hello", env={**os.environ, "JOBHOST_LOG": "warn"})
+                                f"http://127.0.0.1:{port}/hello")
                 try:
                     wrk(server.url, 8, 2)  # warm up
                     for c in levels:

@@ -5,6 +5,7 @@
 
 mod capture;
 mod imports;
+mod response;
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -33,6 +34,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 use crate::config::{DirMount, Limits};
 use capture::Capture;
 pub use imports::GuestConfig;
+use response::Response;
 
 /// How often the epoch advances; a guest past its deadline stops within one tick.
 const TICK: Duration = Duration::from_millis(10);
@@ -754,8 +756,21 @@ impl Sandbox {
         });
         match receiver.await {
             Ok(Ok(response)) => {
-                let response = response.map(|body| Unfinished { body, failed }.boxed_unsync());
-                HttpServed::Responded(response, task)
+                let (head, body) = response.into_parts();
+                let body = Response::new(body, failed).gather().await;
+                if body.cut() {
+                    // The guest failed before any of its answer went out: the caller gets
+                    // the failure (a 500) rather than a part of an answer.
+                    drop(body);
+                    let mut outcome = task.await.unwrap_or_else(|e| panicked(e, started));
+                    if outcome.result.is_ok() {
+                        outcome.result = Err(Failure::Trap(
+                            "the guest failed while it wrote its answer".to_string(),
+                        ));
+                    }
+                    return HttpServed::Failed(outcome);
+                }
+                HttpServed::Responded(http::Response::from_parts(head, body.boxed_unsync()), task)
             }
             Ok(Err(code)) => {
                 let mut outcome = task.await.unwrap_or_else(|e| panicked(e, started));
@@ -776,49 +791,6 @@ impl Sandbox {
                 HttpServed::Failed(outcome)
             }
         }
-    }
-}
-
-/// A guest's response body that does not end cleanly when the guest failed before it
-/// finished the body (a trap, a timeout, a limit): it ends in an error, so the connection
-/// is cut short and the client knows the body is incomplete. wasmtime-wasi-http ends such a
-/// body as if it were whole.
-struct Unfinished {
-    body: Body,
-    /// Whether the guest failed, sent before its store (the body's sender) is dropped.
-    failed: tokio::sync::oneshot::Receiver<bool>,
-}
-
-impl hyper::body::Body for Unfinished {
-    type Data = Bytes;
-    type Error = wasmtime_wasi_http::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        match std::pin::Pin::new(&mut self.body).poll_frame(cx) {
-            // The body ended: finished by the guest (which may still run: then it has
-            // said nothing yet), or cut off by its end (then it has said how it ended).
-            // A verdict never sent means the invocation task itself failed.
-            std::task::Poll::Ready(None)
-                if matches!(
-                    self.failed.try_recv(),
-                    Ok(true) | Err(tokio::sync::oneshot::error::TryRecvError::Closed)
-                ) =>
-            {
-                std::task::Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpResponseIncomplete)))
-            }
-            other => other,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
     }
 }
 
