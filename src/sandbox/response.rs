@@ -139,7 +139,7 @@ impl Response {
                 Poll::Pending if self.held.len() == 0 => return Poll::Pending,
                 Poll::Pending if self.yields < YIELDS => {
                     self.yields += 1;
-                    cx.waker().wake_by_ref();
+                    yield_once(cx);
                     return Poll::Pending;
                 }
                 Poll::Pending => break,
@@ -164,12 +164,20 @@ impl Response {
                 return Poll::Ready(());
             }
             rounds += 1;
-            cx.waker().wake_by_ref();
+            yield_once(cx);
             Poll::Pending
         })
         .await;
         self
     }
+}
+
+/// Has the current task polled again once the tasks ready now, the guest's among them, have
+/// had their turn. tokio's `yield_now` defers the wake-up to the worker's next round, where
+/// waking the task directly would also wake an idle worker to come and steal it.
+fn yield_once(cx: &mut Context<'_>) {
+    let yielded = std::pin::pin!(tokio::task::yield_now());
+    let _ = std::future::Future::poll(yielded, cx);
 }
 
 impl Body for Response {
