@@ -14,7 +14,7 @@ the server's CPU per request: the process's utime + stime over
 the run divided by the requests answered, far steadier than requests/s on a shared machine.
 
 Writes BENCHMARKS.md. Needs wrk (`apt-get install wrk`).
-    bench/compare.py [--duration SECONDS] [--skip-wasmtime]
+    bench/compare.py [--duration SECONDS] [--rounds N] [--pin] [--skip-wasmtime]
 
 With `--baseline BIN` it measures only this jobhost against another build of it (for
 example the binary of the commit before a change), in alternating rounds at 1 and 16
@@ -139,9 +139,11 @@ def jobhost_project(tmp, functions, toml=""):
     return port
 
 
-def http_throughput(duration, skip_wasmtime):
+def http_throughput(duration, skip_wasmtime, rounds):
+    """Each server at each level, in `rounds` interleaved rounds (the order of the servers
+    turns every round); every figure is the median over the rounds."""
     hello = REPO / "target" / "bench-guests" / "hello.wasm"
-    results = {}
+    runs = {}
     servers = []
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
@@ -149,26 +151,33 @@ def http_throughput(duration, skip_wasmtime):
         # no such limit); the default of 64 would answer part of the load with 503.
         port = jobhost_project(tmp, {"hello": hello}, f"max_concurrency = {2 * LEVELS[-1]}\n")
         servers.append(("jobhost", lambda: Server(
-            [str(JOBHOST), "--config", str(tmp / "runtime.toml"), "up"],
+            PIN["server"] + [str(JOBHOST), "--config", str(tmp / "runtime.toml"), "up"],
             f"http://127.0.0.1:{port}/hello")))
         if not skip_wasmtime:
             wport = free_port()
             servers.append(("wasmtime serve", lambda: Server(
-                [str(wasmtime_bin()), "serve", "-Scli", "-O", "pooling-allocator=y",
-                 "--addr", f"127.0.0.1:{wport}", str(hello)],
+                PIN["server"] + [str(wasmtime_bin()), "serve", "-Scli", "-O", "pooling-allocator=y",
+                                 "--addr", f"127.0.0.1:{wport}", str(hello)],
                 f"http://127.0.0.1:{wport}/hello")))
         nport = free_port()
         servers.append(("native hyper", lambda: Server(
-            [str(REPO / "target/release/examples/native-hello"), f"127.0.0.1:{nport}"],
+            PIN["server"] + [str(REPO / "target/release/examples/native-hello"), f"127.0.0.1:{nport}"],
             f"http://127.0.0.1:{nport}/hello")))
-        for name, start in servers:
-            server = start()
-            try:
-                wrk(server.url, 8, 2)  # warm up
-                results[name] = {c: wrk(server.url, c, duration, server.proc.pid) for c in LEVELS}
-            finally:
-                server.stop()
-    return results
+        for round in range(rounds):
+            order = servers[round % len(servers):] + servers[:round % len(servers)]
+            for name, start in order:
+                server = start()
+                try:
+                    wrk(server.url, 8, 2)  # warm up
+                    for c in LEVELS:
+                        runs.setdefault(name, {}).setdefault(c, []).append(
+                            wrk(server.url, c, duration, server.proc.pid))
+                finally:
+                    server.stop()
+    results = {name: {c: {k: median([r[k] for r in rs]) for k in rs[0]} for c, rs in per.items()}
+               for name, per in runs.items()}
+    # Keep the table's order: jobhost, wasmtime serve, native hyper.
+    return {name: results[name] for name, _ in servers}
 
 
 def leb(v):
@@ -376,7 +385,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--levels", default="1,16", help="connections for --baseline, comma-separated")
     parser.add_argument("--pin", action="store_true",
-                        help="with --baseline: the server on core 1, wrk on core 0 (steadier on a shared machine)")
+                        help="the server on core 1, wrk on core 0 (steadier on a shared machine)")
     args = parser.parse_args()
     build()
     if args.baseline:
@@ -386,13 +395,20 @@ def main():
         lines, runs = before_and_after(args.baseline, args.rounds, args.duration, levels)
         path = REPO / "BENCHMARKS.md"
         text = path.read_text() if path.exists() else "# Benchmarks\n"
+        # Replaces the section (up to the next one, such as the soak's), or adds it.
+        rest = ""
         if BEFORE_AFTER in text:
-            text = text[:text.index(BEFORE_AFTER)]
-        path.write_text(text.rstrip() + "\n\n" + "\n".join(lines))
+            start = text.index(BEFORE_AFTER)
+            end = text.find("\n## ", start + 1)
+            rest = text[end:] if end >= 0 else ""
+            text = text[:start]
+        path.write_text(text.rstrip() + "\n\n" + "\n".join(lines) + rest)
         print("\n".join(lines))
         print(json.dumps(runs, indent=1), file=sys.stderr)
         return
-    http = http_throughput(args.duration, args.skip_wasmtime)
+    if args.pin:
+        PIN.update(server=["taskset", "-c", "1"], client=["taskset", "-c", "0"])
+    http = http_throughput(args.duration, args.skip_wasmtime, args.rounds)
     drop = drop_to_first_answer()
     restart = restart_with_cached()
     sleeping = sleeping_instances()
@@ -402,6 +418,8 @@ def main():
         "",
         f"Written by `bench/compare.py` on {time.strftime('%Y-%m-%d')}: {machine()}.",
         f"wrk runs on the same machine as the server, {args.duration} s per level; wasmtime {WASMTIME_VERSION}.",
+        f"Medians of {args.rounds} interleaved rounds"
+        + (", the server pinned to one core and wrk to the other." if PIN["server"] else "."),
         "",
         "## HTTP hello (the same wasi:http component)",
         "",

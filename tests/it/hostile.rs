@@ -337,6 +337,39 @@ fn a_body_that_stops_arriving_times_out_and_bodies_in_memory_are_bounded() {
     assert!(answer.contains("max_body_memory"), "{answer}");
 }
 
+#[test]
+fn a_body_trickling_in_slower_than_the_floor_is_cut_off_after_client_timeout() {
+    let project = Project::new("[host]\nclient_timeout = \"1s\"\n[functions.wc]\n");
+    project.function("wc", &example("wordcount-p1", P1));
+    let host = project.start();
+    // A byte every 100 ms never lets client_timeout pass in silence, but after that long
+    // it is far below 16 KiB/s: the host answers 408 instead of waiting for 100 KB of it.
+    let mut trickle = TcpStream::connect(&host.addr).unwrap();
+    trickle
+        .write_all(b"POST /wc HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        .unwrap();
+    trickle
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 512];
+    for _ in 0..600 {
+        // The uploader's pace (and the wait for the answer), not a sleep.
+        if trickle.write_all(b"a").is_err() {
+            break;
+        }
+        match trickle.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) if answer.is_empty() => continue,
+            Err(_) => break,
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("16 KiB/s"), "{answer}");
+}
+
 /// Reads a raw HTTP/1.1 answer to `path` until the host closes the connection.
 fn raw_get(addr: &str, path: &str) -> Vec<u8> {
     let mut stream = TcpStream::connect(addr).unwrap();
