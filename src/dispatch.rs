@@ -403,8 +403,12 @@ impl Dispatcher {
                     let next = match &outcome.result {
                         Ok(()) => Next::Succeeded,
                         Err(_) if claimed.attempt < claimed.max_attempt => {
-                            let delay =
-                                backoff(&function.spec.limits.retry, claimed.attempt, &lease.id);
+                            // Counted within the round: a dead invocation queued again backs
+                            // off from `initial` as a new one does.
+                            let retry = &function.spec.limits.retry;
+                            let left = claimed.max_attempt - claimed.attempt;
+                            let in_round = retry.attempts.saturating_sub(left).max(1);
+                            let delay = backoff(retry, in_round, &lease.id);
                             tracing::info!(attempt = claimed.attempt, "retrying in {delay:?}");
                             Next::RetryAt(now_ms() + delay.as_millis() as i64)
                         }

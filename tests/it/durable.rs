@@ -105,6 +105,14 @@ dirs = [{ host = "stamps", guest = "/stamps", write = true }]"#,
         state(r) == "dead" && r["attempt"] == 8
     });
     assert_eq!(record["reason"], "retry");
+    // The new round backs off from `initial` again, not from where the last one stopped.
+    let times: Vec<u64> = std::fs::read_to_string(project.path("stamps/times"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(times.len(), 8, "{times:?}");
+    assert!(times[5] - times[4] < times[3] - times[2], "{times:?}");
     // ...and a record that is not dead cannot.
     let ok = host.invoke("probe", "echo fine");
     host.wait_for_record(&ok, Duration::from_secs(30), |r| state(r) == "succeeded");
