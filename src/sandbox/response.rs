@@ -229,3 +229,52 @@ impl Body for Response {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A guest's body whose pieces are all written already.
+    struct Written(std::collections::VecDeque<&'static str>);
+
+    impl Body for Written {
+        type Data = Bytes;
+        type Error = wasmtime_wasi_http::Error;
+
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Polled {
+            Poll::Ready(
+                self.0
+                    .pop_front()
+                    .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes())))),
+            )
+        }
+    }
+
+    /// The body of a guest that wrote `pieces` and then ended, failed or not.
+    fn written(pieces: &[&'static str], failed: bool) -> Response {
+        let (verdict, told) = oneshot::channel();
+        verdict.send(failed).unwrap();
+        Response::new(
+            Written(pieces.iter().copied().collect()).boxed_unsync(),
+            told,
+        )
+    }
+
+    #[tokio::test]
+    async fn an_answer_written_at_once_goes_out_whole_with_its_length() {
+        let response = written(&["hello ", "from ", "a guest\n"], false)
+            .gather()
+            .await;
+        assert_eq!(response.size_hint().exact(), Some(19));
+        let body = response.collect().await.expect("whole").to_bytes();
+        assert_eq!(&body[..], b"hello from a guest\n");
+    }
+
+    #[tokio::test]
+    async fn a_body_the_guest_failed_to_finish_ends_in_an_error() {
+        let response = written(&["part of it"], true).gather().await;
+        assert!(response.cut());
+        assert!(response.collect().await.is_err());
+    }
+}

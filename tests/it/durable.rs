@@ -81,15 +81,19 @@ dirs = [{ host = "stamps", guest = "/stamps", write = true }]"#,
     );
     project.write("stamps/.keep", b"");
     let host = project.start();
+    // When each attempt ran, in ms, as the guest stamped it.
+    let stamps = || -> Vec<u64> {
+        std::fs::read_to_string(project.path("stamps/times"))
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect()
+    };
     let id = host.invoke("probe", "stamp /stamps/times");
     let record = host.wait_for_record(&id, Duration::from_secs(30), |r| state(r) == "dead");
     assert_eq!(record["attempt"], 4);
     assert_eq!(record["error"], "exit 1");
-    let times: Vec<u64> = std::fs::read_to_string(project.path("stamps/times"))
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
+    let times = stamps();
     assert_eq!(times.len(), 4, "{times:?}");
     let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
     // 200ms, 400ms, 800ms, each less up to a quarter of jitter.
@@ -106,11 +110,7 @@ dirs = [{ host = "stamps", guest = "/stamps", write = true }]"#,
     });
     assert_eq!(record["reason"], "retry");
     // The new round backs off from `initial` again, not from where the last one stopped.
-    let times: Vec<u64> = std::fs::read_to_string(project.path("stamps/times"))
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
+    let times = stamps();
     assert_eq!(times.len(), 8, "{times:?}");
     assert!(times[5] - times[4] < times[3] - times[2], "{times:?}");
     // ...and a record that is not dead cannot.

@@ -191,13 +191,7 @@ fn connections_are_capped_at_max_connections_and_idle_ones_closed_after_client_t
         .map(|_| TcpStream::connect(&host.addr).unwrap())
         .collect();
     // A fifth client is not served while four connections are open...
-    let mut fifth = TcpStream::connect(&host.addr).unwrap();
-    fifth
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    fifth
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
+    let mut fifth = sent(&host.addr, HEALTHZ, Duration::from_secs(2));
     let mut answer = [0u8; 12];
     assert!(
         fifth.read(&mut answer).is_err(),
@@ -208,16 +202,12 @@ fn connections_are_capped_at_max_connections_and_idle_ones_closed_after_client_t
     fifth
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    fifth.read_exact(&mut answer).unwrap();
-    assert_eq!(&answer, b"HTTP/1.1 200");
+    assert_eq!(&status_line(&mut fifth), b"HTTP/1.1 200");
 
     // A client that sends nothing is closed after client_timeout.
     let project = Project::new("[host]\nclient_timeout = \"1s\"\n");
     let host = project.start();
-    let mut silent = TcpStream::connect(&host.addr).unwrap();
-    silent
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    let mut silent = sent(&host.addr, b"", Duration::from_secs(20));
     let mut buf = [0u8; 64];
     let n = silent.read(&mut buf).expect("closed, not timed out");
     assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
@@ -233,23 +223,14 @@ fn a_client_that_stops_reading_its_answer_is_cut_off_after_client_timeout() {
     // Asks for more than the sockets' buffers hold, and never reads it: the host's writes
     // cannot go on.
     let order = "flood 50000000";
-    let mut stuck = TcpStream::connect(&host.addr).unwrap();
-    write!(
-        stuck,
+    let request = format!(
         "POST /probe HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{order}",
         order.len()
-    )
-    .unwrap();
+    );
+    let stuck = sent(&host.addr, request.as_bytes(), Duration::from_secs(30));
     // The only connection slot comes free once the stuck client is cut off.
-    let mut next = TcpStream::connect(&host.addr).unwrap();
-    next.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    next.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut answer = [0u8; 12];
-    next.read_exact(&mut answer)
-        .expect("served once the stuck client is cut off");
-    assert_eq!(&answer, b"HTTP/1.1 200");
+    let mut next = sent(&host.addr, HEALTHZ, Duration::from_secs(30));
+    assert_eq!(&status_line(&mut next), b"HTTP/1.1 200");
     drop(stuck);
 }
 
@@ -293,22 +274,20 @@ fn a_body_that_stops_arriving_times_out_and_bodies_in_memory_are_bounded() {
     project.function("wc", &example("wordcount-p1", P1));
     let host = project.start();
     // Declares 100 bytes, sends 10, then nothing: 408 once client_timeout has passed.
-    let mut stalled = TcpStream::connect(&host.addr).unwrap();
-    stalled
-        .write_all(b"POST /wc HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
-        .unwrap();
-    stalled
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let mut answer = [0u8; 12];
-    stalled.read_exact(&mut answer).unwrap();
-    assert_eq!(&answer, b"HTTP/1.1 408");
+    let mut stalled = sent(
+        &host.addr,
+        b"POST /wc HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
+        Duration::from_secs(20),
+    );
+    assert_eq!(&status_line(&mut stalled), b"HTTP/1.1 408");
 
     // One slow upload of declared length holds 1 MB of the 1 MiB for bodies at once; another
     // cannot fit meanwhile.
-    let mut slow = TcpStream::connect(&host.addr).unwrap();
-    slow.write_all(b"POST /wc HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
-        .unwrap();
+    let mut slow = sent(
+        &host.addr,
+        b"POST /wc HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n",
+        Duration::from_secs(20),
+    );
     slow.write_all(&vec![b'a'; 900_000]).unwrap();
     host.wait_for_metric("jobhost_request_body_bytes", 1_000_000.0);
     let other = std::thread::scope(|scope| {
@@ -325,11 +304,11 @@ fn a_body_that_stops_arriving_times_out_and_bodies_in_memory_are_bounded() {
 
     // A body bigger than the whole budget could never be held: 413 at once, not 503.
     // (Its length is declared and the answer read before any of it is sent.)
-    let mut huge = TcpStream::connect(&host.addr).unwrap();
-    huge.write_all(b"POST /wc HTTP/1.1\r\nHost: x\r\nContent-Length: 2097152\r\n\r\n")
-        .unwrap();
-    huge.set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    let mut huge = sent(
+        &host.addr,
+        b"POST /wc HTTP/1.1\r\nHost: x\r\nContent-Length: 2097152\r\n\r\n",
+        Duration::from_secs(20),
+    );
     let mut answer = Vec::new();
     let _ = huge.read_to_end(&mut answer);
     let answer = String::from_utf8_lossy(&answer);
@@ -344,13 +323,11 @@ fn a_body_trickling_in_slower_than_the_floor_is_cut_off_after_client_timeout() {
     let host = project.start();
     // A byte every 100 ms never lets client_timeout pass in silence, but after that long
     // it is far below 16 KiB/s: the host answers 408 instead of waiting for 100 KB of it.
-    let mut trickle = TcpStream::connect(&host.addr).unwrap();
-    trickle
-        .write_all(b"POST /wc HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
-        .unwrap();
-    trickle
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
+    let mut trickle = sent(
+        &host.addr,
+        b"POST /wc HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n",
+        Duration::from_millis(100),
+    );
     let mut answer = Vec::new();
     let mut buf = [0u8; 512];
     for _ in 0..600 {
@@ -370,17 +347,28 @@ fn a_body_trickling_in_slower_than_the_floor_is_cut_off_after_client_timeout() {
     assert!(answer.contains("16 KiB/s"), "{answer}");
 }
 
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// A connection to `addr` that has sent `request` (raw bytes, perhaps only part of a
+/// request) and waits at most `wait` on each read.
+fn sent(addr: &str, request: &[u8], wait: Duration) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(request).unwrap();
+    stream.set_read_timeout(Some(wait)).unwrap();
+    stream
+}
+
+/// The start of the answer's status line, such as `HTTP/1.1 200`.
+fn status_line(stream: &mut TcpStream) -> [u8; 12] {
+    let mut line = [0u8; 12];
+    stream.read_exact(&mut line).unwrap();
+    line
+}
+
 /// Reads a raw HTTP/1.1 answer to `path` until the host closes the connection.
 fn raw_get(addr: &str, path: &str) -> Vec<u8> {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut stream = sent(addr, request.as_bytes(), Duration::from_secs(30));
     let mut out = Vec::new();
     let _ = stream.read_to_end(&mut out);
     out
@@ -398,13 +386,8 @@ fn a_wasi_http_body_cut_by_a_timeout_or_a_trap_does_not_end_as_if_whole() {
     let text = String::from_utf8_lossy(&whole);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(complete(&text), "{}", &text[text.len() - 20..]);
-    // Written in pieces by the guest, gathered by the host: one answer of known length.
-    assert!(
-        text.to_ascii_lowercase()
-            .contains("content-length: 10000\r\n"),
-        "{}",
-        &text[..200]
-    );
+    // (Whether it went out with its length or in chunks depends on how far the guest got
+    // before its head was sent: src/sandbox/response.rs tests the gathering itself.)
     // Cut by the timeout long after its head went out: the part sent arrives, not an end.
     let cut = raw_get(&host.addr, "/p/partial/10000");
     let text = String::from_utf8_lossy(&cut);
@@ -430,13 +413,11 @@ fn a_wasi_http_answer_streams_while_the_guest_still_runs() {
     project.function("p", &probe_http());
     let host = project.start();
     // The guest writes its answer's start, then runs on (until its timeout).
-    let mut stream = TcpStream::connect(&host.addr).unwrap();
-    stream
-        .write_all(b"GET /p/partial/10000 HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
+    let mut stream = sent(
+        &host.addr,
+        b"GET /p/partial/10000 HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(15),
+    );
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(&seen).contains("pppp") {
@@ -508,16 +489,15 @@ fn sigterm_does_not_wait_for_a_request_whose_body_stopped_coming() {
     let project = Project::new("[functions.wc]\n");
     project.function("wc", &example("wordcount-p1", P1));
     let host = project.start();
-    let mut half = TcpStream::connect(&host.addr).unwrap();
-    half.write_all(b"POST /wc HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789")
-        .unwrap();
+    let mut half = sent(
+        &host.addr,
+        b"POST /wc HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789",
+        Duration::from_secs(5),
+    );
     host.wait_for_metric("jobhost_request_body_bytes", 1000.0);
     let (status, took) = host.sigterm(Duration::from_secs(30));
     assert!(status.success(), "{status}");
     // Neither shutdown_timeout (25 s) nor client_timeout (30 s) is waited out.
     assert!(took < Duration::from_secs(10), "{took:?}");
-    half.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut answer = [0u8; 12];
-    half.read_exact(&mut answer).unwrap();
-    assert_eq!(&answer, b"HTTP/1.1 503");
+    assert_eq!(&status_line(&mut half), b"HTTP/1.1 503");
 }

@@ -1,6 +1,8 @@
 //! Each guest shape answers over HTTP; routing, CGI, 404, 405, 413.
 
-use crate::support::{P1, P2, Project, example, probe, probe_http};
+use std::time::Duration;
+
+use crate::support::{Answer, P1, P2, Project, example, probe, probe_http, state, wait_until};
 
 #[test]
 fn each_guest_shape_answers_over_http() {
@@ -213,7 +215,7 @@ fn over_max_concurrency_sync_http_answers_503_with_retry_after() {
             }
         })
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let busy = loop {
         let answer = host.post("/probe", "echo quick");
         if answer.status == 503 {
@@ -268,7 +270,7 @@ fn the_host_owns_the_framing_a_guest_cannot_set_its_length_or_hop_by_hop_headers
     let host = project.start();
     let mut stream = std::net::TcpStream::connect(&host.addr).unwrap();
     stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     // A guest that lies about its length: the client gets the whole body, framed right,
     // and the connection stays in step for the next request.
@@ -293,4 +295,37 @@ fn the_host_owns_the_framing_a_guest_cannot_set_its_length_or_hop_by_hop_headers
     let (status, _, body) = exchange(&mut stream, "/probe", "echo still in step");
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert_eq!(body, "still in step\n");
+}
+
+#[test]
+fn a_synchronous_success_writes_no_log_line_at_info_while_failures_and_background_runs_do() {
+    let project = Project::new("[functions.probe]\n");
+    project.function("probe", &probe(P1));
+    let host = project.start();
+    let id_of = |answer: &Answer| {
+        answer
+            .header("x-jobhost-invocation-id")
+            .expect("every answer names its invocation")
+            .to_string()
+    };
+    let ok = host.post("/probe", "echo fine");
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let ok = id_of(&ok);
+    let failed = host.post("/probe", "exit 3");
+    assert_eq!(failed.status, 500, "{}", failed.body);
+    let failed = id_of(&failed);
+    let background = host.invoke("probe", "echo later");
+    host.wait_for_record(&background, Duration::from_secs(30), |r| {
+        state(r) == "succeeded"
+    });
+    let log = wait_until(Duration::from_secs(10), || {
+        let log = host.log();
+        let has = |id: &str, what: &str| log.iter().any(|l| l.contains(id) && l.contains(what));
+        (has(&failed, "failed") && has(&background, "succeeded")).then_some(log)
+    });
+    assert!(
+        !log.iter().any(|l| l.contains(&ok)),
+        "a successful request was logged at INFO:\n{}",
+        log.join("\n")
+    );
 }
