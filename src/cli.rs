@@ -22,7 +22,6 @@ use crate::dispatch::{Call, Dispatcher, Echo, Parts};
 use crate::registry::{self, Registry, Specs};
 use crate::sandbox::{Sandbox, Shape};
 use crate::serve;
-use crate::store::sqlite::SqliteStore;
 use crate::store::{Filter, HostId, RetryError, State, Store};
 
 /// A serverless-style function runtime for WebAssembly.
@@ -125,25 +124,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 limit: Some(limit),
                 excerpt: Some(config.host.record_excerpt),
             };
-            let store = open_store(&config)?;
+            let store = runtime.block_on(Store::open_beside_host(&config.host))?;
             let list = runtime.block_on(store.history.list(&filter))?;
             print::invocations(&list, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Logs { id, json } => {
             let config = load(&path)?;
-            let store = open_store(&config)?;
+            let store = runtime.block_on(Store::open_beside_host(&config.host))?;
             let Some(record) = runtime.block_on(store.history.get(&id))? else {
-                bail!(
-                    "no invocation {id} in {}",
-                    config.host.data_dir.join("jobhost.db").display()
-                );
+                bail!("no invocation {id} in {}", store.name);
             };
             print::record(&record, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Retry { id } => {
-            let store = open_store(&load(&path)?)?;
+            let store = runtime.block_on(Store::open_beside_host(&load(&path)?.host))?;
             let record = match runtime.block_on(store.queue.retry(&id)) {
                 Ok(record) => record,
                 Err(RetryError::Store(e)) => return Err(e),
@@ -170,10 +166,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn load(path: &Path) -> anyhow::Result<Config> {
     config::load(path).map_err(|problems| anyhow::anyhow!("invalid configuration:\n{problems}"))
-}
-
-fn open_store(config: &Config) -> anyhow::Result<Store> {
-    Ok(Store::new(SqliteStore::open_shared(&config.host.data_dir)?))
 }
 
 /// The functions as a host on `config` would load them; `only` loads just one.
@@ -245,7 +237,7 @@ async fn invoke(config: &Config, name: &str, payload: Bytes) -> anyhow::Result<E
         bail!("`{name}` is a wasi:http component: call it over HTTP with `jobhost up` and curl");
     }
     let data_dir = &config.host.data_dir;
-    let store = open_store(config)?;
+    let store = Store::open_beside_host(&config.host).await?;
     let dispatch = Arc::new(Dispatcher::new(Parts {
         sandbox,
         store: store.clone(),

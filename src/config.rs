@@ -32,7 +32,7 @@ pub use trigger::{
 pub use values::{Setting, Unset};
 
 use function::Section;
-use raw::{RawHost, RawLimits};
+use raw::{RawHost, RawLimits, RawStore};
 use source::Source;
 
 /// The validated configuration of one host.
@@ -75,6 +75,26 @@ pub struct HostSettings {
     /// Names besides the listen address and `localhost` that the status API answers to
     /// (its `Host` header), for a host reached by name without a token.
     pub api_hosts: Vec<String>,
+    pub store: StoreSettings,
+}
+
+/// Where the host keeps invocations, timer cursors and watch receipts.
+#[derive(Clone, PartialEq)]
+pub enum StoreSettings {
+    /// `data/jobhost.db`: the embedded default, for one host.
+    Sqlite,
+    /// A PostgreSQL database that several hosts share; the URL as given (it may hold a
+    /// password, so `Debug` leaves it out).
+    Postgres { url: String },
+}
+
+impl std::fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreSettings::Sqlite => f.write_str("Sqlite"),
+            StoreSettings::Postgres { .. } => f.write_str("Postgres { .. }"),
+        }
+    }
 }
 
 /// Limits of one invocation; `[defaults]` and each function's own keys.
@@ -331,6 +351,35 @@ fn host_settings(
         }
         Some(token)
     });
+    let store = match raw.store {
+        None => StoreSettings::Sqlite,
+        Some(value) => {
+            let span = value.span();
+            match value.into_inner() {
+                RawStore::Sqlite => StoreSettings::Sqlite,
+                RawStore::Postgres(url) => match url.resolve() {
+                    Ok(url) => {
+                        if let Err(e) = url.parse::<tokio_postgres::Config>() {
+                            problems.push(source.problem(
+                                Some(&span),
+                                "host.store.postgres",
+                                format!("invalid PostgreSQL URL ({e}): write postgres://user:password@host:5432/database"),
+                            ));
+                        }
+                        StoreSettings::Postgres { url }
+                    }
+                    Err(var) => {
+                        problems.push(source.problem(
+                            Some(&span),
+                            "host.store.postgres",
+                            format!("the environment variable {var} is not set: set it to the database URL (postgres://user:password@host:5432/database) before starting the host"),
+                        ));
+                        StoreSettings::Sqlite
+                    }
+                },
+            }
+        }
+    };
     HostSettings {
         listen,
         functions_dir: root.join(raw.functions.as_deref().unwrap_or("functions")),
@@ -363,6 +412,7 @@ fn host_settings(
             .into_iter()
             .map(|h| h.to_ascii_lowercase())
             .collect(),
+        store,
     }
 }
 

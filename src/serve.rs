@@ -17,7 +17,6 @@ use crate::registry;
 use crate::reload::{self, Reload};
 use crate::runtime::Runtime;
 use crate::sandbox::Sandbox;
-use crate::store::sqlite::SqliteStore;
 use crate::store::{HostId, Store, now_ms};
 use crate::triggers::{self, Supervisor};
 use crate::{front, queue};
@@ -36,7 +35,7 @@ pub struct Running {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let started = Instant::now();
     let data_dir = &config.host.data_dir;
-    let store = Store::new(SqliteStore::open_for_host(data_dir)?);
+    let store = Store::open_for_host(&config.host).await?;
     let owner = HostId::load_or_create(data_dir)?;
     let recovered = store.queue.recover(&owner).await?;
     if recovered.requeued > 0 || recovered.dead > 0 {

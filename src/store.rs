@@ -1,12 +1,13 @@
 //! The store behind traits, by who uses it: [`Queue`] (durable work: enqueue, claim under a
 //! fenced lease, finish, retry), [`TriggerState`] (timer cursors and watch receipts, each
 //! changed together with the invocation it fires) and [`History`] (the records the API and
-//! the CLI show, pruning). `sqlite` is the embedded implementation; every implementation
-//! passes the same conformance suite (`conformance`).
+//! the CLI show, pruning). `sqlite` is the embedded implementation, `postgres` the one
+//! several hosts share; both pass the same conformance suite (`conformance`).
 //!
 //! Named `store` for the invocation store; the sandbox's per-invocation `wasmtime::Store`
 //! never leaves `sandbox`.
 
+pub mod postgres;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -14,16 +15,17 @@ mod conformance;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Serialize, Serializer};
 
-use crate::config::{Overlap, TriggerKind};
+use crate::config::{HostSettings, Overlap, StoreSettings, TriggerKind};
 
 /// Milliseconds since the Unix epoch: every time in the store.
 pub fn now_ms() -> i64 {
@@ -394,15 +396,69 @@ pub struct Store {
     pub queue: Arc<dyn Queue>,
     pub triggers: Arc<dyn TriggerState>,
     pub history: Arc<dyn History>,
+    /// Which store, for messages: its file, or its server and database.
+    pub name: Arc<str>,
 }
 
 impl Store {
-    pub fn new<S: Queue + TriggerState + History + 'static>(store: S) -> Store {
+    pub fn new<S: Queue + TriggerState + History + 'static>(
+        store: S,
+        name: impl Into<Arc<str>>,
+    ) -> Store {
         let store = Arc::new(store);
         Store {
             queue: store.clone(),
             triggers: store.clone(),
             history: store,
+            name: name.into(),
         }
     }
+
+    /// Opens the store `[host] store` names, for a host: one host per data folder (it
+    /// holds `data/host.lock`, and `data/host-id` names its claims).
+    pub async fn open_for_host(host: &HostSettings) -> anyhow::Result<Store> {
+        let lock = lock_data_dir(&host.data_dir)?;
+        Store::open(host, Some(lock)).await
+    }
+
+    /// Opens the store beside a running host, for the CLI.
+    pub async fn open_beside_host(host: &HostSettings) -> anyhow::Result<Store> {
+        Store::open(host, None).await
+    }
+
+    async fn open(host: &HostSettings, lock: Option<File>) -> anyhow::Result<Store> {
+        Ok(match &host.store {
+            StoreSettings::Sqlite => {
+                let store = sqlite::SqliteStore::open(&host.data_dir, lock)?;
+                let name = store.path().display().to_string();
+                Store::new(store, name)
+            }
+            StoreSettings::Postgres { url } => {
+                let store = postgres::PostgresStore::open(url, lock).await?;
+                let name = store.name().to_string();
+                Store::new(store, name)
+            }
+        })
+    }
+}
+
+/// Takes `data/host.lock` (an OS file lock, held while the returned file is open), so a
+/// second host on the same data folder, and so with the same host id, is refused.
+pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data folder {}", data_dir.display()))?;
+    let lock_path = data_dir.join("host.lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "another jobhost is running on the data folder {}: stop it, or give this host its own `data` in [host]",
+            data_dir.display()
+        );
+    }
+    Ok(lock)
 }

@@ -70,7 +70,40 @@ section!(RawHost {
     retention: Dur,
     admin_token: Spanned<RawValue>,
     api_hosts: Vec<String>,
+    store: Spanned<RawStore>,
 });
+
+/// `store = "sqlite"` or `store = { postgres = "postgres://..." }` (the URL may come from
+/// the environment: `{ postgres = { env = "DATABASE_URL" } }`).
+#[derive(Debug, Clone)]
+pub(crate) enum RawStore {
+    Sqlite,
+    Postgres(RawValue),
+}
+
+impl<'de> Deserialize<'de> for RawStore {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Postgres {
+            postgres: RawValue,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Name(String),
+            Postgres(Postgres),
+        }
+        let shapes = "write store = \"sqlite\" (the default), store = { postgres = \"postgres://user@host/db\" } or store = { postgres = { env = \"DATABASE_URL\" } }";
+        match Either::deserialize(d).map_err(|_| serde::de::Error::custom(shapes))? {
+            Either::Name(name) if name == "sqlite" => Ok(RawStore::Sqlite),
+            Either::Name(name) => Err(serde::de::Error::custom(format!(
+                "unknown store {name:?}: {shapes}"
+            ))),
+            Either::Postgres(p) => Ok(RawStore::Postgres(p.postgres)),
+        }
+    }
+}
 
 section!(RawLimits {
     memory: Size,

@@ -12,20 +12,20 @@ use super::{
 };
 use crate::config::{Overlap, TriggerKind};
 
-pub(crate) async fn run<K>(make: impl Fn() -> (Store, K)) {
-    enqueued_work_is_claimed_once_and_finished(make()).await;
-    a_result_under_an_old_lease_changes_nothing(make()).await;
-    a_released_claim_gives_its_attempt_back(make()).await;
-    a_failed_attempt_waits_for_its_retry_time(make()).await;
-    only_a_dead_invocation_is_retried_with_a_fresh_round(make()).await;
-    recover_queues_running_work_again_for_the_next_attempt(make()).await;
-    a_timer_occurrence_fires_once_and_overlap_decides_skip_or_queue(make()).await;
-    a_timer_run_is_not_due_nor_claimed_while_another_run_of_it_is_going(make()).await;
-    forgotten_timers_lose_their_cursor(make()).await;
-    a_file_event_and_its_receipt_are_stored_together(make()).await;
-    history_lists_newest_first_filtered_and_limited(make()).await;
-    prune_deletes_only_finished_records_older_than_the_cut(make()).await;
-    a_list_shows_excerpts_and_one_record_all_it_keeps(make()).await;
+pub(crate) async fn run<K, F: Future<Output = (Store, K)>>(make: impl Fn() -> F) {
+    enqueued_work_is_claimed_once_and_finished(make().await).await;
+    a_result_under_an_old_lease_changes_nothing(make().await).await;
+    a_released_claim_gives_its_attempt_back(make().await).await;
+    a_failed_attempt_waits_for_its_retry_time(make().await).await;
+    only_a_dead_invocation_is_retried_with_a_fresh_round(make().await).await;
+    recover_queues_running_work_again_for_the_next_attempt(make().await).await;
+    a_timer_occurrence_fires_once_and_overlap_decides_skip_or_queue(make().await).await;
+    a_timer_run_is_not_due_nor_claimed_while_another_run_of_it_is_going(make().await).await;
+    forgotten_timers_lose_their_cursor(make().await).await;
+    a_file_event_and_its_receipt_are_stored_together(make().await).await;
+    history_lists_newest_first_filtered_and_limited(make().await).await;
+    prune_deletes_only_finished_records_older_than_the_cut(make().await).await;
+    a_list_shows_excerpts_and_one_record_all_it_keeps(make().await).await;
 }
 
 fn owner() -> HostId {

@@ -5,8 +5,8 @@
 //!
 //! The journal is WAL with `synchronous = NORMAL`: a committed row survives the process
 //! being killed (even `kill -9`); an operating-system crash may lose the last commits.
-//! `data/host.lock` (an OS file lock) keeps a second host off the same folder, so one host
-//! owns every claim in the file; the CLI opens it beside a running host without the lock.
+//! `data/host.lock` (see [`super::lock_data_dir`]) keeps a second host off the same folder,
+//! so one host owns every claim in the file; the CLI opens it beside a running host.
 
 mod batch;
 
@@ -148,32 +148,8 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens the store for a host; refuses when another host holds `data_dir`.
-    pub fn open_for_host(data_dir: &Path) -> anyhow::Result<SqliteStore> {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("creating the data folder {}", data_dir.display()))?;
-        let lock_path = data_dir.join("host.lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
-        if lock.try_lock().is_err() {
-            bail!(
-                "another jobhost is running on the data folder {}: stop it, or give this host its own `data` in [host]",
-                data_dir.display()
-            );
-        }
-        Self::open(data_dir, Some(lock))
-    }
-
-    /// Opens the store beside a running host, for the CLI.
-    pub fn open_shared(data_dir: &Path) -> anyhow::Result<SqliteStore> {
-        Self::open(data_dir, None)
-    }
-
-    fn open(data_dir: &Path, lock: Option<File>) -> anyhow::Result<SqliteStore> {
+    /// Opens `data/jobhost.db`; a host passes the lock it holds on the folder.
+    pub fn open(data_dir: &Path, lock: Option<File>) -> anyhow::Result<SqliteStore> {
         let conn = open_connection(data_dir)?;
         let path = db_path(data_dir);
         Ok(SqliteStore {
@@ -183,6 +159,10 @@ impl SqliteStore {
             path,
             _lock: lock,
         })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Runs `f` on the connection, on a blocking thread; an error names the file.
@@ -792,10 +772,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite_passes_the_store_conformance_suite() {
-        conformance::run(|| {
+        conformance::run(|| async {
             let dir = tempfile::tempdir().unwrap();
-            let store = SqliteStore::open_for_host(dir.path()).unwrap();
-            (Store::new(store), dir)
+            let store = SqliteStore::open(dir.path(), None).unwrap();
+            (Store::new(store, "test"), dir)
         })
         .await;
     }
@@ -834,7 +814,7 @@ mod tests {
     async fn store_errors_name_the_file_and_a_deleted_file_is_noticed() {
         use crate::store::{History, Queue};
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open_for_host(dir.path()).unwrap();
+        let store = SqliteStore::open(dir.path(), None).unwrap();
         store.check().await.unwrap();
         Connection::open(db_path(dir.path()))
             .unwrap()
@@ -864,10 +844,11 @@ mod tests {
     #[test]
     fn a_second_host_on_the_same_data_folder_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = SqliteStore::open_for_host(dir.path()).unwrap();
-        let second = SqliteStore::open_for_host(dir.path());
-        let message = format!("{:#}", second.err().expect("refused"));
+        let lock = crate::store::lock_data_dir(dir.path()).unwrap();
+        let _first = SqliteStore::open(dir.path(), Some(lock)).unwrap();
+        let second = crate::store::lock_data_dir(dir.path());
+        let message = format!("{:#}", second.expect_err("refused"));
         assert!(message.contains("another jobhost is running"), "{message}");
-        SqliteStore::open_shared(dir.path()).expect("the CLI may open it beside the host");
+        SqliteStore::open(dir.path(), None).expect("the CLI may open it beside the host");
     }
 }

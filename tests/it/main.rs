@@ -11,8 +11,12 @@ mod hostile;
 mod http;
 mod loading;
 mod metrics;
+// Also compiled into the store's unit tests, which use part of it.
+#[allow(dead_code)]
+mod postgres_server;
 mod reload;
 mod sandbox;
+mod scale_out;
 mod support;
 mod tidy;
 mod timers;

@@ -1,0 +1,1060 @@
+//! The shared store: a PostgreSQL database that several hosts use at once. The same rows
+//! as the embedded store (a row per invocation, which is both the record and, for durable
+//! work, the queue entry; timer cursors and watch receipts beside it), in tables named
+//! `jobhost_*` so that they can live in a database that holds other things too.
+//!
+//! What keeps hosts from stepping on each other:
+//! - a claim is one `UPDATE ... WHERE state IN ('queued', 'failed')` on the row: of two
+//!   hosts claiming the same invocation, the second finds it `running` and gets nothing;
+//! - every claim raises the row's fence, and a result or a release names the fence it was
+//!   claimed under, so a host that lost its claim cannot overwrite the newer attempt;
+//! - what concerns one timer (firing an occurrence, claiming one of its runs) happens under
+//!   a transaction-scoped advisory lock on the timer's key, so an occurrence fires once and
+//!   two runs of a timer never start together, whichever hosts reach them;
+//! - the schema is migrated under an advisory lock, so hosts starting together migrate once.
+//!
+//! Synchronous records are written in batches by a task of their own, so a request never
+//! waits for the database.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use async_trait::async_trait;
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use super::{
+    Claimed, Due, Filter, Fired, History, HostId, Lease, NewInvocation, Next, Output, Queue,
+    Receipt, Record, Recovered, RetryError, State, SyncRecord, TimerFire, TriggerState, now_ms,
+};
+use crate::config::{Overlap, TriggerKind};
+
+/// The schema, one step per version (kept in `jobhost_schema`).
+const MIGRATIONS: &[&str] = &[
+    // 1: invocations (records and queue), watch receipts, timer cursors.
+    "CREATE TABLE jobhost_invocations (
+        id                TEXT PRIMARY KEY,
+        function          TEXT NOT NULL,
+        trigger           TEXT NOT NULL,
+        reason            TEXT NOT NULL,
+        attempt           INTEGER NOT NULL,
+        max_attempt       INTEGER NOT NULL,
+        attempts          INTEGER,
+        state             TEXT NOT NULL,
+        durable           BOOLEAN NOT NULL,
+        priority          INTEGER NOT NULL DEFAULT 0,
+        payload           BYTEA NOT NULL,
+        payload_truncated BOOLEAN NOT NULL DEFAULT FALSE,
+        vars              TEXT NOT NULL,
+        created_at        BIGINT NOT NULL,
+        run_after         BIGINT NOT NULL,
+        started_at        BIGINT,
+        finished_at       BIGINT,
+        duration_ms       BIGINT,
+        exit_code         INTEGER,
+        error             TEXT,
+        stdout            BYTEA,
+        stderr            BYTEA,
+        stdout_truncated  BOOLEAN NOT NULL DEFAULT FALSE,
+        stderr_truncated  BOOLEAN NOT NULL DEFAULT FALSE,
+        timer             TEXT,
+        input_dir         TEXT,
+        owner             TEXT,
+        fence             BIGINT NOT NULL DEFAULT 0
+    );
+    -- Durable work waiting is looked up by due time; synchronous records (the many) and
+    -- finished work stay out of this index.
+    CREATE INDEX jobhost_invocations_due ON jobhost_invocations (run_after, id)
+        WHERE durable AND state IN ('queued', 'failed');
+    CREATE INDEX jobhost_invocations_running ON jobhost_invocations (owner)
+        WHERE state = 'running';
+    CREATE INDEX jobhost_invocations_timer_runs ON jobhost_invocations (timer, state)
+        WHERE timer IS NOT NULL;
+    CREATE INDEX jobhost_invocations_function ON jobhost_invocations (function, id);
+    CREATE INDEX jobhost_invocations_finished ON jobhost_invocations (finished_at)
+        WHERE finished_at IS NOT NULL;
+    CREATE TABLE jobhost_receipts (
+        watch TEXT NOT NULL,
+        path  TEXT NOT NULL,
+        size  BIGINT NOT NULL,
+        mtime BIGINT NOT NULL,
+        PRIMARY KEY (watch, path)
+    );
+    CREATE TABLE jobhost_timers (
+        key  TEXT PRIMARY KEY,
+        last BIGINT NOT NULL
+    );",
+];
+
+/// The advisory lock held while the schema is migrated (any fixed number; this one spells
+/// "jobhost" in ASCII).
+const MIGRATION_LOCK: i64 = 0x006a_6f62_686f_7374;
+
+/// Locks one timer for the rest of the transaction (see the module's note).
+const LOCK_TIMER: &str =
+    "SELECT pg_advisory_xact_lock(hashtextextended('jobhost timer ' || $1, 0))";
+
+/// The most synchronous records written in one statement.
+const BATCH: usize = 512;
+
+/// Connections one host keeps open at most.
+const POOL_SIZE: usize = 16;
+
+/// The store in a PostgreSQL database.
+pub struct PostgresStore {
+    pool: Pool,
+    /// The server and database without the password, named in every error.
+    name: String,
+    records: mpsc::UnboundedSender<Write>,
+    /// Held for the life of a host: one host per data folder, so per host id.
+    _lock: Option<File>,
+}
+
+/// What the records writer is handed.
+// Nearly every message is a record: boxing it would only add an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Write {
+    Record(SyncRecord),
+    /// Answered once every record handed over before is written.
+    Flush(oneshot::Sender<()>),
+}
+
+impl PostgresStore {
+    /// Connects, creates or migrates the schema, and starts the records writer.
+    /// A host passes the lock it holds on its data folder.
+    pub async fn open(url: &str, lock: Option<File>) -> anyhow::Result<PostgresStore> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .context("invalid PostgreSQL URL: write postgres://user:password@host:5432/database")?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        let name = describe(&config);
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .with_context(|| format!("setting up connections to {name}"))?;
+        let mut client = pool.get().await.with_context(|| {
+            format!("cannot reach PostgreSQL at {name}: is the server running, and are the URL's user, password and database right?")
+        })?;
+        migrate(&mut client)
+            .await
+            .with_context(|| format!("preparing the jobhost tables in {name}"))?;
+        drop(client);
+        let (records, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_records(pool.clone(), rx, name.clone()));
+        Ok(PostgresStore {
+            pool,
+            name,
+            records,
+            _lock: lock,
+        })
+    }
+
+    /// `postgres://user@host:port/database`, without the password.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `work`; an error names the database.
+    async fn named<T>(&self, work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+        work.await
+            .with_context(|| format!("the store {}", self.name))
+    }
+
+    async fn client(&self) -> anyhow::Result<Object> {
+        self.pool
+            .get()
+            .await
+            .context("cannot get a connection to PostgreSQL")
+    }
+}
+
+/// `user@host:port/database`: enough to tell which server, without the password.
+fn describe(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(name)) => name.clone(),
+        Some(Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("(default user)");
+    let db = config.get_dbname().unwrap_or(user);
+    format!("postgres://{user}@{host}:{port}/{db}")
+}
+
+async fn migrate(client: &mut Object) -> anyhow::Result<()> {
+    let tx = client.transaction().await?;
+    // Every host starting at once waits here; the first migrates, the others find it done.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS jobhost_schema (version INTEGER NOT NULL)")
+        .await?;
+    let version: Option<i32> = tx
+        .query_one("SELECT MAX(version) FROM jobhost_schema", &[])
+        .await?
+        .try_get(0)?;
+    let version = usize::try_from(version.unwrap_or(0)).unwrap_or(0);
+    if version > MIGRATIONS.len() {
+        bail!(
+            "the tables are at schema version {version}, newer than this jobhost knows ({}): use the newer jobhost, or another database",
+            MIGRATIONS.len()
+        );
+    }
+    if version == MIGRATIONS.len() {
+        return Ok(());
+    }
+    for step in &MIGRATIONS[version..] {
+        tx.batch_execute(step).await?;
+    }
+    tx.execute("DELETE FROM jobhost_schema", &[]).await?;
+    tx.execute(
+        "INSERT INTO jobhost_schema (version) VALUES ($1)",
+        &[&(MIGRATIONS.len() as i32)],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Writes synchronous records as they come, as many at once as are waiting.
+async fn write_records(pool: Pool, mut rx: mpsc::UnboundedReceiver<Write>, name: String) {
+    let mut batch = Vec::new();
+    let mut flushed = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        // What arrived while the last batch was written goes in this one.
+        while let Some(write) = next {
+            match write {
+                Write::Record(r) => batch.push(r),
+                Write::Flush(done) => flushed.push(done),
+            }
+            next = if batch.len() < BATCH {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if !batch.is_empty()
+            && let Err(e) = insert_sync(&pool, &batch).await
+        {
+            tracing::error!(
+                "cannot record {} synchronous invocations in {name}: {e:#}",
+                batch.len()
+            );
+        }
+        batch.clear();
+        for done in flushed.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Records finished synchronous invocations, all in one statement.
+async fn insert_sync(pool: &Pool, batch: &[SyncRecord]) -> anyhow::Result<()> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO jobhost_invocations (id, function, trigger, reason, attempt, max_attempt,
+                 state, durable, payload, vars, created_at, run_after, started_at, finished_at,
+                 duration_ms, exit_code, error, stdout, stderr, stdout_truncated, stderr_truncated,
+                 payload_truncated)
+             SELECT id, function, trigger, reason, 1, 1, state, FALSE, payload, '[]', started,
+                 started, started, started + duration, duration, exit_code, error, stdout, stderr,
+                 stdout_truncated, stderr_truncated, payload_truncated
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[],
+                 $7::int8[], $8::int4[], $9::text[], $10::bytea[], $11::bytea[], $12::bool[],
+                 $13::bool[], $14::bytea[], $15::bool[])
+                 AS t(id, function, trigger, reason, state, started, duration, exit_code, error,
+                      stdout, stderr, stdout_truncated, stderr_truncated, payload,
+                      payload_truncated)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .await?;
+    let column = |f: fn(&SyncRecord) -> &str| batch.iter().map(f).collect::<Vec<_>>();
+    let ids = column(|r| &r.id);
+    let functions = column(|r| &r.function);
+    let triggers = column(|r| r.trigger.as_str());
+    let reasons = column(|r| r.reason.as_str());
+    let states = column(|r| {
+        if r.output.error.is_none() {
+            State::Succeeded.as_str()
+        } else {
+            State::Failed.as_str()
+        }
+    });
+    let started: Vec<i64> = batch.iter().map(|r| r.started_at).collect();
+    let durations: Vec<i64> = batch.iter().map(|r| millis(r.output.duration)).collect();
+    let exit_codes: Vec<Option<i32>> = batch.iter().map(|r| r.output.exit_code).collect();
+    let errors: Vec<Option<&str>> = batch.iter().map(|r| r.output.error.as_deref()).collect();
+    let stdouts: Vec<&[u8]> = batch.iter().map(|r| r.output.stdout.as_ref()).collect();
+    let stderrs: Vec<&[u8]> = batch.iter().map(|r| r.output.stderr.as_ref()).collect();
+    let stdout_cut: Vec<bool> = batch.iter().map(|r| r.output.stdout_truncated).collect();
+    let stderr_cut: Vec<bool> = batch.iter().map(|r| r.output.stderr_truncated).collect();
+    let payloads: Vec<&[u8]> = batch.iter().map(|r| r.payload.as_ref()).collect();
+    let payload_cut: Vec<bool> = batch.iter().map(|r| r.payload_truncated).collect();
+    client
+        .execute(
+            &stmt,
+            &[
+                &ids,
+                &functions,
+                &triggers,
+                &reasons,
+                &states,
+                &started,
+                &durations,
+                &exit_codes,
+                &errors,
+                &stdouts,
+                &stderrs,
+                &stdout_cut,
+                &stderr_cut,
+                &payloads,
+                &payload_cut,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+async fn insert(
+    client: &impl GenericClient,
+    new: &NewInvocation,
+    state: State,
+) -> anyhow::Result<()> {
+    let now = now_ms();
+    let vars = serde_json::to_string(&new.vars)?;
+    let attempts = i32::try_from(new.attempts).unwrap_or(i32::MAX);
+    let finished = (state == State::Skipped).then_some(now);
+    let input_dir = new
+        .input_dir
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned());
+    client
+        .execute(
+            "INSERT INTO jobhost_invocations (id, function, trigger, reason, attempt, max_attempt,
+                 attempts, state, durable, payload, vars, created_at, run_after, timer, finished_at,
+                 input_dir)
+             VALUES ($1, $2, $3, $4, 0, $5, $5, $6, TRUE, $7, $8, $9, $9, $10, $11, $12)",
+            &[
+                &new.id,
+                &new.function,
+                &new.trigger.as_str(),
+                &new.reason.as_str(),
+                &attempts,
+                &state.as_str(),
+                &new.payload.as_ref(),
+                &vars,
+                &now,
+                &new.timer,
+                &finished,
+                &input_dir,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn set_cursor(client: &impl GenericClient, key: &str, at: i64) -> anyhow::Result<()> {
+    client
+        .execute(
+            "INSERT INTO jobhost_timers (key, last) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET last = $2",
+            &[&key, &at],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A stored name read back as its enum; a name this build does not know is an error that
+/// says so, rather than a wrong value.
+fn named<T>(r: &Row, i: usize, parse: fn(&str) -> Option<T>) -> anyhow::Result<T> {
+    let text: String = r.try_get(i)?;
+    parse(&text)
+        .with_context(|| format!("unknown value {text:?} (written by another version of jobhost?)"))
+}
+
+/// The columns of a record, in the order `record` reads them. With `excerpt` (a bound
+/// parameter), the payload, stdout and stderr are cut to that many bytes, and flagged as
+/// cut when they were longer.
+fn columns(excerpt: Option<&str>) -> String {
+    let mut out = String::from(
+        "id, function, trigger, reason, attempt, max_attempt, state, created_at, started_at,
+         finished_at, run_after, duration_ms, exit_code, error, durable",
+    );
+    for field in ["payload", "stdout", "stderr"] {
+        out += &match excerpt {
+            Some(n) => format!(
+                ", substring({field} FROM 1 FOR {n}), {field}_truncated OR COALESCE(octet_length({field}), 0) > {n}"
+            ),
+            None => format!(", {field}, {field}_truncated"),
+        };
+    }
+    out
+}
+
+fn record(r: &Row) -> anyhow::Result<Record> {
+    let text = |i: usize| -> anyhow::Result<String> {
+        let bytes: Option<Vec<u8>> = r.try_get(i)?;
+        Ok(String::from_utf8_lossy(&bytes.unwrap_or_default()).into_owned())
+    };
+    let count = |i: usize| -> anyhow::Result<u32> {
+        Ok(u32::try_from(r.try_get::<_, i32>(i)?).unwrap_or(0))
+    };
+    let state = named(r, 6, State::parse)?;
+    let durable: bool = r.try_get(14)?;
+    Ok(Record {
+        id: r.try_get(0)?,
+        function: r.try_get(1)?,
+        trigger: r.try_get(2)?,
+        reason: r.try_get(3)?,
+        attempt: count(4)?,
+        max_attempts: count(5)?,
+        next_attempt_at: (durable && matches!(state, State::Queued | State::Failed))
+            .then(|| r.try_get(10))
+            .transpose()?,
+        state,
+        created_at: r.try_get(7)?,
+        started_at: r.try_get(8)?,
+        finished_at: r.try_get(9)?,
+        duration_ms: r.try_get::<_, Option<i64>>(11)?.map(|d| d.max(0) as u64),
+        exit_code: r.try_get(12)?,
+        error: r.try_get(13)?,
+        payload: text(15)?,
+        payload_truncated: r.try_get(16)?,
+        stdout: text(17)?,
+        stdout_truncated: r.try_get(18)?,
+        stderr: text(19)?,
+        stderr_truncated: r.try_get(20)?,
+    })
+}
+
+async fn get(client: &impl GenericClient, id: &str) -> anyhow::Result<Option<Record>> {
+    let sql = format!(
+        "SELECT {} FROM jobhost_invocations WHERE id = $1",
+        columns(None)
+    );
+    client
+        .query_opt(&sql, &[&id])
+        .await?
+        .map(|r| record(&r))
+        .transpose()
+        .with_context(|| format!("reading invocation {id}"))
+}
+
+#[async_trait]
+impl Queue for PostgresStore {
+    async fn enqueue(&self, new: NewInvocation) -> anyhow::Result<()> {
+        self.named(async {
+            let client = self.client().await?;
+            insert(&client, &new, State::Queued).await
+        })
+        .await
+    }
+
+    async fn due(&self, now: i64, limit: usize) -> anyhow::Result<Vec<Due>> {
+        self.named(async {
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached(
+                    "SELECT id, function FROM jobhost_invocations AS i
+                     WHERE durable AND state IN ('queued', 'failed') AND run_after <= $1
+                       AND (timer IS NULL OR NOT EXISTS (SELECT 1 FROM jobhost_invocations AS r
+                            WHERE r.timer = i.timer AND r.state = 'running'))
+                     ORDER BY run_after, id LIMIT $2",
+                )
+                .await?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            client
+                .query(&stmt, &[&now, &limit])
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(Due {
+                        id: r.try_get(0)?,
+                        function: r.try_get(1)?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn next_due_at(&self) -> anyhow::Result<Option<i64>> {
+        self.named(async {
+            let client = self.client().await?;
+            let row = client
+                .query_one(
+                    "SELECT MIN(run_after) FROM jobhost_invocations
+                     WHERE durable AND state IN ('queued', 'failed')",
+                    &[],
+                )
+                .await?;
+            Ok(row.try_get(0)?)
+        })
+        .await
+    }
+
+    async fn depth(&self) -> anyhow::Result<i64> {
+        self.named(async {
+            let client = self.client().await?;
+            let row = client
+                .query_one(
+                    "SELECT COUNT(*) FROM jobhost_invocations
+                     WHERE durable AND state IN ('queued', 'failed')",
+                    &[],
+                )
+                .await?;
+            Ok(row.try_get(0)?)
+        })
+        .await
+    }
+
+    async fn claim(&self, id: &str, owner: &HostId) -> anyhow::Result<Option<Claimed>> {
+        self.named(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let Some(row) = tx
+                .query_opt(
+                    "SELECT timer FROM jobhost_invocations WHERE id = $1",
+                    &[&id],
+                )
+                .await?
+            else {
+                return Ok(None);
+            };
+            // A timer's run waits for any claim of another run of that timer to commit, so
+            // the check below sees it.
+            if let Some(timer) = row.try_get::<_, Option<String>>(0)? {
+                tx.execute(LOCK_TIMER, &[&timer]).await?;
+            }
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE jobhost_invocations SET state = 'running', attempt = attempt + 1,
+                         started_at = $3, finished_at = NULL, duration_ms = NULL, owner = $2,
+                         fence = fence + 1
+                     WHERE id = $1 AND durable AND state IN ('queued', 'failed')
+                       AND run_after <= $3
+                       AND (timer IS NULL OR NOT EXISTS (SELECT 1 FROM jobhost_invocations AS r
+                            WHERE r.timer = jobhost_invocations.timer AND r.state = 'running'))
+                     RETURNING function, trigger, attempt, max_attempt, payload, vars, input_dir,
+                         fence",
+                )
+                .await?;
+            let Some(r) = tx.query_opt(&stmt, &[&id, &owner.0, &now_ms()]).await? else {
+                return Ok(None);
+            };
+            let trigger: String = r.try_get(1)?;
+            let vars: String = r.try_get(5)?;
+            let payload: Vec<u8> = r.try_get(4)?;
+            let claimed = Claimed {
+                lease: Lease {
+                    id: id.to_string(),
+                    owner: owner.clone(),
+                    fence: r.try_get(7)?,
+                },
+                function: r.try_get(0)?,
+                trigger: TriggerKind::parse(&trigger).ok_or(trigger),
+                attempt: u32::try_from(r.try_get::<_, i32>(2)?).unwrap_or(0),
+                max_attempt: u32::try_from(r.try_get::<_, i32>(3)?).unwrap_or(0),
+                payload: payload.into(),
+                vars: serde_json::from_str(&vars).unwrap_or_default(),
+                input_dir: r.try_get::<_, Option<String>>(6)?.map(PathBuf::from),
+            };
+            tx.commit().await?;
+            Ok(Some(claimed))
+        })
+        .await
+    }
+
+    async fn finish(&self, lease: &Lease, output: Output, next: Next) -> anyhow::Result<bool> {
+        self.named(async {
+            let (state, run_after) = match next {
+                Next::Succeeded => (State::Succeeded, None),
+                Next::RetryAt(at) => (State::Failed, Some(at)),
+                Next::Dead => (State::Dead, None),
+            };
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached(
+                    "UPDATE jobhost_invocations SET state = $3, finished_at = $4,
+                         duration_ms = $5, exit_code = $6, error = $7, stdout = $8, stderr = $9,
+                         stdout_truncated = $10, stderr_truncated = $11,
+                         run_after = COALESCE($12, run_after)
+                     WHERE id = $1 AND state = 'running' AND fence = $2",
+                )
+                .await?;
+            let changed = client
+                .execute(
+                    &stmt,
+                    &[
+                        &lease.id,
+                        &lease.fence,
+                        &state.as_str(),
+                        &now_ms(),
+                        &millis(output.duration),
+                        &output.exit_code,
+                        &output.error,
+                        &output.stdout.as_ref(),
+                        &output.stderr.as_ref(),
+                        &output.stdout_truncated,
+                        &output.stderr_truncated,
+                        &run_after,
+                    ],
+                )
+                .await?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn release(&self, lease: &Lease) -> anyhow::Result<bool> {
+        self.named(async {
+            let client = self.client().await?;
+            let changed = client
+                .execute(
+                    "UPDATE jobhost_invocations SET state = 'queued', attempt = attempt - 1,
+                         started_at = NULL, run_after = $3
+                     WHERE id = $1 AND state = 'running' AND fence = $2",
+                    &[&lease.id, &lease.fence, &now_ms()],
+                )
+                .await?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn recover(&self, owner: &HostId) -> anyhow::Result<Recovered> {
+        // Only this host's own: other hosts' running work is theirs while they live.
+        self.named(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let now = now_ms();
+            let dead = tx
+                .execute(
+                    "UPDATE jobhost_invocations SET state = 'dead', finished_at = $2,
+                         error = 'interrupted: the host stopped while it ran, and no attempts were left'
+                     WHERE state = 'running' AND durable AND owner = $1
+                       AND attempt >= max_attempt",
+                    &[&owner.0, &now],
+                )
+                .await?;
+            let requeued = tx
+                .execute(
+                    "UPDATE jobhost_invocations SET state = 'queued', run_after = $2
+                     WHERE state = 'running' AND durable AND owner = $1",
+                    &[&owner.0, &now],
+                )
+                .await?;
+            tx.commit().await?;
+            Ok(Recovered {
+                requeued: requeued as usize,
+                dead: dead as usize,
+            })
+        })
+        .await
+    }
+
+    async fn retry(&self, id: &str) -> Result<Record, RetryError> {
+        let result = self
+            .named(async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await?;
+                let state = match tx
+                    .query_opt(
+                        "SELECT state FROM jobhost_invocations WHERE id = $1 FOR UPDATE",
+                        &[&id],
+                    )
+                    .await?
+                {
+                    None => return Ok(Err(RetryError::NotFound(id.to_string()))),
+                    Some(row) => named(&row, 0, State::parse)?,
+                };
+                if state != State::Dead {
+                    let id = id.to_string();
+                    return Ok(Err(RetryError::NotDead { id, state }));
+                }
+                tx.execute(
+                    "UPDATE jobhost_invocations SET state = 'queued', reason = 'retry',
+                         max_attempt = attempt + COALESCE(attempts, max_attempt), run_after = $2
+                     WHERE id = $1",
+                    &[&id, &now_ms()],
+                )
+                .await?;
+                let record = get(&tx, id).await?.context("the record was just updated")?;
+                tx.commit().await?;
+                Ok(Ok(record))
+            })
+            .await;
+        result.map_err(RetryError::Store)?
+    }
+}
+
+#[async_trait]
+impl TriggerState for PostgresStore {
+    async fn timer_cursor(&self, key: &str) -> anyhow::Result<Option<i64>> {
+        self.named(async {
+            let client = self.client().await?;
+            let row = client
+                .query_opt("SELECT last FROM jobhost_timers WHERE key = $1", &[&key])
+                .await?;
+            Ok(row.map(|r| r.try_get(0)).transpose()?)
+        })
+        .await
+    }
+
+    async fn set_timer_cursor(&self, key: &str, at: i64) -> anyhow::Result<()> {
+        self.named(async {
+            let client = self.client().await?;
+            set_cursor(&client, key, at).await
+        })
+        .await
+    }
+
+    async fn fire_timer(&self, fire: TimerFire) -> anyhow::Result<Fired> {
+        self.named(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            // Under the timer's lock, what is read below stays true until the commit.
+            tx.execute(LOCK_TIMER, &[&fire.key]).await?;
+            if let Some((occurrence, cursor)) = fire.advance {
+                let last: Option<i64> = tx
+                    .query_opt(
+                        "SELECT last FROM jobhost_timers WHERE key = $1",
+                        &[&fire.key],
+                    )
+                    .await?
+                    .map(|r| r.try_get(0))
+                    .transpose()?;
+                if last.is_some_and(|last| last >= occurrence) {
+                    return Ok(Fired::AlreadyFired);
+                }
+                set_cursor(&tx, &fire.key, cursor).await?;
+            }
+            let counts = tx
+                .query_one(
+                    "SELECT COUNT(*) FILTER (WHERE state = 'running'),
+                            COUNT(*) FILTER (WHERE state = 'queued')
+                     FROM jobhost_invocations WHERE timer = $1",
+                    &[&fire.key],
+                )
+                .await?;
+            let running = counts.try_get::<_, i64>(0)? > 0;
+            let waiting = counts.try_get::<_, i64>(1)? > 0;
+            let skip = match fire.overlap {
+                Overlap::Skip => running || waiting,
+                Overlap::Queue => waiting,
+            };
+            let (state, fired) = if skip {
+                (State::Skipped, Fired::Skipped)
+            } else {
+                (State::Queued, Fired::Queued)
+            };
+            insert(&tx, &fire.invocation, state).await?;
+            tx.commit().await?;
+            Ok(fired)
+        })
+        .await
+    }
+
+    async fn forget_timers_except(&self, keep: &[String]) -> anyhow::Result<()> {
+        self.named(async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "DELETE FROM jobhost_timers WHERE NOT (key = ANY($1))",
+                    &[&keep],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn receipt(&self, watch: &str, path: &str) -> anyhow::Result<Option<Receipt>> {
+        self.named(async {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT size, mtime FROM jobhost_receipts WHERE watch = $1 AND path = $2",
+                    &[&watch, &path],
+                )
+                .await?;
+            row.map(|r| receipt(&r, 0)).transpose()
+        })
+        .await
+    }
+
+    async fn receipts(&self, watch: &str) -> anyhow::Result<HashMap<String, Receipt>> {
+        self.named(async {
+            let client = self.client().await?;
+            client
+                .query(
+                    "SELECT size, mtime, path FROM jobhost_receipts WHERE watch = $1",
+                    &[&watch],
+                )
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get(2)?, receipt(r, 0)?)))
+                .collect()
+        })
+        .await
+    }
+
+    async fn fire_file(
+        &self,
+        watch: &str,
+        path: &str,
+        receipt: Option<Receipt>,
+        invocation: Option<NewInvocation>,
+    ) -> anyhow::Result<()> {
+        self.named(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            if let Some(new) = &invocation {
+                insert(&tx, new, State::Queued).await?;
+            }
+            match receipt {
+                Some(r) => {
+                    let size = i64::try_from(r.size).unwrap_or(i64::MAX);
+                    tx.execute(
+                        "INSERT INTO jobhost_receipts (watch, path, size, mtime)
+                         VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (watch, path) DO UPDATE SET size = $3, mtime = $4",
+                        &[&watch, &path, &size, &r.mtime],
+                    )
+                    .await?
+                }
+                None => {
+                    tx.execute(
+                        "DELETE FROM jobhost_receipts WHERE watch = $1 AND path = $2",
+                        &[&watch, &path],
+                    )
+                    .await?
+                }
+            };
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn receipt(r: &Row, first: usize) -> anyhow::Result<Receipt> {
+    Ok(Receipt {
+        size: u64::try_from(r.try_get::<_, i64>(first)?).unwrap_or(0),
+        mtime: r.try_get(first + 1)?,
+    })
+}
+
+#[async_trait]
+impl History for PostgresStore {
+    fn record(&self, record: SyncRecord) {
+        // Fails only when the writer is gone, with the store: nothing is left to write to.
+        let _ = self.records.send(Write::Record(record));
+    }
+
+    async fn flush(&self) -> anyhow::Result<()> {
+        let (done, written) = oneshot::channel();
+        if self.records.send(Write::Flush(done)).is_err() {
+            bail!("the records writer of {} stopped", self.name);
+        }
+        written
+            .await
+            .with_context(|| format!("the records writer of {} stopped", self.name))
+    }
+
+    async fn get(&self, id: &str) -> anyhow::Result<Option<Record>> {
+        self.named(async {
+            let client = self.client().await?;
+            get(&client, id).await
+        })
+        .await
+    }
+
+    async fn list(&self, filter: &Filter) -> anyhow::Result<Vec<Record>> {
+        self.named(async {
+            let client = self.client().await?;
+            let columns = columns(filter.excerpt.map(|_| "$5"));
+            let sql = format!(
+                "SELECT {columns} FROM jobhost_invocations
+                 WHERE ($1::text IS NULL OR function = $1) AND ($2::text IS NULL OR state = $2)
+                   AND ($3::text IS NULL OR trigger = $3)
+                 ORDER BY id DESC LIMIT $4"
+            );
+            let stmt = client.prepare_cached(&sql).await?;
+            let state = filter.state.map(State::as_str);
+            let trigger = filter.trigger.map(TriggerKind::as_str);
+            let limit = filter.limit() as i64;
+            let excerpt = filter.excerpt.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
+            let mut bound: Vec<&(dyn ToSql + Sync)> =
+                vec![&filter.function, &state, &trigger, &limit];
+            if let Some(n) = &excerpt {
+                bound.push(n);
+            }
+            client
+                .query(&stmt, &bound)
+                .await?
+                .iter()
+                .map(record)
+                .collect()
+        })
+        .await
+    }
+
+    async fn prune(&self, before: i64) -> anyhow::Result<usize> {
+        self.named(async {
+            let client = self.client().await?;
+            let deleted = client
+                .execute(
+                    "DELETE FROM jobhost_invocations
+                     WHERE finished_at IS NOT NULL AND finished_at < $1
+                       AND (state IN ('succeeded', 'dead', 'skipped')
+                            OR (state = 'failed' AND NOT durable))",
+                    &[&before],
+                )
+                .await?;
+            Ok(deleted as usize)
+        })
+        .await
+    }
+
+    async fn bytes(&self) -> anyhow::Result<u64> {
+        self.named(async {
+            let client = self.client().await?;
+            let row = client
+                .query_one(
+                    "SELECT (pg_total_relation_size('jobhost_invocations')
+                            + pg_total_relation_size('jobhost_receipts')
+                            + pg_total_relation_size('jobhost_timers'))::int8",
+                    &[],
+                )
+                .await?;
+            Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn check(&self) -> anyhow::Result<()> {
+        let client = match self.client().await {
+            Ok(client) => client,
+            Err(e) => {
+                // A server that cannot be reached now may be back in a moment; only tables
+                // that are gone mean what the host writes would be lost.
+                tracing::warn!("cannot reach the store {}: {e:#}", self.name);
+                return Ok(());
+            }
+        };
+        match client.query_one("SELECT 1 FROM jobhost_schema", &[]).await {
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => bail!(
+                "the jobhost tables in {} were dropped while the host ran",
+                self.name
+            ),
+            Err(e) => {
+                tracing::warn!("cannot read the store {}: {e}", self.name);
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "../../tests/it/postgres_server.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod server;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, conformance};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_passes_the_store_conformance_suite() {
+        conformance::run(|| async {
+            let url = server::database();
+            (
+                Store::new(PostgresStore::open(&url, None).await.unwrap(), "test"),
+                (),
+            )
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hosts_starting_together_migrate_the_schema_once() {
+        let url = server::database();
+        let (a, b, c) = tokio::join!(
+            PostgresStore::open(&url, None),
+            PostgresStore::open(&url, None),
+            PostgresStore::open(&url, None)
+        );
+        for store in [a, b, c] {
+            store.expect("each host opens the store");
+        }
+        let store = PostgresStore::open(&url, None).await.unwrap();
+        let client = store.client().await.unwrap();
+        let versions: Vec<i32> = client
+            .query("SELECT version FROM jobhost_schema", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(versions, [MIGRATIONS.len() as i32]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_server_is_named_with_what_to_check() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("postgres://jobhost:secret@127.0.0.1:{port}/jobs");
+        let message = format!("{:#}", PostgresStore::open(&url, None).await.err().unwrap());
+        assert!(
+            message.contains(&format!("postgres://jobhost@127.0.0.1:{port}/jobs")),
+            "{message}"
+        );
+        assert!(message.contains("is the server running"), "{message}");
+        assert!(!message.contains("secret"), "{message}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropped_tables_are_noticed_and_named() {
+        let url = server::database();
+        let store = PostgresStore::open(&url, None).await.unwrap();
+        store.check().await.unwrap();
+        let client = store.client().await.unwrap();
+        client
+            .batch_execute("DROP TABLE jobhost_schema")
+            .await
+            .unwrap();
+        let message = store.check().await.unwrap_err().to_string();
+        assert!(
+            message.contains("were dropped while the host ran"),
+            "{message}"
+        );
+    }
+}

@@ -1,0 +1,150 @@
+//! Several hosts on one PostgreSQL database (`[host] store = { postgres = ... }`), against a
+//! real server started by `postgres_server`.
+
+use std::collections::HashSet;
+use std::process::Output;
+use std::time::Duration;
+
+use crate::postgres_server;
+use crate::support::{Host, P1, Project, probe, state, wait_until};
+
+/// A project whose store is the PostgreSQL database in `DATABASE_URL`.
+fn project() -> Project {
+    let project = Project::new(
+        r#"
+[host]
+store = { postgres = { env = "DATABASE_URL" } }
+max_concurrency = 8
+[defaults]
+timeout = "60s"
+[functions.probe]
+triggers = []
+"#,
+    );
+    project.function("probe", &probe(P1));
+    project
+}
+
+fn start(project: &Project, url: &str) -> Host {
+    project.start_with(|cmd| {
+        cmd.env("DATABASE_URL", url);
+    })
+}
+
+fn cli(project: &Project, url: &str, args: &[&str]) -> Output {
+    project
+        .jobhost()
+        .env("DATABASE_URL", url)
+        .args(args)
+        .output()
+        .expect("jobhost runs")
+}
+
+#[test]
+fn a_host_on_postgres_runs_durable_work_and_the_cli_reads_the_records() {
+    let url = postgres_server::database();
+    let project = project();
+    let host = start(&project, &url);
+    let ids: Vec<String> = (0..20).map(|_| host.invoke("probe", "job 10")).collect();
+    for id in &ids {
+        let record = host.wait_for_record(id, Duration::from_secs(60), |r| state(r) == "succeeded");
+        assert_eq!(record["attempt"], 1);
+        assert!(
+            record["stdout"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("id={id} attempt=1")),
+            "{record}"
+        );
+    }
+    // A synchronous run from the CLI is recorded in the same database.
+    let invoked = cli(&project, &url, &["invoke", "probe", "--data", "echo hi"]);
+    assert!(
+        invoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&invoked.stderr)
+    );
+    let listed = cli(
+        &project,
+        &url,
+        &["invocations", "--json", "--limit", "1000"],
+    );
+    assert!(listed.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 21);
+    assert_eq!(listed[0]["trigger"], "manual");
+    let logs = cli(&project, &url, &["logs", &ids[0]]);
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).contains(&ids[0]),
+        "{}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
+}
+
+#[test]
+fn two_hosts_on_one_database_run_each_job_exactly_once() {
+    let url = postgres_server::database();
+    let (a, b) = (project(), project());
+    let hosts = [start(&a, &url), start(&b, &url)];
+    let ids: Vec<String> = (0..200)
+        .map(|n| hosts[n % 2].invoke("probe", "job 5"))
+        .collect();
+    let done = wait_until(Duration::from_secs(120), || {
+        let all = hosts[0].json("/_jobhost/invocations?limit=1000&state=succeeded");
+        let all = all.as_array().unwrap().clone();
+        (all.len() == ids.len()).then_some(all)
+    });
+    let seen: HashSet<&str> = done.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(seen.len(), ids.len());
+    for record in &done {
+        assert_eq!(record["attempt"], 1, "claimed twice: {record}");
+    }
+    // Both hosts see the same records.
+    let other = hosts[1].json("/_jobhost/invocations?limit=1000&state=succeeded");
+    assert_eq!(other.as_array().unwrap().len(), ids.len());
+}
+
+#[test]
+fn a_store_url_from_an_unset_variable_is_named_by_check_with_its_line() {
+    let project = project();
+    let output = project
+        .jobhost()
+        .env_remove("DATABASE_URL")
+        .arg("check")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success());
+    assert!(
+        stdout.contains("runtime.toml:4: `host.store.postgres`: the environment variable DATABASE_URL is not set"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_host_whose_database_cannot_be_reached_says_which_and_what_to_check() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let project = project();
+    let output = project
+        .jobhost()
+        .env(
+            "DATABASE_URL",
+            format!("postgres://jobs:hunter2@127.0.0.1:{port}/jobs"),
+        )
+        .arg("up")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(&format!("postgres://jobs@127.0.0.1:{port}/jobs")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("is the server running"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
+}
