@@ -1,5 +1,5 @@
 //! `/_jobhost/`: the status API. Functions, invocations with filters, one invocation,
-//! manual invoke and retry; who may call it is `access`'s.
+//! manual invoke and retry, the hosts sharing the store; who may call it is `access`'s.
 
 mod access;
 
@@ -104,6 +104,10 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     match (method, segments.as_slice()) {
         (Method::GET, ["functions"]) => json(StatusCode::OK, &function_views(&rt.functions())),
+        (Method::GET, ["hosts"]) => match rt.store.cluster.hosts(rt.host.lease).await {
+            Ok(hosts) => json(StatusCode::OK, &hosts),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        },
         (Method::POST, ["functions", name, "invoke"]) => {
             let name = name.to_string();
             invoke(rt, &name, req).await

@@ -1,7 +1,7 @@
 //! The `jobhost` command line: the clap definitions and what each command does. Commands
 //! other than `up` work on their own, beside a running host or without one: `check`,
-//! `functions` and `invoke` load the functions in this process; `invocations`, `logs` and
-//! `retry` open the store beside the host.
+//! `functions` and `invoke` load the functions in this process; `invocations`, `logs`,
+//! `retry` and `hosts` open the store beside the host.
 
 mod print;
 
@@ -77,6 +77,12 @@ enum Command {
     },
     /// Queue a dead invocation again, with a fresh round of attempts.
     Retry { id: String },
+    /// List the hosts sharing the store: when each started, its last heartbeat, whether it
+    /// is alive (heard from within the lease) and what it runs.
+    Hosts {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs a command; its error is printed with its chain by `main`.
@@ -150,6 +156,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 record.id,
                 record.max_attempts - record.attempt
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Hosts { json } => {
+            let config = load(&path)?;
+            let store = runtime.block_on(Store::open_beside_host(&config.host))?;
+            let hosts = runtime.block_on(store.cluster.hosts(config.host.lease))?;
+            print::hosts(&hosts, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Invoke { name, data } => {

@@ -76,6 +76,10 @@ pub struct HostSettings {
     /// (its `Host` header), for a host reached by name without a token.
     pub api_hosts: Vec<String>,
     pub store: StoreSettings,
+    /// How often the host says in the store that it is alive.
+    pub heartbeat: Duration,
+    /// A host silent this long is taken for dead: its running work runs again elsewhere.
+    pub lease: Duration,
 }
 
 /// Where the host keeps invocations, timer cursors and watch receipts.
@@ -130,6 +134,8 @@ const DEFAULT_MAX_BODY_MEMORY: u64 = 256 << 20;
 const DEFAULT_MAX_MODULE_SIZE: u64 = 256 << 20;
 const DEFAULT_RECORD_EXCERPT: usize = 4 << 10;
 const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -161,6 +167,17 @@ impl HostSettings {
             out.push((
                 "max_body_memory",
                 "must be more than 0 bytes: no request body could be read".to_string(),
+            ));
+        }
+        if self.heartbeat.is_zero() {
+            out.push(("heartbeat", "must be more than 0s".to_string()));
+        } else if self.lease < 2 * self.heartbeat {
+            out.push((
+                "lease",
+                format!(
+                    "{:?} is less than two heartbeats ({:?} each): a host that is one beat late would be taken for dead; make the lease longer or the heartbeat shorter",
+                    self.lease, self.heartbeat
+                ),
             ));
         }
         out
@@ -413,6 +430,8 @@ fn host_settings(
             .map(|h| h.to_ascii_lowercase())
             .collect(),
         store,
+        heartbeat: raw.heartbeat.map_or(DEFAULT_HEARTBEAT, |d| d.0),
+        lease: raw.lease.map_or(DEFAULT_LEASE, |d| d.0),
     }
 }
 
@@ -506,6 +525,23 @@ mod tests {
             (
                 "[host]\nretention = \"99999999999d\"\n",
                 "2|host.retention|longer than 100 years",
+            ),
+            (
+                "[host]\nheartbeat = \"20s\"\nlease = \"30s\"\n",
+                "3|host.lease|less than two heartbeats",
+            ),
+            (
+                "[host]\nheartbeat = \"0s\"\n",
+                "2|host.heartbeat|more than 0s",
+            ),
+            ("[host]\nstore = \"mysql\"\n", "2|host.store|unknown store"),
+            (
+                "[host]\nstore = { sqlite = true }\n",
+                "2|host.store|store = { postgres =",
+            ),
+            (
+                "[host]\nstore = { postgres = \"postgres://h:port/db\" }\n",
+                "2|host.store.postgres|invalid PostgreSQL URL",
             ),
         ];
         for (text, expect) in cases {

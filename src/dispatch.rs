@@ -199,6 +199,7 @@ impl Dispatcher {
             sync_records: SyncRecords {
                 history: parts.store.history.clone(),
                 excerpt: parts.record_excerpt,
+                host: parts.owner.clone(),
             },
             store: parts.store,
             owner: parts.owner,
@@ -508,6 +509,7 @@ fn output(outcome: &Outcome) -> Output {
 struct SyncRecords {
     history: Arc<dyn History>,
     excerpt: usize,
+    host: HostId,
 }
 
 impl SyncRecords {
@@ -529,6 +531,7 @@ impl SyncRecords {
                 _ => Reason::Http,
             },
             started_at,
+            host: self.host.clone(),
             payload: cut(&invocation.payload),
             payload_truncated: invocation.payload.len() > self.excerpt,
             output,

@@ -37,6 +37,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let data_dir = &config.host.data_dir;
     let store = Store::open_for_host(&config.host).await?;
     let owner = HostId::load_or_create(data_dir)?;
+    let started_ms = now_ms();
+    // Alive before it claims anything: a host that claims unseen looks silent to the others.
+    store.cluster.heartbeat(&owner, started_ms).await?;
     let recovered = store.queue.recover(&owner).await?;
     if recovered.requeued > 0 || recovered.dead > 0 {
         tracing::warn!(
@@ -102,6 +105,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tasks.spawn(front::serve(listener, rt.clone()));
     tasks.spawn(queue::run(rt.clone(), accept.clone()));
     tasks.spawn(prune(rt.clone(), accept.clone()));
+    tasks.spawn(heartbeat(rt.clone(), started_ms, accept.clone()));
     let fatal = CancellationToken::new();
     tasks.spawn(watch_store(rt.clone(), fatal.clone(), accept.clone()));
     if let Some(watching) = watching {
@@ -140,6 +144,53 @@ async fn watch_store(rt: Arc<Runtime>, fatal: CancellationToken, stop: Cancellat
             tracing::error!("{e:#}: what the host writes now would be lost, so it stops");
             fatal.cancel();
             break;
+        }
+    }
+}
+
+/// Says every `heartbeat` that this host is alive, and rescues the running background work
+/// of hosts silent for longer than `lease`: it runs again, here or on another host (same
+/// id, next attempt), as after a crash. A silent host that comes back finds its claims
+/// fenced: its late results are dropped.
+async fn heartbeat(rt: Arc<Runtime>, started_ms: i64, stop: CancellationToken) {
+    let (every, lease) = (rt.host.heartbeat, rt.host.lease);
+    let owner = rt.dispatch.owner().clone();
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let cluster = &rt.store.cluster;
+        let beat = async {
+            cluster.heartbeat(&owner, started_ms).await?;
+            cluster.rescue(lease).await
+        };
+        match beat.await {
+            Ok(rescued) => {
+                if failing {
+                    tracing::info!("this host's heartbeat reaches the store again");
+                    failing = false;
+                }
+                for r in &rescued {
+                    tracing::warn!(
+                        host = %r.host,
+                        requeued = r.requeued,
+                        dead = r.dead,
+                        "a host was silent for longer than the lease ({lease:?}): its running background invocations run again (same id, next attempt), or end dead if that was their last"
+                    );
+                }
+                if !rescued.is_empty() {
+                    rt.dispatch.wake();
+                }
+            }
+            // Logged once per outage; the other hosts take this one's running work after
+            // the lease, and its late results are dropped.
+            Err(e) if !failing => {
+                tracing::error!("cannot tell the store that this host is alive: {e:#}");
+                failing = true;
+            }
+            Err(_) => {}
         }
     }
 }

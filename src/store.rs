@@ -13,7 +13,7 @@ pub mod sqlite;
 #[cfg(test)]
 mod conformance;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -42,14 +42,14 @@ pub fn rfc3339(ms: i64) -> String {
 
 /// Which host a claim belongs to; kept in `data/host-id` so it survives restarts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct HostId(pub String);
+pub struct HostId(pub Arc<str>);
 
 impl HostId {
     /// The id in `data_dir`, made on first use.
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<HostId> {
         let path = data_dir.join("host-id");
         match std::fs::read_to_string(&path) {
-            Ok(id) if !id.trim().is_empty() => return Ok(HostId(id.trim().to_string())),
+            Ok(id) if !id.trim().is_empty() => return Ok(HostId(id.trim().into())),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -59,7 +59,11 @@ impl HostId {
         let id = uuid::Uuid::now_v7().to_string();
         std::fs::write(&path, format!("{id}\n"))
             .with_context(|| format!("writing {}", path.display()))?;
-        Ok(HostId(id))
+        Ok(HostId(id.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -246,6 +250,8 @@ pub struct SyncRecord {
     pub trigger: TriggerKind,
     pub reason: Reason,
     pub started_at: i64,
+    /// The host that ran it.
+    pub host: HostId,
     /// What the store keeps of the payload: an excerpt, as of the output.
     pub payload: Bytes,
     pub payload_truncated: bool,
@@ -283,6 +289,8 @@ pub struct Record {
     pub payload_truncated: bool,
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
+    /// The host that ran it (the last attempt's); none while it waits for its first.
+    pub host: Option<String>,
 }
 
 fn time<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
@@ -390,18 +398,79 @@ pub trait History: Send + Sync {
     async fn check(&self) -> anyhow::Result<()>;
 }
 
-/// One store seen through its three traits.
+/// A host as `GET /_jobhost/hosts` and `jobhost hosts` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostView {
+    pub id: String,
+    #[serde(serialize_with = "time")]
+    pub started_at: i64,
+    #[serde(serialize_with = "time")]
+    pub last_heartbeat: i64,
+    /// Heard from within the lease; a host silent longer is taken for dead.
+    pub alive: bool,
+    /// Background invocations it is running (as the store sees them).
+    pub running: i64,
+}
+
+/// A host found silent for longer than the lease, and what became of its running work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rescued {
+    pub host: String,
+    /// Queued again for their next attempt (same id), as after a crash.
+    pub requeued: usize,
+    /// Ended `dead`: it was their last attempt.
+    pub dead: usize,
+}
+
+/// The hosts sharing a store: each says it is alive, and a live one rescues the running
+/// work of one that fell silent. Silence is measured on the store's clock where it has one
+/// (PostgreSQL's), so hosts' clocks need not agree for it.
+#[async_trait]
+pub trait Cluster: Send + Sync {
+    /// Says `host`, running since `started_at` (ms), is alive now.
+    async fn heartbeat(&self, host: &HostId, started_at: i64) -> anyhow::Result<()>;
+    /// Running background work of hosts not heard from within `lease` (or never): queued
+    /// again for its next attempt, or `dead` on its last; per host. Its late results are
+    /// dropped by the fence.
+    async fn rescue(&self, lease: Duration) -> anyhow::Result<Vec<Rescued>>;
+    /// Every host that ever said it was alive, with whether it still is within `lease`.
+    async fn hosts(&self, lease: Duration) -> anyhow::Result<Vec<HostView>>;
+}
+
+/// Rescued work counted per host, from the owners of the rows queued again and of those
+/// ended dead.
+fn rescued(requeued: Vec<Option<String>>, dead: Vec<Option<String>>) -> Vec<Rescued> {
+    let mut by_host: BTreeMap<String, Rescued> = BTreeMap::new();
+    let requeued = requeued.into_iter().map(|owner| (owner, false));
+    for (owner, is_dead) in requeued.chain(dead.into_iter().map(|owner| (owner, true))) {
+        let host = owner.unwrap_or_else(|| "(unknown)".to_string());
+        let entry = by_host.entry(host.clone()).or_insert(Rescued {
+            host,
+            requeued: 0,
+            dead: 0,
+        });
+        if is_dead {
+            entry.dead += 1;
+        } else {
+            entry.requeued += 1;
+        }
+    }
+    by_host.into_values().collect()
+}
+
+/// One store seen through its traits.
 #[derive(Clone)]
 pub struct Store {
     pub queue: Arc<dyn Queue>,
     pub triggers: Arc<dyn TriggerState>,
     pub history: Arc<dyn History>,
+    pub cluster: Arc<dyn Cluster>,
     /// Which store, for messages: its file, or its server and database.
     pub name: Arc<str>,
 }
 
 impl Store {
-    pub fn new<S: Queue + TriggerState + History + 'static>(
+    pub fn new<S: Queue + TriggerState + History + Cluster + 'static>(
         store: S,
         name: impl Into<Arc<str>>,
     ) -> Store {
@@ -409,7 +478,8 @@ impl Store {
         Store {
             queue: store.clone(),
             triggers: store.clone(),
-            history: store,
+            history: store.clone(),
+            cluster: store,
             name: name.into(),
         }
     }

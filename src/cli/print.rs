@@ -1,7 +1,7 @@
 //! What the CLI prints: tables for people, JSON with `--json`.
 
 use crate::api::FunctionView;
-use crate::store::{Record, rfc3339};
+use crate::store::{HostView, Record, rfc3339};
 
 /// `1 function`, `2 functions`.
 pub(super) fn count(n: usize, noun: &str) -> String {
@@ -93,5 +93,27 @@ pub(super) fn record(r: &Record, json: bool) -> anyhow::Result<()> {
     print!("{}", r.stdout);
     println!("--- stderr{} ---", cut(r.stderr_truncated));
     print!("{}", r.stderr);
+    Ok(())
+}
+
+pub(super) fn hosts(hosts: &[HostView], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(hosts)?);
+        return Ok(());
+    }
+    println!(
+        "{:<36} {:<24} {:<24} {:<6} {:>7}",
+        "HOST", "STARTED", "LAST HEARTBEAT", "ALIVE", "RUNNING"
+    );
+    for h in hosts {
+        println!(
+            "{:<36} {:<24} {:<24} {:<6} {:>7}",
+            h.id,
+            rfc3339(h.started_at),
+            rfc3339(h.last_heartbeat),
+            if h.alive { "yes" } else { "no" },
+            h.running
+        );
+    }
     Ok(())
 }

@@ -71,6 +71,8 @@ section!(RawHost {
     admin_token: Spanned<RawValue>,
     api_hosts: Vec<String>,
     store: Spanned<RawStore>,
+    heartbeat: Dur,
+    lease: Dur,
 });
 
 /// `store = "sqlite"` or `store = { postgres = "postgres://..." }` (the URL may come from

@@ -26,10 +26,11 @@ pub(crate) async fn run<K, F: Future<Output = (Store, K)>>(make: impl Fn() -> F)
     history_lists_newest_first_filtered_and_limited(make().await).await;
     prune_deletes_only_finished_records_older_than_the_cut(make().await).await;
     a_list_shows_excerpts_and_one_record_all_it_keeps(make().await).await;
+    a_silent_hosts_running_work_is_rescued_and_a_live_hosts_is_not(make().await).await;
 }
 
 fn owner() -> HostId {
-    HostId("host-a".to_string())
+    HostId("host-a".into())
 }
 
 fn new(id: &str, function: &str) -> NewInvocation {
@@ -107,6 +108,7 @@ async fn enqueued_work_is_claimed_once_and_finished<K>((store, _keep): (Store, K
     assert_eq!(record.stdout, "done\n");
     assert_eq!(record.exit_code, Some(0));
     assert!(record.finished_at.is_some());
+    assert_eq!(record.host.as_deref(), Some("host-a"));
     assert_eq!(store.queue.depth().await.unwrap(), 0);
 }
 
@@ -362,6 +364,7 @@ fn sync(id: &str, function: &str, trigger: TriggerKind, output: Output) -> SyncR
             Reason::Http
         },
         started_at: now_ms(),
+        host: HostId("host-s".into()),
         payload: Bytes::from_static(b"asked"),
         payload_truncated: false,
         output,
@@ -403,6 +406,7 @@ async fn history_lists_newest_first_filtered_and_limited<K>((store, _keep): (Sto
     };
     assert_eq!(ids(h.list(&two).await.unwrap()), ["04", "03"]);
     let record = h.get("02").await.unwrap().unwrap();
+    assert_eq!(record.host.as_deref(), Some("host-s"));
     assert_eq!(record.state, State::Failed);
     assert_eq!(record.stderr, "oops\n");
     assert_eq!(record.attempt, 1);
@@ -476,4 +480,55 @@ async fn a_list_shows_excerpts_and_one_record_all_it_keeps<K>((store, _keep): (S
         (cut.payload.as_str(), cut.payload_truncated),
         ("asked", true)
     );
+}
+
+async fn a_silent_hosts_running_work_is_rescued_and_a_live_hosts_is_not<K>(
+    (store, _keep): (Store, K),
+) {
+    let lease = Duration::from_secs(60);
+    let started = now_ms();
+    store.cluster.heartbeat(&owner(), started).await.unwrap();
+    // host-b never says it is alive: as silent as a host gone for longer than the lease.
+    let silent = HostId("host-b".into());
+    let mut last = new("last", "f");
+    last.attempts = 1;
+    for invocation in [new("a", "f"), new("b", "f"), last] {
+        store.queue.enqueue(invocation).await.unwrap();
+    }
+    store.queue.claim("a", &owner()).await.unwrap().unwrap();
+    let lost = store.queue.claim("b", &silent).await.unwrap().unwrap();
+    store.queue.claim("last", &silent).await.unwrap().unwrap();
+    let hosts = store.cluster.hosts(lease).await.unwrap();
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0].id, "host-a");
+    assert_eq!(hosts[0].started_at, started);
+    assert!(hosts[0].alive);
+    assert_eq!(hosts[0].running, 1);
+
+    let rescued = store.cluster.rescue(lease).await.unwrap();
+    assert_eq!(
+        rescued,
+        [super::Rescued {
+            host: "host-b".to_string(),
+            requeued: 1,
+            dead: 1
+        }]
+    );
+    assert_eq!(state_of(&store, "a").await, State::Running);
+    assert_eq!(state_of(&store, "b").await, State::Queued);
+    let last = store.history.get("last").await.unwrap().unwrap();
+    assert_eq!(last.state, State::Dead);
+    assert!(last.error.unwrap().contains("fell silent"));
+    // The rescued work runs again on a live host, as the next attempt; the silent host's
+    // late result changes nothing.
+    let again = store.queue.claim("b", &owner()).await.unwrap().unwrap();
+    assert_eq!(again.attempt, 2);
+    assert!(
+        !store
+            .queue
+            .finish(&lost.lease, succeeded(), Next::Succeeded)
+            .await
+            .unwrap()
+    );
+    assert!(store.cluster.rescue(lease).await.unwrap().is_empty());
 }

@@ -31,8 +31,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    Claimed, Due, Filter, Fired, History, HostId, Lease, NewInvocation, Next, Output, Queue,
-    Receipt, Record, Recovered, RetryError, State, SyncRecord, TimerFire, TriggerState, now_ms,
+    Claimed, Cluster, Due, Filter, Fired, History, HostId, HostView, Lease, NewInvocation, Next,
+    Output, Queue, Receipt, Record, Recovered, Rescued, RetryError, State, SyncRecord, TimerFire,
+    TriggerState, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 
@@ -91,7 +92,17 @@ const MIGRATIONS: &[&str] = &[
         key  TEXT PRIMARY KEY,
         last BIGINT NOT NULL
     );",
+    // 2: hosts say they are alive; times on the server's clock.
+    "CREATE TABLE jobhost_hosts (
+        id           TEXT PRIMARY KEY,
+        started_at   BIGINT NOT NULL,
+        heartbeat_at BIGINT NOT NULL
+    );",
 ];
+
+/// Now on the server's clock, in ms: what host liveness is measured on, so that hosts'
+/// clocks need not agree for it.
+const SERVER_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::int8";
 
 /// The advisory lock held while the schema is migrated (any fixed number; this one spells
 /// "jobhost" in ASCII).
@@ -273,16 +284,16 @@ async fn insert_sync(pool: &Pool, batch: &[SyncRecord]) -> anyhow::Result<()> {
             "INSERT INTO jobhost_invocations (id, function, trigger, reason, attempt, max_attempt,
                  state, durable, payload, vars, created_at, run_after, started_at, finished_at,
                  duration_ms, exit_code, error, stdout, stderr, stdout_truncated, stderr_truncated,
-                 payload_truncated)
+                 payload_truncated, owner)
              SELECT id, function, trigger, reason, 1, 1, state, FALSE, payload, '[]', started,
                  started, started, started + duration, duration, exit_code, error, stdout, stderr,
-                 stdout_truncated, stderr_truncated, payload_truncated
+                 stdout_truncated, stderr_truncated, payload_truncated, host
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[],
                  $7::int8[], $8::int4[], $9::text[], $10::bytea[], $11::bytea[], $12::bool[],
-                 $13::bool[], $14::bytea[], $15::bool[])
+                 $13::bool[], $14::bytea[], $15::bool[], $16::text[])
                  AS t(id, function, trigger, reason, state, started, duration, exit_code, error,
                       stdout, stderr, stdout_truncated, stderr_truncated, payload,
-                      payload_truncated)
+                      payload_truncated, host)
              ON CONFLICT (id) DO NOTHING",
         )
         .await?;
@@ -308,6 +319,7 @@ async fn insert_sync(pool: &Pool, batch: &[SyncRecord]) -> anyhow::Result<()> {
     let stderr_cut: Vec<bool> = batch.iter().map(|r| r.output.stderr_truncated).collect();
     let payloads: Vec<&[u8]> = batch.iter().map(|r| r.payload.as_ref()).collect();
     let payload_cut: Vec<bool> = batch.iter().map(|r| r.payload_truncated).collect();
+    let hosts = column(|r| r.host.as_str());
     client
         .execute(
             &stmt,
@@ -327,6 +339,7 @@ async fn insert_sync(pool: &Pool, batch: &[SyncRecord]) -> anyhow::Result<()> {
                 &stderr_cut,
                 &payloads,
                 &payload_cut,
+                &hosts,
             ],
         )
         .await?;
@@ -410,7 +423,7 @@ fn columns(excerpt: Option<&str>) -> String {
             None => format!(", {field}, {field}_truncated"),
         };
     }
-    out
+    out + ", owner"
 }
 
 fn record(r: &Row) -> anyhow::Result<Record> {
@@ -446,6 +459,7 @@ fn record(r: &Row) -> anyhow::Result<Record> {
         stdout_truncated: r.try_get(18)?,
         stderr: text(19)?,
         stderr_truncated: r.try_get(20)?,
+        host: r.try_get(21)?,
     })
 }
 
@@ -561,7 +575,10 @@ impl Queue for PostgresStore {
                          fence",
                 )
                 .await?;
-            let Some(r) = tx.query_opt(&stmt, &[&id, &owner.0, &now_ms()]).await? else {
+            let Some(r) = tx
+                .query_opt(&stmt, &[&id, &owner.as_str(), &now_ms()])
+                .await?
+            else {
                 return Ok(None);
             };
             let trigger: String = r.try_get(1)?;
@@ -656,14 +673,14 @@ impl Queue for PostgresStore {
                          error = 'interrupted: the host stopped while it ran, and no attempts were left'
                      WHERE state = 'running' AND durable AND owner = $1
                        AND attempt >= max_attempt",
-                    &[&owner.0, &now],
+                    &[&owner.as_str(), &now],
                 )
                 .await?;
             let requeued = tx
                 .execute(
                     "UPDATE jobhost_invocations SET state = 'queued', run_after = $2
                      WHERE state = 'running' AND durable AND owner = $1",
-                    &[&owner.0, &now],
+                    &[&owner.as_str(), &now],
                 )
                 .await?;
             tx.commit().await?;
@@ -925,6 +942,12 @@ impl History for PostgresStore {
     async fn prune(&self, before: i64) -> anyhow::Result<usize> {
         self.named(async {
             let client = self.client().await?;
+            client
+                .execute(
+                    "DELETE FROM jobhost_hosts WHERE heartbeat_at < $1",
+                    &[&before],
+                )
+                .await?;
             let deleted = client
                 .execute(
                     "DELETE FROM jobhost_invocations
@@ -976,6 +999,90 @@ impl History for PostgresStore {
             }
             Ok(_) => Ok(()),
         }
+    }
+}
+
+#[async_trait]
+impl Cluster for PostgresStore {
+    async fn heartbeat(&self, host: &HostId, started_at: i64) -> anyhow::Result<()> {
+        self.named(async {
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached(&format!(
+                    "INSERT INTO jobhost_hosts (id, started_at, heartbeat_at)
+                     VALUES ($1, $2, {SERVER_NOW})
+                     ON CONFLICT (id) DO UPDATE SET started_at = $2, heartbeat_at = {SERVER_NOW}"
+                ))
+                .await?;
+            client
+                .execute(&stmt, &[&host.as_str(), &started_at])
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rescue(&self, lease: Duration) -> anyhow::Result<Vec<Rescued>> {
+        self.named(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let silent = format!(
+                "state = 'running' AND durable AND NOT EXISTS (SELECT 1 FROM jobhost_hosts AS h
+                 WHERE h.id = jobhost_invocations.owner AND h.heartbeat_at >= {SERVER_NOW} - $2)"
+            );
+            let (now, lease) = (now_ms(), millis(lease));
+            let mut owners = Vec::new();
+            for sql in [
+                format!(
+                    "UPDATE jobhost_invocations SET state = 'dead', finished_at = $1,
+                         error = 'interrupted: its host fell silent while it ran, and no attempts were left'
+                     WHERE {silent} AND attempt >= max_attempt RETURNING owner"
+                ),
+                format!(
+                    "UPDATE jobhost_invocations SET state = 'queued', run_after = $1
+                     WHERE {silent} RETURNING owner"
+                ),
+            ] {
+                let rows = tx.query(&sql, &[&now, &lease]).await?;
+                let found: Result<Vec<Option<String>>, _> =
+                    rows.iter().map(|r| r.try_get(0)).collect();
+                owners.push(found?);
+            }
+            tx.commit().await?;
+            let requeued = owners.pop().unwrap_or_default();
+            let dead = owners.pop().unwrap_or_default();
+            Ok(super::rescued(requeued, dead))
+        })
+        .await
+    }
+
+    async fn hosts(&self, lease: Duration) -> anyhow::Result<Vec<HostView>> {
+        self.named(async {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT id, started_at, heartbeat_at, heartbeat_at >= {SERVER_NOW} - $1,
+                             (SELECT COUNT(*) FROM jobhost_invocations AS i
+                              WHERE i.state = 'running' AND i.owner = h.id)
+                         FROM jobhost_hosts AS h ORDER BY started_at, id"
+                    ),
+                    &[&millis(lease)],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(HostView {
+                        id: r.try_get(0)?,
+                        started_at: r.try_get(1)?,
+                        last_heartbeat: r.try_get(2)?,
+                        alive: r.try_get(3)?,
+                        running: r.try_get(4)?,
+                    })
+                })
+                .collect()
+        })
+        .await
     }
 }
 

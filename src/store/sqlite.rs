@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use async_trait::async_trait;
@@ -21,8 +22,9 @@ use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
-    Claimed, Due, Filter, Fired, History, HostId, Lease, NewInvocation, Next, Output, Queue,
-    Receipt, Record, Recovered, RetryError, State, SyncRecord, TimerFire, TriggerState, now_ms,
+    Claimed, Cluster, Due, Filter, Fired, History, HostId, HostView, Lease, NewInvocation, Next,
+    Output, Queue, Receipt, Record, Recovered, Rescued, RetryError, State, SyncRecord, TimerFire,
+    TriggerState, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 use batch::Batcher;
@@ -83,6 +85,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE invocations ADD COLUMN attempts INTEGER;",
     // 3: synchronous records keep an excerpt of their payload, flagged when cut.
     "ALTER TABLE invocations ADD COLUMN payload_truncated INTEGER NOT NULL DEFAULT 0;",
+    // 4: hosts say they are alive (one at a time here, but the API lists it).
+    "CREATE TABLE IF NOT EXISTS hosts (
+        id           TEXT PRIMARY KEY,
+        started_at   INTEGER NOT NULL,
+        heartbeat_at INTEGER NOT NULL
+    );",
 ];
 
 fn db_path(data_dir: &Path) -> PathBuf {
@@ -221,9 +229,9 @@ fn insert_sync(conn: &mut Connection, batch: &[SyncRecord]) -> anyhow::Result<()
             "INSERT INTO invocations (id, function, trigger, reason, attempt, max_attempt, state,
                  durable, payload, vars, created_at, run_after, started_at, finished_at,
                  duration_ms, exit_code, error, stdout, stderr, stdout_truncated, stderr_truncated,
-                 payload_truncated)
+                 payload_truncated, owner)
              VALUES (?1, ?2, ?3, ?4, 1, 1, ?5, 0, ?15, '[]', ?6, ?6, ?6, ?7, ?8, ?9, ?10,
-                 ?11, ?12, ?13, ?14, ?16)",
+                 ?11, ?12, ?13, ?14, ?16, ?17)",
         )?;
         for r in batch {
             let o = &r.output;
@@ -249,7 +257,8 @@ fn insert_sync(conn: &mut Connection, batch: &[SyncRecord]) -> anyhow::Result<()
                 o.stdout_truncated,
                 o.stderr_truncated,
                 r.payload.as_ref(),
-                r.payload_truncated
+                r.payload_truncated,
+                r.host.as_str()
             ])?;
         }
     }
@@ -288,7 +297,7 @@ fn columns(excerpt: Option<&str>) -> String {
             None => format!(", {field}, {field}_truncated"),
         };
     }
-    out
+    out + ", owner"
 }
 
 fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
@@ -321,6 +330,7 @@ fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
         stdout_truncated: r.get(18)?,
         stderr: text(19)?,
         stderr_truncated: r.get(20)?,
+        host: r.get(21)?,
     })
 }
 
@@ -398,7 +408,7 @@ impl Queue for SqliteStore {
                  RETURNING function, trigger, attempt, max_attempt, payload, vars, input_dir, fence",
             )?;
             let claimed = stmt
-                .query_row(params![id, owner.0, now_ms()], |r| {
+                .query_row(params![id, owner.as_str(), now_ms()], |r| {
                     let trigger: String = r.get(1)?;
                     let vars: String = r.get(5)?;
                     let payload: Vec<u8> = r.get(4)?;
@@ -753,6 +763,7 @@ impl History for SqliteStore {
 
     async fn prune(&self, before: i64) -> anyhow::Result<usize> {
         self.with(move |conn| {
+            conn.execute("DELETE FROM hosts WHERE heartbeat_at < ?1", params![before])?;
             Ok(conn.execute(
                 "DELETE FROM invocations
                  WHERE finished_at IS NOT NULL AND finished_at < ?1
@@ -762,6 +773,75 @@ impl History for SqliteStore {
         })
         .await
     }
+}
+
+#[async_trait]
+impl Cluster for SqliteStore {
+    async fn heartbeat(&self, host: &HostId, started_at: i64) -> anyhow::Result<()> {
+        let host = host.clone();
+        self.with(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO hosts (id, started_at, heartbeat_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET started_at = ?2, heartbeat_at = ?3",
+            )?
+            .execute(params![host.as_str(), started_at, now_ms()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rescue(&self, lease: Duration) -> anyhow::Result<Vec<Rescued>> {
+        self.with(move |conn| {
+            let now = now_ms();
+            let silent_since = now - millis(lease);
+            let tx = conn.transaction()?;
+            let silent = "state = 'running' AND durable = 1 AND NOT EXISTS (SELECT 1 FROM hosts
+                 WHERE hosts.id = invocations.owner AND hosts.heartbeat_at >= ?2)";
+            let owners = |sql: &str| -> rusqlite::Result<Vec<Option<String>>> {
+                tx.prepare(sql)?
+                    .query_map(params![now, silent_since], |r| r.get(0))?
+                    .collect()
+            };
+            let dead = owners(&format!(
+                "UPDATE invocations SET state = 'dead', finished_at = ?1,
+                     error = 'interrupted: its host fell silent while it ran, and no attempts were left'
+                 WHERE {silent} AND attempt >= max_attempt RETURNING owner"
+            ))?;
+            let requeued = owners(&format!(
+                "UPDATE invocations SET state = 'queued', run_after = ?1 WHERE {silent}
+                 RETURNING owner"
+            ))?;
+            tx.commit()?;
+            Ok(super::rescued(requeued, dead))
+        })
+        .await
+    }
+
+    async fn hosts(&self, lease: Duration) -> anyhow::Result<Vec<HostView>> {
+        self.with(move |conn| {
+            let alive_since = now_ms() - millis(lease);
+            let mut stmt = conn.prepare(
+                "SELECT id, started_at, heartbeat_at, heartbeat_at >= ?1,
+                     (SELECT COUNT(*) FROM invocations WHERE state = 'running' AND owner = hosts.id)
+                 FROM hosts ORDER BY started_at, id",
+            )?;
+            let rows = stmt.query_map(params![alive_since], |r| {
+                Ok(HostView {
+                    id: r.get(0)?,
+                    started_at: r.get(1)?,
+                    last_heartbeat: r.get(2)?,
+                    alive: r.get(3)?,
+                    running: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

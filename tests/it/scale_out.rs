@@ -10,19 +10,43 @@ use crate::support::{Host, P1, Project, probe, state, wait_until};
 
 /// A project whose store is the PostgreSQL database in `DATABASE_URL`.
 fn project() -> Project {
-    let project = Project::new(
+    project_with("")
+}
+
+/// The same, with more `[host]` settings.
+fn project_with(host: &str) -> Project {
+    let project = Project::new(&format!(
         r#"
 [host]
-store = { postgres = { env = "DATABASE_URL" } }
+store = {{ postgres = {{ env = "DATABASE_URL" }} }}
 max_concurrency = 8
+{host}
 [defaults]
 timeout = "60s"
 [functions.probe]
 triggers = []
-"#,
-    );
+"#
+    ));
     project.function("probe", &probe(P1));
     project
+}
+
+/// Quick to notice a silent host: heartbeats every 500ms, dead after 2s of silence.
+const QUICK_LEASE: &str = "heartbeat = \"500ms\"\nlease = \"2s\"";
+
+fn host_id(project: &Project) -> String {
+    std::fs::read_to_string(project.path(".jobhost/host-id"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn signal(host: &Host, name: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &host.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
 }
 
 fn start(project: &Project, url: &str) -> Host {
@@ -49,6 +73,7 @@ fn a_host_on_postgres_runs_durable_work_and_the_cli_reads_the_records() {
     for id in &ids {
         let record = host.wait_for_record(id, Duration::from_secs(60), |r| state(r) == "succeeded");
         assert_eq!(record["attempt"], 1);
+        assert_eq!(record["host"].as_str(), Some(host_id(&project).as_str()));
         assert!(
             record["stdout"]
                 .as_str()
@@ -147,4 +172,89 @@ fn a_host_whose_database_cannot_be_reached_says_which_and_what_to_check() {
     );
     assert!(stderr.contains("is the server running"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
+}
+
+#[test]
+fn a_killed_hosts_running_work_is_rescued_by_a_live_host_after_the_lease() {
+    let url = postgres_server::database();
+    let (a, b) = (project_with(QUICK_LEASE), project_with(QUICK_LEASE));
+    let first = start(&a, &url);
+    let ids: Vec<String> = (0..4).map(|_| first.invoke("probe", "job 3000")).collect();
+    for id in &ids {
+        first.wait_for_record(id, Duration::from_secs(30), |r| state(r) == "running");
+    }
+    let second = start(&b, &url);
+    // Any host lists every host, with what each runs.
+    let hosts = second.json("/_jobhost/hosts");
+    let hosts = hosts.as_array().unwrap();
+    assert_eq!(hosts.len(), 2, "{hosts:?}");
+    let (a_id, b_id) = (host_id(&a), host_id(&b));
+    let a_view = hosts.iter().find(|h| h["id"] == a_id.as_str()).unwrap();
+    assert_eq!(
+        (a_view["alive"].as_bool(), a_view["running"].as_i64()),
+        (Some(true), Some(4))
+    );
+    let listed = cli(&b, &url, &["hosts"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains(&a_id) && listed.contains(&b_id), "{listed}");
+
+    first.kill9();
+    for id in &ids {
+        let record =
+            second.wait_for_record(id, Duration::from_secs(60), |r| state(r) == "succeeded");
+        assert_eq!(record["attempt"], 2, "{record}");
+        assert_eq!(record["host"].as_str(), Some(b_id.as_str()));
+        assert!(
+            record["stdout"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("id={id} attempt=2")),
+            "{record}"
+        );
+    }
+    let hosts = second.json("/_jobhost/hosts");
+    let a_view = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["id"] == a_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(a_view["alive"], false, "{a_view}");
+    assert!(
+        second
+            .log()
+            .iter()
+            .any(|l| l.contains("silent for longer than the lease") && l.contains(&a_id)),
+        "the rescue is logged, naming the host"
+    );
+}
+
+#[test]
+fn a_stopped_host_that_comes_back_after_its_work_was_rescued_cannot_overwrite_it() {
+    let url = postgres_server::database();
+    let (a, b) = (project_with(QUICK_LEASE), project_with(QUICK_LEASE));
+    let mut stopped = start(&a, &url);
+    let id = stopped.invoke("probe", "job 1500");
+    stopped.wait_for_record(&id, Duration::from_secs(30), |r| state(r) == "running");
+    signal(&stopped, "STOP");
+    let live = start(&b, &url);
+    let b_id = host_id(&b);
+    let rescued = live.wait_for_record(&id, Duration::from_secs(60), |r| {
+        r["attempt"] == 2 && r["host"] == b_id.as_str()
+    });
+    assert!(
+        matches!(state(&rescued), "running" | "succeeded"),
+        "{rescued}"
+    );
+    // Back from its pause, the first host's attempt ends, and its result is dropped.
+    signal(&stopped, "CONT");
+    stopped.wait_for_log("this attempt's result is dropped", Duration::from_secs(60));
+    let record = live.wait_for_record(&id, Duration::from_secs(60), |r| state(r) == "succeeded");
+    assert_eq!(record["attempt"], 2, "{record}");
+    assert_eq!(record["host"].as_str(), Some(b_id.as_str()));
+    assert!(
+        record["stdout"].as_str().unwrap().contains("attempt=2"),
+        "{record}"
+    );
 }

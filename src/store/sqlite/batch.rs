@@ -151,6 +151,7 @@ mod tests {
             trigger: TriggerKind::Http,
             reason: crate::store::Reason::Http,
             started_at: now_ms(),
+            host: crate::store::HostId("h".into()),
             payload: bytes::Bytes::new(),
             payload_truncated: false,
             output: Output {
