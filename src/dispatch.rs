@@ -240,6 +240,11 @@ impl Dispatcher {
         })
     }
 
+    /// How many more invocations could start now (`max_concurrency` less those running).
+    pub fn free_slots(&self) -> usize {
+        self.permits.available_permits()
+    }
+
     /// Invocations running now.
     pub fn running(&self) -> usize {
         self.max_concurrency - self.permits.available_permits()

@@ -7,13 +7,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::runtime::Runtime;
-use crate::store::now_ms;
+use crate::store::{Slots, Wanted, now_ms};
 
 /// The longest the worker sleeps without looking at the store, so work queued by another
 /// process (`jobhost retry`) starts within a second.
 const POLL: Duration = Duration::from_secs(1);
 
-/// How many due invocations one look at the store considers.
+/// The most invocations one look at the store claims.
 const BATCH: usize = 256;
 
 /// Runs until `stop`: starts what is due, then sleeps until the next due time, a freed
@@ -40,23 +40,51 @@ pub async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
 
 async fn start_due(rt: &Runtime) -> anyhow::Result<()> {
     let functions = rt.functions();
-    for due in rt.store.queue.due(now_ms(), BATCH).await? {
-        // A function that is not loaded keeps its work queued until it is.
-        let Some(function) = functions.functions.get(&due.function) else {
-            continue;
-        };
-        let Ok(permit) = rt.dispatch.admit(function) else {
-            continue;
-        };
-        let owner = rt.dispatch.owner();
-        let Some(claimed) = rt.store.queue.claim(&due.id, owner).await? else {
-            continue;
-        };
-        rt.tasks.spawn(
-            rt.dispatch
-                .clone()
-                .run_claimed(function.clone(), claimed, permit),
-        );
+    let free = rt.dispatch.free_slots();
+    if free == 0 {
+        return Ok(());
+    }
+    // What this host can run now; a function that is not loaded keeps its work queued
+    // until it is (here or on another host).
+    let wanted = Wanted {
+        limit: free.min(BATCH),
+        functions: functions
+            .functions
+            .values()
+            .map(|f| Slots {
+                function: f.spec.name.clone(),
+                here: f
+                    .permits
+                    .as_ref()
+                    .map_or(free, |p| p.available_permits().min(free)),
+                everywhere: f.spec.concurrency,
+            })
+            .filter(|s| s.here > 0)
+            .collect(),
+    };
+    if wanted.functions.is_empty() {
+        return Ok(());
+    }
+    let owner = rt.dispatch.owner();
+    for claimed in rt.store.queue.claim_due(owner, &wanted).await? {
+        let admitted = functions
+            .functions
+            .get(&claimed.function)
+            .map(|f| (f, rt.dispatch.admit(f)));
+        match admitted {
+            Some((function, Ok(permit))) => {
+                rt.tasks.spawn(
+                    rt.dispatch
+                        .clone()
+                        .run_claimed(function.clone(), claimed, permit),
+                );
+            }
+            // A synchronous request took the slot since it was counted: the invocation
+            // goes back to the queue with its attempt, for the next look.
+            _ => {
+                rt.store.queue.release(&claimed.lease).await?;
+            }
+        }
     }
     Ok(())
 }

@@ -136,11 +136,57 @@ pub struct NewInvocation {
     pub input_dir: Option<PathBuf>,
 }
 
-/// A due invocation: what the worker needs to decide whether it can start it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Due {
-    pub id: String,
+/// What a host can start now, for [`Queue::claim_due`].
+#[derive(Debug, Clone, Default)]
+pub struct Wanted {
+    /// At most this many in all: the host's free slots.
+    pub limit: usize,
+    /// The functions loaded here, each with its limits.
+    pub functions: Vec<Slots>,
+}
+
+/// One function's room for more runs.
+#[derive(Debug, Clone)]
+pub struct Slots {
     pub function: String,
+    /// How many more of it this host can run now.
+    pub here: usize,
+    /// Its `concurrency`: how many may run on all hosts together.
+    pub everywhere: Option<usize>,
+}
+
+impl Slots {
+    /// How many more may start, given how many run on all hosts now.
+    fn room(&self, running_everywhere: i64) -> usize {
+        let everywhere = self.everywhere.map_or(usize::MAX, |n| {
+            n.saturating_sub(usize::try_from(running_everywhere).unwrap_or(usize::MAX))
+        });
+        self.here.min(everywhere)
+    }
+}
+
+/// A due invocation that a claim may take, in claim order.
+#[derive(Debug, Clone)]
+struct Candidate {
+    id: String,
+    priority: i32,
+    run_after: i64,
+    timer: Option<String>,
+}
+
+/// Which candidates to claim: highest priority first, then the oldest due, then the oldest
+/// id; at most `limit`, and at most one run of a timer.
+fn choose(mut candidates: Vec<Candidate>, limit: usize) -> Vec<Candidate> {
+    use std::cmp::Reverse;
+    candidates.sort_by(|a, b| {
+        (Reverse(a.priority), a.run_after, &a.id).cmp(&(Reverse(b.priority), b.run_after, &b.id))
+    });
+    let mut timers = std::collections::HashSet::new();
+    candidates
+        .into_iter()
+        .filter(|c| c.timer.as_ref().is_none_or(|t| timers.insert(t.clone())))
+        .take(limit)
+        .collect()
 }
 
 /// The right to run one attempt. Each claim raises the invocation's fence; a result or a
@@ -329,15 +375,17 @@ impl Filter {
 pub trait Queue: Send + Sync {
     /// Records durable work, due now; once this returns, it will run.
     async fn enqueue(&self, new: NewInvocation) -> anyhow::Result<()>;
-    /// Invocations due at `now`, oldest first, leaving out a timer's while another run of
-    /// that timer is going.
-    async fn due(&self, now: i64, limit: usize) -> anyhow::Result<Vec<Due>>;
+    /// Claims for `owner` what it can start now: up to `wanted.limit` due invocations of
+    /// the wanted functions, highest priority first, then the oldest due; within each
+    /// function's slots here and its `concurrency` counted on every host together; never a
+    /// run of a timer while another run of it is going. Each claim is as `claim`'s.
+    async fn claim_due(&self, owner: &HostId, wanted: &Wanted) -> anyhow::Result<Vec<Claimed>>;
     /// When the next waiting invocation becomes due.
     async fn next_due_at(&self) -> anyhow::Result<Option<i64>>;
     /// Invocations waiting: queued, or failed and awaiting a retry.
     async fn depth(&self) -> anyhow::Result<i64>;
-    /// Marks a due invocation running for `owner`, with its next attempt and a new fence;
-    /// `None` when it is no longer due.
+    /// Marks one due invocation running for `owner`, with its next attempt and a new
+    /// fence; `None` when it is not due (or a run of its timer is going).
     async fn claim(&self, id: &str, owner: &HostId) -> anyhow::Result<Option<Claimed>>;
     /// Stores an attempt's result; `false` when the lease is no longer current (the
     /// result is dropped).

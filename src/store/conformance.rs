@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{
-    Filter, Fired, HostId, NewInvocation, Next, Output, Reason, Receipt, RetryError, State, Store,
-    SyncRecord, TimerFire, now_ms,
+    Filter, Fired, HostId, NewInvocation, Next, Output, Reason, Receipt, RetryError, Slots, State,
+    Store, SyncRecord, TimerFire, Wanted, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 
@@ -27,6 +27,35 @@ pub(crate) async fn run<K, F: Future<Output = (Store, K)>>(make: impl Fn() -> F)
     prune_deletes_only_finished_records_older_than_the_cut(make().await).await;
     a_list_shows_excerpts_and_one_record_all_it_keeps(make().await).await;
     a_silent_hosts_running_work_is_rescued_and_a_live_hosts_is_not(make().await).await;
+    claims_take_the_oldest_due_first_within_the_hosts_and_each_functions_room(make().await).await;
+    a_functions_concurrency_holds_across_hosts_claiming_at_once(make().await).await;
+}
+
+/// Each function may take up to `limit` here; `concurrency` as given.
+fn wanted(functions: &[(&str, Option<usize>)], limit: usize) -> Wanted {
+    Wanted {
+        limit,
+        functions: functions
+            .iter()
+            .map(|(function, everywhere)| Slots {
+                function: function.to_string(),
+                here: limit,
+                everywhere: *everywhere,
+            })
+            .collect(),
+    }
+}
+
+/// The ids `claim_due` claimed, in its order.
+async fn claim_due(store: &Store, host: &HostId, wanted: &Wanted) -> Vec<String> {
+    store
+        .queue
+        .claim_due(host, wanted)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.lease.id)
+        .collect()
 }
 
 fn owner() -> HostId {
@@ -84,9 +113,6 @@ async fn enqueued_work_is_claimed_once_and_finished<K>((store, _keep): (Store, K
         .expect("a new store is there to write to");
     store.queue.enqueue(new("a", "f")).await.unwrap();
     assert_eq!(store.queue.depth().await.unwrap(), 1);
-    let due = store.queue.due(now_ms(), 10).await.unwrap();
-    assert_eq!(due.len(), 1);
-    assert_eq!((due[0].id.as_str(), due[0].function.as_str()), ("a", "f"));
     let claimed = store.queue.claim("a", &owner()).await.unwrap().unwrap();
     assert_eq!(claimed.attempt, 1);
     assert_eq!(claimed.max_attempt, 3);
@@ -96,7 +122,11 @@ async fn enqueued_work_is_claimed_once_and_finished<K>((store, _keep): (Store, K
     assert_eq!(claimed.lease.owner, owner());
     assert!(store.queue.claim("a", &owner()).await.unwrap().is_none());
     assert_eq!(state_of(&store, "a").await, State::Running);
-    assert!(store.queue.due(now_ms(), 10).await.unwrap().is_empty());
+    assert!(
+        claim_due(&store, &owner(), &wanted(&[("f", None)], 10))
+            .await
+            .is_empty()
+    );
     let applied = store
         .queue
         .finish(&claimed.lease, succeeded(), Next::Succeeded)
@@ -161,10 +191,13 @@ async fn a_failed_attempt_waits_for_its_retry_time<K>((store, _keep): (Store, K)
     assert_eq!(record.state, State::Failed);
     assert_eq!(record.error.as_deref(), Some("exit 1"));
     assert_eq!(record.next_attempt_at, Some(at));
-    assert!(store.queue.due(now_ms(), 10).await.unwrap().is_empty());
+    assert!(
+        claim_due(&store, &owner(), &wanted(&[("f", None)], 10))
+            .await
+            .is_empty()
+    );
     assert_eq!(store.queue.next_due_at().await.unwrap(), Some(at));
     assert_eq!(store.queue.depth().await.unwrap(), 1);
-    assert_eq!(store.queue.due(at, 10).await.unwrap().len(), 1);
 }
 
 async fn only_a_dead_invocation_is_retried_with_a_fresh_round<K>((store, _keep): (Store, K)) {
@@ -283,18 +316,16 @@ async fn a_timer_run_is_not_due_nor_claimed_while_another_run_of_it_is_going<K>(
         .await
         .unwrap();
     store.queue.enqueue(new("other", "f")).await.unwrap();
-    let due: Vec<String> = store
+    let mut claimed = store
         .queue
-        .due(now_ms(), 10)
+        .claim_due(&owner(), &wanted(&[("t", None), ("f", None)], 10))
         .await
-        .unwrap()
-        .into_iter()
-        .map(|d| d.id)
-        .collect();
-    assert_eq!(due, ["other"]);
+        .unwrap();
+    let ids: Vec<&str> = claimed.iter().map(|c| c.lease.id.as_str()).collect();
+    assert_eq!(ids, ["other"]);
     assert!(store.queue.claim("2", &owner()).await.unwrap().is_none());
     // A retry that is not yet due is not claimed either.
-    let claimed = store.queue.claim("other", &owner()).await.unwrap().unwrap();
+    let claimed = claimed.remove(0);
     let later = now_ms() + 60_000;
     store
         .queue
@@ -531,4 +562,72 @@ async fn a_silent_hosts_running_work_is_rescued_and_a_live_hosts_is_not<K>(
             .unwrap()
     );
     assert!(store.cluster.rescue(lease).await.unwrap().is_empty());
+}
+
+async fn claims_take_the_oldest_due_first_within_the_hosts_and_each_functions_room<K>(
+    (store, _keep): (Store, K),
+) {
+    for (id, function) in [
+        ("a1", "a"),
+        ("a2", "a"),
+        ("a3", "a"),
+        ("b1", "b"),
+        ("c1", "c"),
+    ] {
+        store.queue.enqueue(new(id, function)).await.unwrap();
+    }
+    let both = wanted(&[("a", None), ("b", None)], 2);
+    assert_eq!(claim_due(&store, &owner(), &both).await, ["a1", "a2"]);
+    let mut b_only = wanted(&[("a", None), ("b", None)], 5);
+    b_only.functions[0].here = 0;
+    assert_eq!(claim_due(&store, &owner(), &b_only).await, ["b1"]);
+    let mut one_a = wanted(&[("a", None)], 5);
+    one_a.functions[0].here = 1;
+    assert_eq!(claim_due(&store, &owner(), &one_a).await, ["a3"]);
+    // A function this host has not loaded keeps its work queued.
+    assert!(claim_due(&store, &owner(), &both).await.is_empty());
+    assert_eq!(state_of(&store, "c1").await, State::Queued);
+    let claimed = store.history.get("a1").await.unwrap().unwrap();
+    assert_eq!((claimed.state, claimed.attempt), (State::Running, 1));
+    assert_eq!(claimed.host.as_deref(), Some("host-a"));
+}
+
+async fn a_functions_concurrency_holds_across_hosts_claiming_at_once<K>(
+    (store, _keep): (Store, K),
+) {
+    for n in 0..10 {
+        store
+            .queue
+            .enqueue(new(&format!("s{n}"), "s"))
+            .await
+            .unwrap();
+    }
+    let single = wanted(&[("s", Some(1))], 5);
+    let (a, b) = (owner(), HostId("host-b".into()));
+    let (first, second) = tokio::join!(
+        store.queue.claim_due(&a, &single),
+        store.queue.claim_due(&b, &single)
+    );
+    let mut claimed = first.unwrap();
+    claimed.extend(second.unwrap());
+    assert_eq!(
+        claimed.len(),
+        1,
+        "concurrency = 1 is one run on all hosts together"
+    );
+    assert!(claim_due(&store, &b, &single).await.is_empty());
+    let running = claimed.remove(0);
+    store
+        .queue
+        .finish(&running.lease, succeeded(), Next::Succeeded)
+        .await
+        .unwrap();
+    assert_eq!(claim_due(&store, &b, &single).await.len(), 1);
+    // Two may run with concurrency = 2, one already does: one more, wherever.
+    let double = wanted(&[("s", Some(2))], 5);
+    let (first, second) = tokio::join!(
+        store.queue.claim_due(&a, &double),
+        store.queue.claim_due(&b, &double)
+    );
+    assert_eq!(first.unwrap().len() + second.unwrap().len(), 1);
 }

@@ -31,9 +31,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    Claimed, Cluster, Due, Filter, Fired, History, HostId, HostView, Lease, NewInvocation, Next,
-    Output, Queue, Receipt, Record, Recovered, Rescued, RetryError, State, SyncRecord, TimerFire,
-    TriggerState, now_ms,
+    Candidate, Claimed, Cluster, Filter, Fired, History, HostId, HostView, Lease, NewInvocation,
+    Next, Output, Queue, Receipt, Record, Recovered, Rescued, RetryError, State, SyncRecord,
+    TimerFire, TriggerState, Wanted, choose, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 
@@ -98,6 +98,11 @@ const MIGRATIONS: &[&str] = &[
         started_at   BIGINT NOT NULL,
         heartbeat_at BIGINT NOT NULL
     );",
+    // 3: a claim takes each function's due work by priority, then due time, from an index
+    // that holds only waiting durable work.
+    "CREATE INDEX jobhost_invocations_claim
+        ON jobhost_invocations (function, priority DESC, run_after, id)
+        WHERE durable AND state IN ('queued', 'failed');",
 ];
 
 /// Now on the server's clock, in ms: what host liveness is measured on, so that hosts'
@@ -111,6 +116,30 @@ const MIGRATION_LOCK: i64 = 0x006a_6f62_686f_7374;
 /// Locks one timer for the rest of the transaction (see the module's note).
 const LOCK_TIMER: &str =
     "SELECT pg_advisory_xact_lock(hashtextextended('jobhost timer ' || $1, 0))";
+
+/// Each function's due work, at most its room: one index range per function, rows that
+/// another host is claiming skipped.
+const DUE: &str = "SELECT c.id, c.priority, c.run_after, c.timer
+    FROM unnest($1::text[], $2::int8[]) AS f(name, room)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_after, timer FROM jobhost_invocations AS i
+        WHERE i.function = f.name AND i.durable AND i.state IN ('queued', 'failed')
+          AND i.run_after <= $3
+          AND (i.timer IS NULL OR NOT EXISTS (SELECT 1 FROM jobhost_invocations AS r
+               WHERE r.timer = i.timer AND r.state = 'running'))
+        ORDER BY i.priority DESC, i.run_after, i.id
+        LIMIT f.room
+        FOR UPDATE SKIP LOCKED
+    ) AS c";
+
+/// Marks due invocations running for one owner (`$2`), with their next attempt and a new
+/// fence; a run of a timer whose other run is going is left alone.
+const CLAIM: &str = "UPDATE jobhost_invocations SET state = 'running', attempt = attempt + 1,
+        started_at = $3, finished_at = NULL, duration_ms = NULL, owner = $2, fence = fence + 1
+    WHERE id = ANY($1) AND durable AND state IN ('queued', 'failed') AND run_after <= $3
+      AND (timer IS NULL OR NOT EXISTS (SELECT 1 FROM jobhost_invocations AS r
+           WHERE r.timer = jobhost_invocations.timer AND r.state = 'running'))
+    RETURNING id, function, trigger, attempt, max_attempt, payload, vars, input_dir, fence";
 
 /// The most synchronous records written in one statement.
 const BATCH: usize = 512;
@@ -476,6 +505,27 @@ async fn get(client: &impl GenericClient, id: &str) -> anyhow::Result<Option<Rec
         .with_context(|| format!("reading invocation {id}"))
 }
 
+/// A row `CLAIM` returned.
+fn claimed(r: &Row, owner: &HostId) -> anyhow::Result<Claimed> {
+    let trigger: String = r.try_get(2)?;
+    let vars: String = r.try_get(6)?;
+    let payload: Vec<u8> = r.try_get(5)?;
+    Ok(Claimed {
+        lease: Lease {
+            id: r.try_get(0)?,
+            owner: owner.clone(),
+            fence: r.try_get(8)?,
+        },
+        function: r.try_get(1)?,
+        trigger: TriggerKind::parse(&trigger).ok_or(trigger),
+        attempt: u32::try_from(r.try_get::<_, i32>(3)?).unwrap_or(0),
+        max_attempt: u32::try_from(r.try_get::<_, i32>(4)?).unwrap_or(0),
+        payload: payload.into(),
+        vars: serde_json::from_str(&vars).unwrap_or_default(),
+        input_dir: r.try_get::<_, Option<String>>(7)?.map(PathBuf::from),
+    })
+}
+
 #[async_trait]
 impl Queue for PostgresStore {
     async fn enqueue(&self, new: NewInvocation) -> anyhow::Result<()> {
@@ -486,30 +536,98 @@ impl Queue for PostgresStore {
         .await
     }
 
-    async fn due(&self, now: i64, limit: usize) -> anyhow::Result<Vec<Due>> {
+    async fn claim_due(&self, owner: &HostId, wanted: &Wanted) -> anyhow::Result<Vec<Claimed>> {
         self.named(async {
-            let client = self.client().await?;
-            let stmt = client
-                .prepare_cached(
-                    "SELECT id, function FROM jobhost_invocations AS i
-                     WHERE durable AND state IN ('queued', 'failed') AND run_after <= $1
-                       AND (timer IS NULL OR NOT EXISTS (SELECT 1 FROM jobhost_invocations AS r
-                            WHERE r.timer = i.timer AND r.state = 'running'))
-                     ORDER BY run_after, id LIMIT $2",
+            let now = now_ms();
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            // A function's `concurrency` holds on all hosts together: claimers of a limited
+            // function take turns (locks in name order, so two never wait on each other),
+            // and each counts what runs after the previous one committed.
+            let mut limited: Vec<&str> = wanted
+                .functions
+                .iter()
+                .filter(|s| s.everywhere.is_some())
+                .map(|s| s.function.as_str())
+                .collect();
+            limited.sort_unstable();
+            let mut running: HashMap<String, i64> = HashMap::new();
+            if !limited.is_empty() {
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock(key) FROM (SELECT hashtextextended('jobhost function ' || f, 0) AS key
+                         FROM unnest($1::text[]) WITH ORDINALITY AS t(f, n) ORDER BY n) AS ordered",
+                    &[&limited],
                 )
                 .await?;
-            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            client
-                .query(&stmt, &[&now, &limit])
-                .await?
+                for row in tx
+                    .query(
+                        "SELECT function, COUNT(*) FROM jobhost_invocations
+                         WHERE state = 'running' AND function = ANY($1) GROUP BY function",
+                        &[&limited],
+                    )
+                    .await?
+                {
+                    running.insert(row.try_get(0)?, row.try_get(1)?);
+                }
+            }
+            let (mut names, mut rooms) = (Vec::new(), Vec::new());
+            for slots in &wanted.functions {
+                let room = slots
+                    .room(running.get(&slots.function).copied().unwrap_or(0))
+                    .min(wanted.limit);
+                if room > 0 {
+                    names.push(slots.function.as_str());
+                    rooms.push(room as i64);
+                }
+            }
+            if names.is_empty() {
+                return Ok(Vec::new());
+            }
+            let due = tx.prepare_cached(DUE).await?;
+            let mut candidates = Vec::new();
+            for r in tx.query(&due, &[&names, &rooms, &now]).await? {
+                candidates.push(Candidate {
+                    id: r.try_get(0)?,
+                    priority: r.try_get(1)?,
+                    run_after: r.try_get(2)?,
+                    timer: r.try_get(3)?,
+                });
+            }
+            let mut chosen = choose(candidates, wanted.limit);
+            // A timer's run: only while no other host is claiming or firing that timer (its
+            // lock), and the claim below checks again, after the lock, that no run is going.
+            for candidate in &mut chosen {
+                if let Some(timer) = &candidate.timer {
+                    let locked: bool = tx
+                        .query_one(
+                            "SELECT pg_try_advisory_xact_lock(hashtextextended('jobhost timer ' || $1, 0))",
+                            &[timer],
+                        )
+                        .await?
+                        .try_get(0)?;
+                    if !locked {
+                        candidate.id.clear();
+                    }
+                }
+            }
+            let ids: Vec<&str> = chosen
                 .iter()
-                .map(|r| {
-                    Ok(Due {
-                        id: r.try_get(0)?,
-                        function: r.try_get(1)?,
-                    })
-                })
-                .collect()
+                .map(|c| c.id.as_str())
+                .filter(|id| !id.is_empty())
+                .collect();
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let claim = tx.prepare_cached(CLAIM).await?;
+            let rows = tx.query(&claim, &[&ids, &owner.as_str(), &now]).await?;
+            let mut claimed = rows
+                .iter()
+                .map(|r| claimed(r, owner))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            tx.commit().await?;
+            // In claim order.
+            claimed.sort_by_key(|c| ids.iter().position(|id| *id == c.lease.id));
+            Ok(claimed)
         })
         .await
     }
@@ -562,42 +680,15 @@ impl Queue for PostgresStore {
             if let Some(timer) = row.try_get::<_, Option<String>>(0)? {
                 tx.execute(LOCK_TIMER, &[&timer]).await?;
             }
-            let stmt = tx
-                .prepare_cached(
-                    "UPDATE jobhost_invocations SET state = 'running', attempt = attempt + 1,
-                         started_at = $3, finished_at = NULL, duration_ms = NULL, owner = $2,
-                         fence = fence + 1
-                     WHERE id = $1 AND durable AND state IN ('queued', 'failed')
-                       AND run_after <= $3
-                       AND (timer IS NULL OR NOT EXISTS (SELECT 1 FROM jobhost_invocations AS r
-                            WHERE r.timer = jobhost_invocations.timer AND r.state = 'running'))
-                     RETURNING function, trigger, attempt, max_attempt, payload, vars, input_dir,
-                         fence",
-                )
-                .await?;
+            let claim = tx.prepare_cached(CLAIM).await?;
+            let ids = vec![id];
             let Some(r) = tx
-                .query_opt(&stmt, &[&id, &owner.as_str(), &now_ms()])
+                .query_opt(&claim, &[&ids, &owner.as_str(), &now_ms()])
                 .await?
             else {
                 return Ok(None);
             };
-            let trigger: String = r.try_get(1)?;
-            let vars: String = r.try_get(5)?;
-            let payload: Vec<u8> = r.try_get(4)?;
-            let claimed = Claimed {
-                lease: Lease {
-                    id: id.to_string(),
-                    owner: owner.clone(),
-                    fence: r.try_get(7)?,
-                },
-                function: r.try_get(0)?,
-                trigger: TriggerKind::parse(&trigger).ok_or(trigger),
-                attempt: u32::try_from(r.try_get::<_, i32>(2)?).unwrap_or(0),
-                max_attempt: u32::try_from(r.try_get::<_, i32>(3)?).unwrap_or(0),
-                payload: payload.into(),
-                vars: serde_json::from_str(&vars).unwrap_or_default(),
-                input_dir: r.try_get::<_, Option<String>>(6)?.map(PathBuf::from),
-            };
+            let claimed = claimed(&r, owner)?;
             tx.commit().await?;
             Ok(Some(claimed))
         })
@@ -1146,6 +1237,56 @@ mod tests {
         );
         assert!(message.contains("is the server running"), "{message}");
         assert!(!message.contains("secret"), "{message}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_reads_indexes_not_the_whole_table() {
+        let url = server::database();
+        let store = PostgresStore::open(&url, None).await.unwrap();
+        let client = store.client().await.unwrap();
+        // Many finished records and 1,000 waiting, over five functions, as statistics know.
+        client
+            .batch_execute(
+                "INSERT INTO jobhost_invocations (id, function, trigger, reason, attempt,
+                     max_attempt, state, durable, payload, vars, created_at, run_after)
+                 SELECT 'i' || n, 'f' || (n % 5), 'manual', 'manual', 0, 3,
+                     CASE WHEN n <= 1000 THEN 'queued' ELSE 'succeeded' END,
+                     n <= 1000 OR n % 2 = 0, '', '[]', n, n
+                 FROM generate_series(1, 20000) AS n;
+                 ANALYZE jobhost_invocations;",
+            )
+            .await
+            .unwrap();
+        let due = DUE
+            .replace("$1::text[]", "ARRAY['f0', 'f1', 'f2']")
+            .replace("$2::int8[]", "ARRAY[10, 10, 10]::int8[]")
+            .replace("$3", "20001");
+        let plan: Vec<String> = client
+            .query(&format!("EXPLAIN {due}"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("jobhost_invocations_claim"), "{plan}");
+        assert!(!plan.contains("Seq Scan on jobhost_invocations"), "{plan}");
+        // And it claims what it should: ten of each, oldest first.
+        let owner = HostId("h".into());
+        let wanted = Wanted {
+            limit: 30,
+            functions: ["f0", "f1", "f2"]
+                .iter()
+                .map(|f| super::super::Slots {
+                    function: f.to_string(),
+                    here: 10,
+                    everywhere: Some(10),
+                })
+                .collect(),
+        };
+        let claimed = store.claim_due(&owner, &wanted).await.unwrap();
+        assert_eq!(claimed.len(), 30);
+        assert_eq!(claimed[0].lease.id, "i1");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

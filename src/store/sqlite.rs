@@ -22,9 +22,9 @@ use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
-    Claimed, Cluster, Due, Filter, Fired, History, HostId, HostView, Lease, NewInvocation, Next,
-    Output, Queue, Receipt, Record, Recovered, Rescued, RetryError, State, SyncRecord, TimerFire,
-    TriggerState, now_ms,
+    Candidate, Claimed, Cluster, Filter, Fired, History, HostId, HostView, Lease, NewInvocation,
+    Next, Output, Queue, Receipt, Record, Recovered, Rescued, RetryError, State, SyncRecord,
+    TimerFire, TriggerState, Wanted, choose, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 use batch::Batcher;
@@ -91,6 +91,11 @@ const MIGRATIONS: &[&str] = &[
         started_at   INTEGER NOT NULL,
         heartbeat_at INTEGER NOT NULL
     );",
+    // 5: claims take each function's due work by priority, then due time.
+    "ALTER TABLE invocations ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX IF NOT EXISTS invocations_claim
+        ON invocations (function, priority DESC, run_after, id)
+        WHERE durable = 1 AND state IN ('queued', 'failed');",
 ];
 
 fn db_path(data_dir: &Path) -> PathBuf {
@@ -344,6 +349,47 @@ fn get(conn: &Connection, id: &str) -> anyhow::Result<Option<Record>> {
         .with_context(|| format!("reading invocation {id}"))
 }
 
+/// Marks one due invocation running for `owner`, with its next attempt and a new fence;
+/// `None` when it is not due (or a run of its timer is going).
+fn claim_row(
+    conn: &Connection,
+    id: &str,
+    owner: &HostId,
+    now: i64,
+) -> anyhow::Result<Option<Claimed>> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE invocations SET state = 'running', attempt = attempt + 1, started_at = ?3,
+             finished_at = NULL, duration_ms = NULL, owner = ?2, fence = fence + 1
+         WHERE id = ?1 AND state IN ('queued', 'failed') AND durable = 1
+           AND run_after <= ?3
+           AND (timer IS NULL OR NOT EXISTS (SELECT 1 FROM invocations AS r
+                WHERE r.timer = invocations.timer AND r.state = 'running'))
+         RETURNING function, trigger, attempt, max_attempt, payload, vars, input_dir, fence",
+    )?;
+    let claimed = stmt
+        .query_row(params![id, owner.as_str(), now], |r| {
+            let trigger: String = r.get(1)?;
+            let vars: String = r.get(5)?;
+            let payload: Vec<u8> = r.get(4)?;
+            Ok(Claimed {
+                lease: Lease {
+                    id: id.to_string(),
+                    owner: owner.clone(),
+                    fence: r.get(7)?,
+                },
+                function: r.get(0)?,
+                trigger: TriggerKind::parse(&trigger).ok_or(trigger),
+                attempt: r.get(2)?,
+                max_attempt: r.get(3)?,
+                payload: payload.into(),
+                vars: serde_json::from_str(&vars).unwrap_or_default(),
+                input_dir: r.get::<_, Option<String>>(6)?.map(PathBuf::from),
+            })
+        })
+        .optional()?;
+    Ok(claimed)
+}
+
 #[async_trait]
 impl Queue for SqliteStore {
     async fn enqueue(&self, new: NewInvocation) -> anyhow::Result<()> {
@@ -351,22 +397,54 @@ impl Queue for SqliteStore {
             .await
     }
 
-    async fn due(&self, now: i64, limit: usize) -> anyhow::Result<Vec<Due>> {
+    async fn claim_due(&self, owner: &HostId, wanted: &Wanted) -> anyhow::Result<Vec<Claimed>> {
+        let (owner, wanted) = (owner.clone(), wanted.clone());
         self.with(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, function FROM invocations AS i
-                 WHERE state IN ('queued', 'failed') AND durable = 1 AND run_after <= ?1
-                   AND (timer IS NULL OR NOT EXISTS
-                        (SELECT 1 FROM invocations AS r WHERE r.timer = i.timer AND r.state = 'running'))
-                 ORDER BY run_after, id LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![now, limit as i64], |r| {
-                Ok(Due {
-                    id: r.get(0)?,
-                    function: r.get(1)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            let now = now_ms();
+            // One writer at a time: what is counted stays true until the commit.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut candidates = Vec::new();
+            {
+                let mut running = tx.prepare_cached(
+                    "SELECT COUNT(*) FROM invocations
+                     WHERE function = ?1 AND state = 'running' AND durable = 1",
+                )?;
+                let mut due = tx.prepare_cached(
+                    "SELECT id, priority, run_after, timer FROM invocations AS i
+                     WHERE function = ?1 AND durable = 1 AND state IN ('queued', 'failed')
+                       AND run_after <= ?2
+                       AND (timer IS NULL OR NOT EXISTS (SELECT 1 FROM invocations AS r
+                            WHERE r.timer = i.timer AND r.state = 'running'))
+                     ORDER BY priority DESC, run_after, id LIMIT ?3",
+                )?;
+                for slots in &wanted.functions {
+                    let running_now = match slots.everywhere {
+                        Some(_) => running.query_row(params![slots.function], |r| r.get(0))?,
+                        None => 0,
+                    };
+                    let room = slots.room(running_now).min(wanted.limit);
+                    if room == 0 {
+                        continue;
+                    }
+                    let rows = due.query_map(params![slots.function, now, room as i64], |r| {
+                        Ok(Candidate {
+                            id: r.get(0)?,
+                            priority: r.get(1)?,
+                            run_after: r.get(2)?,
+                            timer: r.get(3)?,
+                        })
+                    })?;
+                    for row in rows {
+                        candidates.push(row?);
+                    }
+                }
+            }
+            let mut claimed = Vec::new();
+            for candidate in choose(candidates, wanted.limit) {
+                claimed.extend(claim_row(&tx, &candidate.id, &owner, now)?);
+            }
+            tx.commit()?;
+            Ok(claimed)
         })
         .await
     }
@@ -398,37 +476,7 @@ impl Queue for SqliteStore {
         self.with(move |conn| {
             // In a transaction: a row that fails to read back is not left `running`.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut stmt = tx.prepare_cached(
-                "UPDATE invocations SET state = 'running', attempt = attempt + 1, started_at = ?3,
-                     finished_at = NULL, duration_ms = NULL, owner = ?2, fence = fence + 1
-                 WHERE id = ?1 AND state IN ('queued', 'failed') AND durable = 1
-                   AND run_after <= ?3
-                   AND (timer IS NULL OR NOT EXISTS (SELECT 1 FROM invocations AS r
-                        WHERE r.timer = invocations.timer AND r.state = 'running'))
-                 RETURNING function, trigger, attempt, max_attempt, payload, vars, input_dir, fence",
-            )?;
-            let claimed = stmt
-                .query_row(params![id, owner.as_str(), now_ms()], |r| {
-                    let trigger: String = r.get(1)?;
-                    let vars: String = r.get(5)?;
-                    let payload: Vec<u8> = r.get(4)?;
-                    Ok(Claimed {
-                        lease: Lease {
-                            id: id.clone(),
-                            owner: owner.clone(),
-                            fence: r.get(7)?,
-                        },
-                        function: r.get(0)?,
-                        trigger: TriggerKind::parse(&trigger).ok_or(trigger),
-                        attempt: r.get(2)?,
-                        max_attempt: r.get(3)?,
-                        payload: payload.into(),
-                        vars: serde_json::from_str(&vars).unwrap_or_default(),
-                        input_dir: r.get::<_, Option<String>>(6)?.map(PathBuf::from),
-                    })
-                })
-                .optional()?;
-            drop(stmt);
+            let claimed = claim_row(&tx, &id, &owner, now_ms())?;
             tx.commit()?;
             Ok(claimed)
         })

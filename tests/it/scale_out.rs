@@ -258,3 +258,49 @@ fn a_stopped_host_that_comes_back_after_its_work_was_rescued_cannot_overwrite_it
         "{record}"
     );
 }
+
+#[test]
+fn concurrency_1_is_one_run_at_a_time_on_all_hosts_together() {
+    let url = postgres_server::database();
+    let projects: Vec<Project> = (0..3)
+        .map(|_| {
+            let project = Project::new(
+                r#"
+[host]
+store = { postgres = { env = "DATABASE_URL" } }
+[functions.probe]
+triggers = []
+concurrency = 1
+"#,
+            );
+            project.function("probe", &probe(P1));
+            project
+        })
+        .collect();
+    let hosts: Vec<Host> = projects.iter().map(|p| start(p, &url)).collect();
+    let ids: Vec<String> = (0..20)
+        .map(|n| hosts[n % 3].invoke("probe", "job 50"))
+        .collect();
+    let mut runs: Vec<(i64, i64)> = ids
+        .iter()
+        .map(|id| {
+            let record =
+                hosts[0].wait_for_record(id, Duration::from_secs(120), |r| state(r) == "succeeded");
+            let at = |field: &str| {
+                let text = record[field].as_str().unwrap();
+                let t = humantime::parse_rfc3339(text).unwrap();
+                t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+            };
+            (at("started_at"), at("finished_at"))
+        })
+        .collect();
+    runs.sort();
+    for pair in runs.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "two runs overlapped: {:?} and {:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+}
