@@ -27,7 +27,7 @@ pub use route::{Route, Segment, parse_route};
 pub use source::{Problem, Problems};
 pub use trigger::{
     CatchUp, FileEvent, HttpMode, HttpTrigger, Overlap, TimerTrigger, Trigger, TriggerKind,
-    WatchTrigger,
+    WatchScope, WatchTrigger,
 };
 pub use values::{Setting, Unset};
 

@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::runtime::Runtime;
 use crate::store::{Slots, Wanted, now_ms};
 
 /// The longest the worker sleeps without looking at the store, so work queued by another
-/// process (`jobhost retry`) starts within a second.
+/// process (`jobhost retry`, another host) starts within a second even without a hint.
 const POLL: Duration = Duration::from_secs(1);
 
 /// The most invocations one look at the store claims.
@@ -19,6 +20,7 @@ const BATCH: usize = 256;
 /// Runs until `stop`: starts what is due, then sleeps until the next due time, a freed
 /// slot, new work, or the poll interval.
 pub async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
+    let hint = rt.store.queue.work_hint();
     loop {
         if let Err(e) = start_due(&rt).await {
             tracing::error!("reading the invocation queue: {e:#}");
@@ -33,8 +35,17 @@ pub async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = rt.dispatch.woken() => {}
+            _ = hinted(hint.as_deref()) => {}
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// Resolves when the store hints at new work; never without a hint.
+async fn hinted(hint: Option<&Notify>) {
+    match hint {
+        Some(hint) => hint.notified().await,
+        None => std::future::pending().await,
     }
 }
 

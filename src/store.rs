@@ -380,6 +380,9 @@ pub trait Queue: Send + Sync {
     /// function's slots here and its `concurrency` counted on every host together; never a
     /// run of a timer while another run of it is going. Each claim is as `claim`'s.
     async fn claim_due(&self, owner: &HostId, wanted: &Wanted) -> anyhow::Result<Vec<Claimed>>;
+    /// Notified when work may have become due by another host's (or process's) write: a
+    /// hint, never the only way work is found. `None` when the store gives none.
+    fn work_hint(&self) -> Option<Arc<tokio::sync::Notify>>;
     /// When the next waiting invocation becomes due.
     async fn next_due_at(&self) -> anyhow::Result<Option<i64>>;
     /// Invocations waiting: queued, or failed and awaiting a retry.
@@ -409,20 +412,26 @@ pub trait TriggerState: Send + Sync {
     async fn set_timer_cursor(&self, key: &str, at: i64) -> anyhow::Result<()>;
     /// Records a timer run (queued or skipped, by `overlap`) and moves its cursor, at once.
     async fn fire_timer(&self, fire: TimerFire) -> anyhow::Result<Fired>;
+    /// Whether a timer's `run_on_startup` run should fire now: `true`, and remembered,
+    /// unless one fired within `within` (on any host sharing the store).
+    async fn claim_startup(&self, key: &str, within: Duration) -> anyhow::Result<bool>;
     /// Forgets the cursors of timers no longer configured.
     async fn forget_timers_except(&self, keep: &[String]) -> anyhow::Result<()>;
     async fn receipt(&self, watch: &str, path: &str) -> anyhow::Result<Option<Receipt>>;
     async fn receipts(&self, watch: &str) -> anyhow::Result<HashMap<String, Receipt>>;
-    /// Stores a file's receipt (`None` forgets it) and queues its invocation (`None` for a
-    /// change the watch does not fire for) in one transaction: a handled file is never
-    /// forgotten, a forgotten one never handled.
+    /// Moves a file's receipt from `before` (as the caller read it) to `now` (`None`
+    /// forgets it) and queues its invocation (`None` for a change the watch does not fire
+    /// for), in one transaction: a handled file is never forgotten, a forgotten one never
+    /// handled. Only while the stored receipt is still `before`: of two hosts (or tasks)
+    /// that saw the same change, the first handles it, and the other gets `false`.
     async fn fire_file(
         &self,
         watch: &str,
         path: &str,
-        receipt: Option<Receipt>,
+        before: Option<Receipt>,
+        now: Option<Receipt>,
         invocation: Option<NewInvocation>,
-    ) -> anyhow::Result<()>;
+    ) -> anyhow::Result<bool>;
 }
 
 /// The records: what the API and the CLI read.

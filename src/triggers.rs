@@ -12,10 +12,11 @@ pub mod watch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{FunctionSpec, Trigger};
+use crate::config::{FunctionSpec, StoreSettings, Trigger};
 use crate::dispatch::Dispatcher;
 use crate::registry::{Function, Registry};
 use crate::runtime::Runtime;
@@ -26,6 +27,9 @@ use crate::store::TriggerState;
 pub struct Context {
     pub state: Arc<dyn TriggerState>,
     pub dispatch: Arc<Dispatcher>,
+    /// A timer's `run_on_startup` run fires unless one fired this recently: the lease when
+    /// hosts share the store (one run for a cluster starting together), none for one host.
+    pub startup_window: Duration,
 }
 
 /// The event sources of the loaded functions.
@@ -41,6 +45,10 @@ impl Supervisor {
         let context = Context {
             state: rt.store.triggers.clone(),
             dispatch: rt.dispatch.clone(),
+            startup_window: match rt.host.store {
+                StoreSettings::Sqlite => Duration::ZERO,
+                StoreSettings::Postgres { .. } => rt.host.lease,
+            },
         };
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         for (name, old) in &previous.functions {

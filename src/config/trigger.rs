@@ -91,6 +91,17 @@ pub struct WatchTrigger {
     pub recursive: bool,
     pub events: Vec<FileEvent>,
     pub debounce: Duration,
+    pub scope: WatchScope,
+}
+
+/// Whose receipts a watch keeps: one set for every host sharing the store (a folder they
+/// all see, such as a shared mount, fires once per file), or one per host (a folder local
+/// to each machine fires on each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchScope {
+    Shared,
+    Host,
 }
 
 impl PartialEq for WatchTrigger {
@@ -102,12 +113,14 @@ impl PartialEq for WatchTrigger {
             self.recursive,
             &self.events,
             self.debounce,
+            self.scope,
         ) == (
             &other.folder,
             &other.pattern,
             other.recursive,
             &other.events,
             other.debounce,
+            other.scope,
         )
     }
 }
@@ -306,10 +319,18 @@ struct RawWatch {
     recursive: Option<bool>,
     events: Option<Vec<FileEvent>>,
     debounce: Option<Dur>,
+    scope: Option<WatchScope>,
 }
 
 impl WatchTrigger {
-    const KEYS: &[&str] = &["watch", "pattern", "recursive", "events", "debounce"];
+    const KEYS: &[&str] = &[
+        "watch",
+        "pattern",
+        "recursive",
+        "events",
+        "debounce",
+        "scope",
+    ];
 
     fn parse(raw: RawWatch, root: &Path) -> Result<WatchTrigger, String> {
         if raw.watch.is_empty() {
@@ -336,6 +357,7 @@ impl WatchTrigger {
             recursive: raw.recursive.unwrap_or(false),
             events,
             debounce: raw.debounce.map_or(DEFAULT_DEBOUNCE, |d| d.0),
+            scope: raw.scope.unwrap_or(WatchScope::Shared),
         })
     }
 }

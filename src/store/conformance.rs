@@ -21,7 +21,8 @@ pub(crate) async fn run<K, F: Future<Output = (Store, K)>>(make: impl Fn() -> F)
     recover_queues_running_work_again_for_the_next_attempt(make().await).await;
     a_timer_occurrence_fires_once_and_overlap_decides_skip_or_queue(make().await).await;
     a_timer_run_is_not_due_nor_claimed_while_another_run_of_it_is_going(make().await).await;
-    forgotten_timers_lose_their_cursor(make().await).await;
+    timer_cursors_move_only_forward_and_forgotten_timers_lose_theirs(make().await).await;
+    a_startup_run_fires_once_within_its_window_on_any_host(make().await).await;
     a_file_event_and_its_receipt_are_stored_together(make().await).await;
     history_lists_newest_first_filtered_and_limited(make().await).await;
     prune_deletes_only_finished_records_older_than_the_cut(make().await).await;
@@ -342,24 +343,49 @@ async fn a_timer_run_is_not_due_nor_claimed_while_another_run_of_it_is_going<K>(
     );
 }
 
-async fn forgotten_timers_lose_their_cursor<K>((store, _keep): (Store, K)) {
+async fn timer_cursors_move_only_forward_and_forgotten_timers_lose_theirs<K>(
+    (store, _keep): (Store, K),
+) {
     let t = &store.triggers;
-    t.set_timer_cursor("a", 1).await.unwrap();
+    t.set_timer_cursor("a", 5).await.unwrap();
+    t.set_timer_cursor("a", 3).await.unwrap();
+    assert_eq!(t.timer_cursor("a").await.unwrap(), Some(5));
     t.set_timer_cursor("b", 2).await.unwrap();
     t.forget_timers_except(&["b".to_string()]).await.unwrap();
     assert_eq!(t.timer_cursor("a").await.unwrap(), None);
     assert_eq!(t.timer_cursor("b").await.unwrap(), Some(2));
 }
 
+async fn a_startup_run_fires_once_within_its_window_on_any_host<K>((store, _keep): (Store, K)) {
+    let t = &store.triggers;
+    let hour = Duration::from_secs(3600);
+    assert!(t.claim_startup("t", hour).await.unwrap());
+    assert!(!t.claim_startup("t", hour).await.unwrap());
+    // With no window (one host alone), every start fires.
+    assert!(t.claim_startup("t", Duration::ZERO).await.unwrap());
+    assert!(t.claim_startup("t", Duration::ZERO).await.unwrap());
+}
+
 async fn a_file_event_and_its_receipt_are_stored_together<K>((store, _keep): (Store, K)) {
     let t = &store.triggers;
     let receipt = Receipt { size: 5, mtime: 7 };
-    let mut invocation = new("file-1", "w");
-    invocation.trigger = TriggerKind::File;
-    invocation.input_dir = Some("/inbox".into());
-    t.fire_file("w inbox", "a.png", Some(receipt), Some(invocation))
+    let file = |id: &str| {
+        let mut invocation = new(id, "w");
+        invocation.trigger = TriggerKind::File;
+        invocation.input_dir = Some("/inbox".into());
+        invocation
+    };
+    let fired = t
+        .fire_file(
+            "w inbox",
+            "a.png",
+            None,
+            Some(receipt),
+            Some(file("file-1")),
+        )
         .await
         .unwrap();
+    assert!(fired);
     assert_eq!(t.receipt("w inbox", "a.png").await.unwrap(), Some(receipt));
     let claimed = store
         .queue
@@ -368,20 +394,58 @@ async fn a_file_event_and_its_receipt_are_stored_together<K>((store, _keep): (St
         .unwrap()
         .unwrap();
     assert_eq!(claimed.input_dir.as_deref(), Some("/inbox".as_ref()));
-    // A change the watch does not fire for still moves the receipt.
-    let newer = Receipt { size: 6, mtime: 8 };
-    t.fire_file("w inbox", "a.png", Some(newer), None)
+    // The same change seen again (by another host, or after a restart): nothing happens.
+    let again = t
+        .fire_file(
+            "w inbox",
+            "a.png",
+            None,
+            Some(receipt),
+            Some(file("file-2")),
+        )
         .await
         .unwrap();
-    t.fire_file("w inbox", "b.png", Some(receipt), None)
+    assert!(!again);
+    assert!(store.history.get("file-2").await.unwrap().is_none());
+    // A change the watch does not fire for still moves the receipt.
+    let newer = Receipt { size: 6, mtime: 8 };
+    assert!(
+        t.fire_file("w inbox", "a.png", Some(receipt), Some(newer), None)
+            .await
+            .unwrap()
+    );
+    // A change read against a receipt that has moved since is not applied.
+    let stale = t
+        .fire_file(
+            "w inbox",
+            "a.png",
+            Some(receipt),
+            Some(newer),
+            Some(file("file-3")),
+        )
+        .await
+        .unwrap();
+    assert!(!stale);
+    assert!(store.history.get("file-3").await.unwrap().is_none());
+    t.fire_file("w inbox", "b.png", None, Some(receipt), None)
         .await
         .unwrap();
     let all = t.receipts("w inbox").await.unwrap();
     assert_eq!(all.len(), 2);
     assert_eq!(all["a.png"], newer);
-    t.fire_file("w inbox", "a.png", None, None).await.unwrap();
+    assert!(
+        t.fire_file("w inbox", "a.png", Some(newer), None, None)
+            .await
+            .unwrap()
+    );
     assert_eq!(t.receipt("w inbox", "a.png").await.unwrap(), None);
     assert!(t.receipts("other").await.unwrap().is_empty());
+    // Two hosts seeing the same new file at once: one fires.
+    let (first, second) = tokio::join!(
+        t.fire_file("w inbox", "c.png", None, Some(receipt), Some(file("c-1"))),
+        t.fire_file("w inbox", "c.png", None, Some(receipt), Some(file("c-2")))
+    );
+    assert!(first.unwrap() ^ second.unwrap(), "exactly one fires");
 }
 
 fn sync(id: &str, function: &str, trigger: TriggerKind, output: Output) -> SyncRecord {

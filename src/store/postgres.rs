@@ -20,15 +20,17 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_util::task::AbortOnDropHandle;
 
 use super::{
     Candidate, Claimed, Cluster, Filter, Fired, History, HostId, HostView, Lease, NewInvocation,
@@ -103,6 +105,8 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX jobhost_invocations_claim
         ON jobhost_invocations (function, priority DESC, run_after, id)
         WHERE durable AND state IN ('queued', 'failed');",
+    // 4: when a timer's `run_on_startup` run last fired, on the server's clock.
+    "ALTER TABLE jobhost_timers ADD COLUMN startup BIGINT;",
 ];
 
 /// Now on the server's clock, in ms: what host liveness is measured on, so that hosts'
@@ -112,6 +116,9 @@ const SERVER_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::int8";
 /// The advisory lock held while the schema is migrated (any fixed number; this one spells
 /// "jobhost" in ASCII).
 const MIGRATION_LOCK: i64 = 0x006a_6f62_686f_7374;
+
+/// The advisory lock of the host that prunes old records now.
+const PRUNE_LOCK: i64 = MIGRATION_LOCK + 1;
 
 /// Locks one timer for the rest of the transaction (see the module's note).
 const LOCK_TIMER: &str =
@@ -153,6 +160,10 @@ pub struct PostgresStore {
     /// The server and database without the password, named in every error.
     name: String,
     records: mpsc::UnboundedSender<Write>,
+    /// For the connection that listens for other hosts' work, made on first use.
+    config: tokio_postgres::Config,
+    /// Woken by the listener; the listener stops with the store.
+    hint: OnceLock<(Arc<Notify>, AbortOnDropHandle<()>)>,
     /// Held for the life of a host: one host per data folder, so per host id.
     _lock: Option<File>,
 }
@@ -178,7 +189,7 @@ impl PostgresStore {
         }
         let name = describe(&config);
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -201,6 +212,8 @@ impl PostgresStore {
             pool,
             name,
             records,
+            config,
+            hint: OnceLock::new(),
             _lock: lock,
         })
     }
@@ -221,6 +234,39 @@ impl PostgresStore {
             .get()
             .await
             .context("cannot get a connection to PostgreSQL")
+    }
+}
+
+/// Listens for `NOTIFY jobhost_work` (sent when queued work commits, on any host) on a
+/// connection of its own, and wakes `hint` for each; reconnects with backoff when the
+/// connection is lost. A hint only: the queue worker polls as well.
+async fn listen(config: tokio_postgres::Config, hint: Arc<Notify>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if let Ok((client, mut connection)) = config.connect(NoTls).await {
+            backoff = Duration::from_millis(100);
+            let messages = async {
+                while let Some(Ok(message)) =
+                    std::future::poll_fn(|cx| connection.poll_message(cx)).await
+                {
+                    if let AsyncMessage::Notification(_) = message {
+                        hint.notify_one();
+                    }
+                }
+            };
+            tokio::pin!(messages);
+            let listening = tokio::select! {
+                listened = client.batch_execute("LISTEN jobhost_work") => listened.is_ok(),
+                _ = &mut messages => false,
+            };
+            if listening {
+                // What was written while nobody listened is found by the look this wakes.
+                hint.notify_one();
+                messages.await;
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -392,12 +438,16 @@ async fn insert(
         .input_dir
         .as_ref()
         .map(|p| p.to_string_lossy().into_owned());
+    // Queued work wakes the other hosts when it commits (see `work_hint`).
     client
-        .execute(
-            "INSERT INTO jobhost_invocations (id, function, trigger, reason, attempt, max_attempt,
-                 attempts, state, durable, payload, vars, created_at, run_after, timer, finished_at,
-                 input_dir)
-             VALUES ($1, $2, $3, $4, 0, $5, $5, $6, TRUE, $7, $8, $9, $9, $10, $11, $12)",
+        .query(
+            "WITH inserted AS (
+                 INSERT INTO jobhost_invocations (id, function, trigger, reason, attempt,
+                     max_attempt, attempts, state, durable, payload, vars, created_at, run_after,
+                     timer, finished_at, input_dir)
+                 VALUES ($1, $2, $3, $4, 0, $5, $5, $6, TRUE, $7, $8, $9, $9, $10, $11, $12)
+                 RETURNING state)
+             SELECT pg_notify('jobhost_work', '') FROM inserted WHERE state = 'queued'",
             &[
                 &new.id,
                 &new.function,
@@ -421,7 +471,7 @@ async fn set_cursor(client: &impl GenericClient, key: &str, at: i64) -> anyhow::
     client
         .execute(
             "INSERT INTO jobhost_timers (key, last) VALUES ($1, $2)
-             ON CONFLICT (key) DO UPDATE SET last = $2",
+             ON CONFLICT (key) DO UPDATE SET last = GREATEST(jobhost_timers.last, $2)",
             &[&key, &at],
         )
         .await?;
@@ -632,6 +682,15 @@ impl Queue for PostgresStore {
         .await
     }
 
+    fn work_hint(&self) -> Option<Arc<Notify>> {
+        let (hint, _) = self.hint.get_or_init(|| {
+            let hint = Arc::new(Notify::new());
+            let listener = tokio::spawn(listen(self.config.clone(), hint.clone()));
+            (hint, AbortOnDropHandle::new(listener))
+        });
+        Some(hint.clone())
+    }
+
     async fn next_due_at(&self) -> anyhow::Result<Option<i64>> {
         self.named(async {
             let client = self.client().await?;
@@ -740,14 +799,16 @@ impl Queue for PostgresStore {
         self.named(async {
             let client = self.client().await?;
             let changed = client
-                .execute(
-                    "UPDATE jobhost_invocations SET state = 'queued', attempt = attempt - 1,
-                         started_at = NULL, run_after = $3
-                     WHERE id = $1 AND state = 'running' AND fence = $2",
+                .query(
+                    "WITH released AS (
+                         UPDATE jobhost_invocations SET state = 'queued', attempt = attempt - 1,
+                             started_at = NULL, run_after = $3
+                         WHERE id = $1 AND state = 'running' AND fence = $2 RETURNING id)
+                     SELECT pg_notify('jobhost_work', '') FROM released",
                     &[&lease.id, &lease.fence, &now_ms()],
                 )
                 .await?;
-            Ok(changed == 1)
+            Ok(changed.len() == 1)
         })
         .await
     }
@@ -810,6 +871,7 @@ impl Queue for PostgresStore {
                 )
                 .await?;
                 let record = get(&tx, id).await?.context("the record was just updated")?;
+                tx.batch_execute("NOTIFY jobhost_work").await?;
                 tx.commit().await?;
                 Ok(Ok(record))
             })
@@ -885,6 +947,26 @@ impl TriggerState for PostgresStore {
         .await
     }
 
+    async fn claim_startup(&self, key: &str, within: Duration) -> anyhow::Result<bool> {
+        self.named(async {
+            let client = self.client().await?;
+            let claimed = client
+                .query_opt(
+                    &format!(
+                        "INSERT INTO jobhost_timers (key, last, startup) VALUES ($1, $2, {SERVER_NOW})
+                         ON CONFLICT (key) DO UPDATE SET startup = {SERVER_NOW}
+                         WHERE jobhost_timers.startup IS NULL
+                            OR jobhost_timers.startup <= {SERVER_NOW} - $3
+                         RETURNING 1"
+                    ),
+                    &[&key, &now_ms(), &millis(within)],
+                )
+                .await?;
+            Ok(claimed.is_some())
+        })
+        .await
+    }
+
     async fn forget_timers_except(&self, keep: &[String]) -> anyhow::Result<()> {
         self.named(async {
             let client = self.client().await?;
@@ -933,39 +1015,83 @@ impl TriggerState for PostgresStore {
         &self,
         watch: &str,
         path: &str,
-        receipt: Option<Receipt>,
+        before: Option<Receipt>,
+        now: Option<Receipt>,
         invocation: Option<NewInvocation>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         self.named(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
+            let moved = match before {
+                // Of two hosts writing the first receipt, the second finds the first's.
+                None => match now {
+                    Some(r) => {
+                        tx.execute(
+                            "INSERT INTO jobhost_receipts (watch, path, size, mtime)
+                             VALUES ($1, $2, $3, $4) ON CONFLICT (watch, path) DO NOTHING",
+                            &[&watch, &path, &size(r), &r.mtime],
+                        )
+                        .await?
+                            == 1
+                    }
+                    None => tx
+                        .query_opt(
+                            "SELECT 1 FROM jobhost_receipts WHERE watch = $1 AND path = $2",
+                            &[&watch, &path],
+                        )
+                        .await?
+                        .is_none(),
+                },
+                // The row is locked from here to the commit: what it holds stays true.
+                Some(b) => {
+                    let stored = tx
+                        .query_opt(
+                            "SELECT size, mtime FROM jobhost_receipts
+                             WHERE watch = $1 AND path = $2 FOR UPDATE",
+                            &[&watch, &path],
+                        )
+                        .await?
+                        .map(|r| receipt(&r, 0))
+                        .transpose()?;
+                    if stored != Some(b) {
+                        false
+                    } else {
+                        match now {
+                            Some(r) => {
+                                tx.execute(
+                                    "UPDATE jobhost_receipts SET size = $3, mtime = $4
+                                     WHERE watch = $1 AND path = $2",
+                                    &[&watch, &path, &size(r), &r.mtime],
+                                )
+                                .await?
+                            }
+                            None => {
+                                tx.execute(
+                                    "DELETE FROM jobhost_receipts WHERE watch = $1 AND path = $2",
+                                    &[&watch, &path],
+                                )
+                                .await?
+                            }
+                        };
+                        true
+                    }
+                }
+            };
+            if !moved {
+                return Ok(false);
+            }
             if let Some(new) = &invocation {
                 insert(&tx, new, State::Queued).await?;
             }
-            match receipt {
-                Some(r) => {
-                    let size = i64::try_from(r.size).unwrap_or(i64::MAX);
-                    tx.execute(
-                        "INSERT INTO jobhost_receipts (watch, path, size, mtime)
-                         VALUES ($1, $2, $3, $4)
-                         ON CONFLICT (watch, path) DO UPDATE SET size = $3, mtime = $4",
-                        &[&watch, &path, &size, &r.mtime],
-                    )
-                    .await?
-                }
-                None => {
-                    tx.execute(
-                        "DELETE FROM jobhost_receipts WHERE watch = $1 AND path = $2",
-                        &[&watch, &path],
-                    )
-                    .await?
-                }
-            };
             tx.commit().await?;
-            Ok(())
+            Ok(true)
         })
         .await
     }
+}
+
+fn size(r: Receipt) -> i64 {
+    i64::try_from(r.size).unwrap_or(i64::MAX)
 }
 
 fn receipt(r: &Row, first: usize) -> anyhow::Result<Receipt> {
@@ -1032,14 +1158,22 @@ impl History for PostgresStore {
 
     async fn prune(&self, before: i64) -> anyhow::Result<usize> {
         self.named(async {
-            let client = self.client().await?;
-            client
-                .execute(
-                    "DELETE FROM jobhost_hosts WHERE heartbeat_at < $1",
-                    &[&before],
-                )
-                .await?;
-            let deleted = client
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            // One host at a time: the others find the lock taken and leave it to that one.
+            let alone: bool = tx
+                .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&PRUNE_LOCK])
+                .await?
+                .try_get(0)?;
+            if !alone {
+                return Ok(0);
+            }
+            tx.execute(
+                "DELETE FROM jobhost_hosts WHERE heartbeat_at < $1",
+                &[&before],
+            )
+            .await?;
+            let deleted = tx
                 .execute(
                     "DELETE FROM jobhost_invocations
                      WHERE finished_at IS NOT NULL AND finished_at < $1
@@ -1048,6 +1182,7 @@ impl History for PostgresStore {
                     &[&before],
                 )
                 .await?;
+            tx.commit().await?;
             Ok(deleted as usize)
         })
         .await
@@ -1138,6 +1273,9 @@ impl Cluster for PostgresStore {
                 let found: Result<Vec<Option<String>>, _> =
                     rows.iter().map(|r| r.try_get(0)).collect();
                 owners.push(found?);
+            }
+            if owners.last().is_some_and(|requeued| !requeued.is_empty()) {
+                tx.batch_execute("NOTIFY jobhost_work").await?;
             }
             tx.commit().await?;
             let requeued = owners.pop().unwrap_or_default();
@@ -1287,6 +1425,32 @@ mod tests {
         let claimed = store.claim_due(&owner, &wanted).await.unwrap();
         assert_eq!(claimed.len(), 30);
         assert_eq!(claimed[0].lease.id, "i1");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_queued_by_another_host_wakes_this_one() {
+        let url = server::database();
+        let here = PostgresStore::open(&url, None).await.unwrap();
+        let there = PostgresStore::open(&url, None).await.unwrap();
+        let hint = here.work_hint().expect("PostgreSQL gives hints");
+        let within = Duration::from_secs(30);
+        // The first wake comes once the listener listens.
+        tokio::time::timeout(within, hint.notified()).await.unwrap();
+        let new = NewInvocation {
+            id: "n".to_string(),
+            function: "f".to_string(),
+            trigger: TriggerKind::Manual,
+            reason: super::super::Reason::Manual,
+            attempts: 1,
+            payload: bytes::Bytes::new(),
+            vars: Vec::new(),
+            timer: None,
+            input_dir: None,
+        };
+        there.enqueue(new).await.unwrap();
+        tokio::time::timeout(within, hint.notified())
+            .await
+            .expect("queued work on another host wakes this one");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

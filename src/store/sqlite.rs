@@ -96,6 +96,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS invocations_claim
         ON invocations (function, priority DESC, run_after, id)
         WHERE durable = 1 AND state IN ('queued', 'failed');",
+    // 6: when a timer's `run_on_startup` run last fired.
+    "ALTER TABLE timers ADD COLUMN startup INTEGER;",
 ];
 
 fn db_path(data_dir: &Path) -> PathBuf {
@@ -220,7 +222,8 @@ fn insert(conn: &Connection, new: &NewInvocation, state: State) -> anyhow::Resul
 
 fn set_cursor(conn: &Connection, key: &str, at: i64) -> anyhow::Result<()> {
     conn.prepare_cached(
-        "INSERT INTO timers (key, last) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET last = ?2",
+        "INSERT INTO timers (key, last) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET last = MAX(last, ?2)",
     )?
     .execute(params![key, at])?;
     Ok(())
@@ -449,6 +452,11 @@ impl Queue for SqliteStore {
         .await
     }
 
+    fn work_hint(&self) -> Option<Arc<tokio::sync::Notify>> {
+        // One host per file: what others write (the CLI's `retry`) is found by polling.
+        None
+    }
+
     async fn next_due_at(&self) -> anyhow::Result<Option<i64>> {
         self.with(|conn| {
             Ok(conn.query_row(
@@ -646,6 +654,24 @@ impl TriggerState for SqliteStore {
         .await
     }
 
+    async fn claim_startup(&self, key: &str, within: Duration) -> anyhow::Result<bool> {
+        let key = key.to_string();
+        self.with(move |conn| {
+            let now = now_ms();
+            let claimed = conn
+                .prepare_cached(
+                    "INSERT INTO timers (key, last, startup) VALUES (?1, ?2, ?2)
+                     ON CONFLICT (key) DO UPDATE SET startup = ?2
+                     WHERE startup IS NULL OR startup <= ?2 - ?3
+                     RETURNING 1",
+                )?
+                .query_row(params![key, now, millis(within)], |_| Ok(()))
+                .optional()?;
+            Ok(claimed.is_some())
+        })
+        .await
+    }
+
     async fn forget_timers_except(&self, keep: &[String]) -> anyhow::Result<()> {
         let keep = keep.to_vec();
         self.with(move |conn| {
@@ -663,20 +689,8 @@ impl TriggerState for SqliteStore {
 
     async fn receipt(&self, watch: &str, path: &str) -> anyhow::Result<Option<Receipt>> {
         let (watch, path) = (watch.to_string(), path.to_string());
-        self.with(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT size, mtime FROM receipts WHERE watch = ?1 AND path = ?2",
-            )?;
-            Ok(stmt
-                .query_row(params![watch, path], |r| {
-                    Ok(Receipt {
-                        size: r.get::<_, i64>(0)? as u64,
-                        mtime: r.get(1)?,
-                    })
-                })
-                .optional()?)
-        })
-        .await
+        self.with(move |conn| stored_receipt(conn, &watch, &path))
+            .await
     }
 
     async fn receipts(&self, watch: &str) -> anyhow::Result<HashMap<String, Receipt>> {
@@ -700,16 +714,20 @@ impl TriggerState for SqliteStore {
         &self,
         watch: &str,
         path: &str,
-        receipt: Option<Receipt>,
+        before: Option<Receipt>,
+        now: Option<Receipt>,
         invocation: Option<NewInvocation>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         let (watch, path) = (watch.to_string(), path.to_string());
         self.with(move |conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if stored_receipt(&tx, &watch, &path)? != before {
+                return Ok(false);
+            }
             if let Some(new) = &invocation {
                 insert(&tx, new, State::Queued)?;
             }
-            match receipt {
+            match now {
                 Some(r) => tx.execute(
                     "INSERT INTO receipts (watch, path, size, mtime) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (watch, path) DO UPDATE SET size = ?3, mtime = ?4",
@@ -721,10 +739,23 @@ impl TriggerState for SqliteStore {
                 )?,
             };
             tx.commit()?;
-            Ok(())
+            Ok(true)
         })
         .await
     }
+}
+
+fn stored_receipt(conn: &Connection, watch: &str, path: &str) -> anyhow::Result<Option<Receipt>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT size, mtime FROM receipts WHERE watch = ?1 AND path = ?2")?;
+    Ok(stmt
+        .query_row(params![watch, path], |r| {
+            Ok(Receipt {
+                size: r.get::<_, i64>(0)? as u64,
+                mtime: r.get(1)?,
+            })
+        })
+        .optional()?)
 }
 
 #[async_trait]

@@ -50,7 +50,16 @@ pub async fn run(
     let caught_up = t.catch_up(now).await;
     // `run_on_startup` never adds a second run to a catch-up run.
     if t.timer.run_on_startup && !caught_up {
-        t.fire(now, Reason::Startup, None).await;
+        let window = t.context.startup_window;
+        match t.context.state.claim_startup(&t.key, window).await {
+            Ok(true) => {
+                t.fire(now, Reason::Startup, None).await;
+            }
+            Ok(false) => {
+                tracing::info!(function = %name, "run_on_startup: a host sharing the store ran it within the last {window:?}")
+            }
+            Err(e) => tracing::error!(function = %name, "cannot record the startup run: {e:#}"),
+        }
     }
     let upcoming: Vec<String> = schedule
         .upcoming(now, 5)

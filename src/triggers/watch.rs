@@ -16,24 +16,28 @@ use notify_debouncer_mini::{Config, DebounceEventResult, DebouncedEventKind, new
 use tokio_util::sync::CancellationToken;
 
 use super::Context;
-use crate::config::{FileEvent, TriggerKind, WatchTrigger};
+use crate::config::{FileEvent, TriggerKind, WatchScope, WatchTrigger};
 use crate::dispatch::INPUT;
 use crate::metrics::{self, WatchGauge, WatchState};
 use crate::registry::Function;
-use crate::store::{Reason, Receipt};
+use crate::store::{HostId, Reason, Receipt};
 
 /// How often the folder itself is checked: created after the host started, or removed
 /// and created again.
 const FOLDER_CHECK: Duration = Duration::from_millis(250);
 
-/// The key receipts are stored under.
-pub fn key(function: &str, watch: &WatchTrigger) -> String {
-    format!(
+/// The key receipts are stored under; with `scope = "host"`, this host's own.
+pub fn key(function: &str, watch: &WatchTrigger, host: &HostId) -> String {
+    let shared = format!(
         "{function} {} {} {}",
         watch.folder.display(),
         watch.pattern.as_deref().unwrap_or("*"),
         if watch.recursive { "recursive" } else { "flat" }
-    )
+    );
+    match watch.scope {
+        WatchScope::Shared => shared,
+        WatchScope::Host => format!("{shared} host {host}"),
+    }
 }
 
 /// Temporary and swap files, and anything in a dot-folder (or a dot-file), never fire.
@@ -136,7 +140,7 @@ pub async fn run(
     watch: WatchTrigger,
     stop: CancellationToken,
 ) {
-    let key = key(&function.spec.name, &watch);
+    let key = key(&function.spec.name, &watch, context.dispatch.owner());
     let w = Watch {
         context,
         function,
@@ -327,14 +331,17 @@ impl Watch {
         match self
             .context
             .state
-            .fire_file(&self.key, rel, now, invocation)
+            .fire_file(&self.key, rel, before, now, invocation)
             .await
         {
-            Ok(()) => {
+            Ok(true) => {
                 if let Some(id) = id {
                     tracing::info!(function = %name, %id, "{} {rel}", event.as_str());
                     dispatch.wake();
                 }
+            }
+            Ok(false) => {
+                tracing::debug!(function = %name, "{} {rel}: already handled (by another host sharing the folder)", event.as_str());
             }
             Err(e) => {
                 tracing::error!(function = %name, "cannot queue {} {rel}: {e:#}", event.as_str())

@@ -171,6 +171,30 @@ impl Server {
     }
 }
 
+/// Runs SQL on the database at `url` (any server); panics with psql's error.
+pub fn execute(url: &str, sql: &str) -> String {
+    let out = Command::new(bindir().join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            url,
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("running psql");
+    assert!(
+        out.status.success(),
+        "psql -c {sql:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Where the server's programs are: `JOBHOST_TEST_PG_BIN`, or the newest of Debian's
 /// `/usr/lib/postgresql/N/bin`, or the PATH.
 fn bindir() -> PathBuf {

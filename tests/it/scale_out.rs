@@ -304,3 +304,166 @@ concurrency = 1
         );
     }
 }
+
+/// `n` projects on one database, each with the probe function and `function` settings.
+fn cluster(n: usize, function: &str) -> Vec<Project> {
+    (0..n)
+        .map(|_| {
+            let project = Project::new(&format!(
+                r#"
+[host]
+store = {{ postgres = {{ env = "DATABASE_URL" }} }}
+[functions.probe]
+{function}
+"#
+            ));
+            project.function("probe", &probe(P1));
+            project
+        })
+        .collect()
+}
+
+/// Every record of `host`'s cluster, newest first.
+fn records(host: &Host, query: &str) -> Vec<serde_json::Value> {
+    host.json(&format!("/_jobhost/invocations?limit=1000&{query}"))
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The occurrence a timer run was for, from its event.
+fn scheduled_at(record: &serde_json::Value) -> String {
+    let event: serde_json::Value =
+        serde_json::from_str(record["payload"].as_str().unwrap()).unwrap();
+    event["scheduled_at"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_timer_on_three_hosts_runs_each_occurrence_once_and_misses_none() {
+    let url = postgres_server::database();
+    let projects = cluster(3, r#"triggers = [{ every = "1s" }]"#);
+    let hosts: Vec<Host> = projects.iter().map(|p| start(p, &url)).collect();
+    // Six occurrences after the last host is up.
+    let runs = wait_until(Duration::from_secs(60), || {
+        let runs = records(&hosts[0], "trigger=timer");
+        (runs.len() >= 8).then_some(runs)
+    });
+    let mut seen: Vec<i64> = runs
+        .iter()
+        .map(|r| {
+            let at = humantime::parse_rfc3339(&scheduled_at(r)).unwrap();
+            at.duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64
+        })
+        .collect();
+    seen.sort();
+    for pair in seen.windows(2) {
+        assert_ne!(pair[0], pair[1], "an occurrence ran twice: {seen:?}");
+        assert_eq!(
+            pair[1] - pair[0],
+            1000,
+            "an occurrence is missing: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn a_cron_catch_up_after_every_host_was_down_runs_once() {
+    let url = postgres_server::database();
+    // Daily at 03:00 UTC.
+    let projects = cluster(
+        3,
+        r#"triggers = [{ cron = "0 0 3 * * *", catch_up = "once" }]"#,
+    );
+    // One host starts and stops: the timer's cursor is stored. Then the whole cluster is
+    // down for two days: its last handled occurrence is set that far back.
+    start(&projects[0], &url).sigterm(Duration::from_secs(30));
+    postgres_server::execute(
+        &url,
+        "UPDATE jobhost_timers SET last = last - 2 * 86400 * 1000",
+    );
+    let hosts: Vec<Host> = std::thread::scope(|s| {
+        let started: Vec<_> = projects
+            .iter()
+            .map(|p| s.spawn(|| start(p, &url)))
+            .collect();
+        started.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let caught_up = wait_until(Duration::from_secs(30), || {
+        let runs = records(&hosts[0], "trigger=timer");
+        (!runs.is_empty()).then_some(runs)
+    });
+    // Every host has tried its catch-up once it logged the timer's next runs.
+    let mut hosts = hosts;
+    for host in &mut hosts {
+        host.wait_for_log("next occurrences", Duration::from_secs(30));
+    }
+    for host in &hosts {
+        let runs = records(host, "trigger=timer");
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert_eq!(runs[0]["reason"], "past_due");
+        assert_eq!(runs[0]["id"], caught_up[0]["id"]);
+    }
+}
+
+#[test]
+fn a_folder_that_hosts_share_fires_once_per_file_and_a_host_scoped_watch_on_each() {
+    let url = postgres_server::database();
+    let shared = tempfile::tempdir().unwrap();
+    let folder = shared.path().display().to_string();
+    let once = cluster(2, &format!(r#"triggers = [{{ watch = "{folder}" }}]"#));
+    let each = cluster(
+        2,
+        &format!(r#"triggers = [{{ watch = "{folder}", scope = "host" }}]"#),
+    );
+    let other = postgres_server::database();
+    let mut hosts: Vec<Host> = once.iter().map(|p| start(p, &url)).collect();
+    hosts.extend(each.iter().map(|p| start(p, &other)));
+    for host in &mut hosts {
+        host.wait_for_log("watching", Duration::from_secs(30));
+    }
+    // Each file arrives whole (written beside the folder, then renamed into it), so each
+    // is one created event and nothing more.
+    let staging = tempfile::tempdir_in(shared.path().parent().unwrap()).unwrap();
+    for n in 0..5 {
+        let name = format!("f{n}.txt");
+        std::fs::write(staging.path().join(&name), "data").unwrap();
+        std::fs::rename(staging.path().join(&name), shared.path().join(&name)).unwrap();
+    }
+    let fired = |host: &Host, want: usize| {
+        wait_until(Duration::from_secs(30), || {
+            let runs = records(host, "trigger=file&state=succeeded");
+            (runs.len() >= want).then_some(runs.len())
+        })
+    };
+    assert_eq!(
+        fired(&hosts[2], 10),
+        10,
+        "scope = \"host\": each host fires"
+    );
+    // By now the shared watch has settled too: five runs, one per file.
+    assert_eq!(fired(&hosts[0], 5), 5);
+    let runs = records(&hosts[0], "trigger=file");
+    let files: HashSet<&str> = runs
+        .iter()
+        .map(|r| r["payload"].as_str().unwrap())
+        .collect();
+    assert_eq!((runs.len(), files.len()), (5, 5), "{runs:?}");
+}
+
+#[test]
+fn run_on_startup_runs_once_for_hosts_starting_within_the_lease() {
+    let url = postgres_server::database();
+    let projects = cluster(
+        3,
+        r#"triggers = [{ cron = "0 0 3 * * *", run_on_startup = true }]"#,
+    );
+    let mut hosts: Vec<Host> = projects.iter().map(|p| start(p, &url)).collect();
+    for host in &mut hosts {
+        host.wait_for_log("next occurrences", Duration::from_secs(30));
+    }
+    let runs = records(&hosts[0], "trigger=timer");
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["reason"], "startup");
+}
