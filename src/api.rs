@@ -14,7 +14,7 @@ use crate::config::{Trigger, TriggerKind};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::sandbox::Shape;
-use crate::store::{Filter, Reason, RetryError, State};
+use crate::store::{Filter, Reason, RetryError, State, is_unreachable};
 
 /// Largest payload `POST functions/{name}/invoke` takes.
 const MAX_INVOKE_BODY: u64 = 10 << 20;
@@ -175,7 +175,9 @@ async fn invoke(rt: &Runtime, name: &str, req: Request<Incoming>) -> Response<Bo
     match rt.dispatch.submit(new).await {
         Ok(id) => answer::accepted(&id),
         Err(e) => {
-            tracing::error!(function = %name, "cannot queue an invocation: {e:#}");
+            if !is_unreachable(&e) {
+                tracing::error!(function = %name, "cannot queue an invocation: {e:#}");
+            }
             answer::unavailable(format!("cannot queue the invocation: {e:#}"))
         }
     }

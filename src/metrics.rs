@@ -55,6 +55,7 @@ pub struct Metrics {
     instantiate: Histogram,
     reloads: Family<ReloadLabels, Counter>,
     watches: Family<WatchLabels, Gauge>,
+    records_dropped: Counter,
 }
 
 /// The gauges read when `/metrics` is scraped.
@@ -156,8 +157,15 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Watch triggers by state: watching their folder, or waiting for it to exist",
         watches.clone(),
     );
+    let records_dropped = Counter::default();
+    registry.register(
+        "records_dropped",
+        "Records of synchronous invocations dropped: the store could not be reached and the records waiting for it filled their buffer",
+        records_dropped.clone(),
+    );
     Metrics {
         registry,
+        records_dropped,
         watches,
         invocations,
         durations,
@@ -216,6 +224,13 @@ fn watch_gauge(state: WatchState) -> Gauge {
         WatchState::Watching => "watching",
     };
     get().watches.get_or_create(&WatchLabels { state }).clone()
+}
+
+impl Metrics {
+    /// Synchronous records dropped for want of a store to write them to.
+    pub fn records_dropped(&self, n: usize) {
+        self.records_dropped.inc_by(n as u64);
+    }
 }
 
 pub fn get() -> &'static Metrics {

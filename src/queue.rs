@@ -8,7 +8,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::runtime::Runtime;
-use crate::store::{Slots, Wanted, now_ms};
+use crate::store::{Slots, Wanted, is_unreachable, now_ms};
 
 /// The longest the worker sleeps without looking at the store, so work queued by another
 /// process (`jobhost retry`, another host) starts within a second even without a hint.
@@ -23,7 +23,10 @@ pub async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
     let hint = rt.store.queue.work_hint();
     loop {
         if let Err(e) = start_due(&rt).await {
-            tracing::error!("reading the invocation queue: {e:#}");
+            // A lost store is logged once, by the store.
+            if !is_unreachable(&e) {
+                tracing::error!("reading the invocation queue: {e:#}");
+            }
         }
         let now = now_ms();
         let wait = match rt.store.queue.next_due_at().await {

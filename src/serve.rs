@@ -17,7 +17,7 @@ use crate::registry;
 use crate::reload::{self, Reload};
 use crate::runtime::Runtime;
 use crate::sandbox::Sandbox;
-use crate::store::{HostId, Store, now_ms};
+use crate::store::{HostId, Store, is_unreachable, now_ms};
 use crate::triggers::{self, Supervisor};
 use crate::{front, queue};
 
@@ -184,9 +184,9 @@ async fn heartbeat(rt: Arc<Runtime>, started_ms: i64, stop: CancellationToken) {
                     rt.dispatch.wake();
                 }
             }
-            // Logged once per outage; the other hosts take this one's running work after
-            // the lease, and its late results are dropped.
-            Err(e) if !failing => {
+            // Logged once per outage (a lost store logs it itself); the other hosts take
+            // this one's running work after the lease, and its late results are dropped.
+            Err(e) if !failing && !is_unreachable(&e) => {
                 tracing::error!("cannot tell the store that this host is alive: {e:#}");
                 failing = true;
             }
@@ -204,6 +204,7 @@ async fn prune(rt: Arc<Runtime>, stop: CancellationToken) {
         match rt.store.history.prune(before).await {
             Ok(0) => {}
             Ok(n) => tracing::info!("pruned {n} invocation records older than the retention"),
+            Err(e) if is_unreachable(&e) => {}
             Err(e) => tracing::error!("pruning invocation records: {e:#}"),
         }
         tokio::select! {

@@ -246,6 +246,20 @@ pub struct Recovered {
     pub dead: usize,
 }
 
+/// The store cannot be reached now (a lost database server); it may come back. The store
+/// logs the outage once; callers that would log every failure leave it to the store.
+#[derive(Debug, thiserror::Error)]
+#[error("the store {store} cannot be reached now: {why}")]
+pub struct Unreachable {
+    pub store: String,
+    pub why: String,
+}
+
+/// Whether `e` is (or wraps) [`Unreachable`].
+pub fn is_unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| cause.is::<Unreachable>())
+}
+
 /// Why a retry was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RetryError {

@@ -16,6 +16,8 @@
 //! Synchronous records are written in batches by a task of their own, so a request never
 //! waits for the database.
 
+mod records;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::future::Future;
@@ -32,10 +34,12 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 use tokio_util::task::AbortOnDropHandle;
 
+use records::Write;
+
 use super::{
     Candidate, Claimed, Cluster, Filter, Fired, History, HostId, HostView, Lease, NewInvocation,
     Next, Output, Queue, Receipt, Record, Recovered, Rescued, RetryError, State, SyncRecord,
-    TimerFire, TriggerState, Wanted, choose, now_ms,
+    TimerFire, TriggerState, Unreachable, Wanted, choose, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 
@@ -148,9 +152,6 @@ const CLAIM: &str = "UPDATE jobhost_invocations SET state = 'running', attempt =
            WHERE r.timer = jobhost_invocations.timer AND r.state = 'running'))
     RETURNING id, function, trigger, attempt, max_attempt, payload, vars, input_dir, fence";
 
-/// The most synchronous records written in one statement.
-const BATCH: usize = 512;
-
 /// Connections one host keeps open at most.
 const POOL_SIZE: usize = 16;
 
@@ -160,21 +161,14 @@ pub struct PostgresStore {
     /// The server and database without the password, named in every error.
     name: String,
     records: mpsc::UnboundedSender<Write>,
+    /// Whether the server is lost now: logged once when it goes, once when it is back.
+    outage: Arc<Outage>,
     /// For the connection that listens for other hosts' work, made on first use.
     config: tokio_postgres::Config,
     /// Woken by the listener; the listener stops with the store.
     hint: OnceLock<(Arc<Notify>, AbortOnDropHandle<()>)>,
     /// Held for the life of a host: one host per data folder, so per host id.
     _lock: Option<File>,
-}
-
-/// What the records writer is handed.
-// Nearly every message is a record: boxing it would only add an allocation per request.
-#[allow(clippy::large_enum_variant)]
-enum Write {
-    Record(SyncRecord),
-    /// Answered once every record handed over before is written.
-    Flush(oneshot::Sender<()>),
 }
 
 impl PostgresStore {
@@ -206,12 +200,14 @@ impl PostgresStore {
             .await
             .with_context(|| format!("preparing the jobhost tables in {name}"))?;
         drop(client);
+        let outage = Arc::new(Outage::new(name.clone()));
         let (records, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_records(pool.clone(), rx, name.clone()));
+        tokio::spawn(records::write(pool.clone(), rx, outage.clone()));
         Ok(PostgresStore {
             pool,
             name,
             records,
+            outage,
             config,
             hint: OnceLock::new(),
             _lock: lock,
@@ -225,8 +221,21 @@ impl PostgresStore {
 
     /// Runs `work`; an error names the database.
     async fn named<T>(&self, work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-        work.await
-            .with_context(|| format!("the store {}", self.name))
+        match work.await {
+            Ok(done) => {
+                self.outage.over();
+                Ok(done)
+            }
+            Err(e) if lost(&e) => {
+                self.outage.begin(&e);
+                Err(Unreachable {
+                    store: self.name.clone(),
+                    why: format!("{e:#}"),
+                }
+                .into())
+            }
+            Err(e) => Err(e.context(format!("the store {}", self.name))),
+        }
     }
 
     async fn client(&self) -> anyhow::Result<Object> {
@@ -234,6 +243,64 @@ impl PostgresStore {
             .get()
             .await
             .context("cannot get a connection to PostgreSQL")
+    }
+}
+
+/// Whether `e` says the server could not be reached or the connection was lost (as
+/// opposed to a statement it refused): the server may come back.
+fn lost(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        if cause.is::<deadpool_postgres::PoolError>() {
+            return true;
+        }
+        let Some(e) = cause.downcast_ref::<tokio_postgres::Error>() else {
+            return false;
+        };
+        // No SQLSTATE: the connection itself failed. Class 08 is a connection exception,
+        // 57P a server shutting down or starting.
+        e.is_closed()
+            || e.code().is_none_or(|code| {
+                let code = code.code();
+                code.starts_with("08") || code.starts_with("57P")
+            })
+    })
+}
+
+/// A lost server, logged once per outage.
+struct Outage {
+    /// The store's name, for the log.
+    store: String,
+    since: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Outage {
+    fn new(store: String) -> Outage {
+        Outage {
+            store,
+            since: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn begin(&self, e: &anyhow::Error) {
+        let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        if since.is_none() {
+            *since = Some(std::time::Instant::now());
+            tracing::error!(
+                "lost the store {}: {e:#}; until it is back, durable work is refused (503) and synchronous requests go on, their records waiting in memory",
+                self.store
+            );
+        }
+    }
+
+    fn over(&self) {
+        let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(lost) = since.take() {
+            tracing::info!(
+                "the store {} is back after {:.1}s",
+                self.store,
+                lost.elapsed().as_secs_f64()
+            );
+        }
     }
 }
 
@@ -315,109 +382,6 @@ async fn migrate(client: &mut Object) -> anyhow::Result<()> {
     )
     .await?;
     tx.commit().await?;
-    Ok(())
-}
-
-/// Writes synchronous records as they come, as many at once as are waiting.
-async fn write_records(pool: Pool, mut rx: mpsc::UnboundedReceiver<Write>, name: String) {
-    let mut batch = Vec::new();
-    let mut flushed = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        // What arrived while the last batch was written goes in this one.
-        while let Some(write) = next {
-            match write {
-                Write::Record(r) => batch.push(r),
-                Write::Flush(done) => flushed.push(done),
-            }
-            next = if batch.len() < BATCH {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
-        }
-        if !batch.is_empty()
-            && let Err(e) = insert_sync(&pool, &batch).await
-        {
-            tracing::error!(
-                "cannot record {} synchronous invocations in {name}: {e:#}",
-                batch.len()
-            );
-        }
-        batch.clear();
-        for done in flushed.drain(..) {
-            let _ = done.send(());
-        }
-    }
-}
-
-/// Records finished synchronous invocations, all in one statement.
-async fn insert_sync(pool: &Pool, batch: &[SyncRecord]) -> anyhow::Result<()> {
-    let client = pool.get().await?;
-    let stmt = client
-        .prepare_cached(
-            "INSERT INTO jobhost_invocations (id, function, trigger, reason, attempt, max_attempt,
-                 state, durable, payload, vars, created_at, run_after, started_at, finished_at,
-                 duration_ms, exit_code, error, stdout, stderr, stdout_truncated, stderr_truncated,
-                 payload_truncated, owner)
-             SELECT id, function, trigger, reason, 1, 1, state, FALSE, payload, '[]', started,
-                 started, started, started + duration, duration, exit_code, error, stdout, stderr,
-                 stdout_truncated, stderr_truncated, payload_truncated, host
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[],
-                 $7::int8[], $8::int4[], $9::text[], $10::bytea[], $11::bytea[], $12::bool[],
-                 $13::bool[], $14::bytea[], $15::bool[], $16::text[])
-                 AS t(id, function, trigger, reason, state, started, duration, exit_code, error,
-                      stdout, stderr, stdout_truncated, stderr_truncated, payload,
-                      payload_truncated, host)
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .await?;
-    let column = |f: fn(&SyncRecord) -> &str| batch.iter().map(f).collect::<Vec<_>>();
-    let ids = column(|r| &r.id);
-    let functions = column(|r| &r.function);
-    let triggers = column(|r| r.trigger.as_str());
-    let reasons = column(|r| r.reason.as_str());
-    let states = column(|r| {
-        if r.output.error.is_none() {
-            State::Succeeded.as_str()
-        } else {
-            State::Failed.as_str()
-        }
-    });
-    let started: Vec<i64> = batch.iter().map(|r| r.started_at).collect();
-    let durations: Vec<i64> = batch.iter().map(|r| millis(r.output.duration)).collect();
-    let exit_codes: Vec<Option<i32>> = batch.iter().map(|r| r.output.exit_code).collect();
-    let errors: Vec<Option<&str>> = batch.iter().map(|r| r.output.error.as_deref()).collect();
-    let stdouts: Vec<&[u8]> = batch.iter().map(|r| r.output.stdout.as_ref()).collect();
-    let stderrs: Vec<&[u8]> = batch.iter().map(|r| r.output.stderr.as_ref()).collect();
-    let stdout_cut: Vec<bool> = batch.iter().map(|r| r.output.stdout_truncated).collect();
-    let stderr_cut: Vec<bool> = batch.iter().map(|r| r.output.stderr_truncated).collect();
-    let payloads: Vec<&[u8]> = batch.iter().map(|r| r.payload.as_ref()).collect();
-    let payload_cut: Vec<bool> = batch.iter().map(|r| r.payload_truncated).collect();
-    let hosts = column(|r| r.host.as_str());
-    client
-        .execute(
-            &stmt,
-            &[
-                &ids,
-                &functions,
-                &triggers,
-                &reasons,
-                &states,
-                &started,
-                &durations,
-                &exit_codes,
-                &errors,
-                &stdouts,
-                &stderrs,
-                &stdout_cut,
-                &stderr_cut,
-                &payloads,
-                &payload_cut,
-                &hosts,
-            ],
-        )
-        .await?;
     Ok(())
 }
 
@@ -588,7 +552,6 @@ impl Queue for PostgresStore {
 
     async fn claim_due(&self, owner: &HostId, wanted: &Wanted) -> anyhow::Result<Vec<Claimed>> {
         self.named(async {
-            let now = now_ms();
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
             // A function's `concurrency` holds on all hosts together: claimers of a limited
@@ -620,6 +583,9 @@ impl Queue for PostgresStore {
                     running.insert(row.try_get(0)?, row.try_get(1)?);
                 }
             }
+            // Read after the locks: a run stamped as started here began after what ended
+            // before this claimer's turn.
+            let now = now_ms();
             let (mut names, mut rooms) = (Vec::new(), Vec::new());
             for slots in &wanted.functions {
                 let room = slots
@@ -1113,9 +1079,11 @@ impl History for PostgresStore {
         if self.records.send(Write::Flush(done)).is_err() {
             bail!("the records writer of {} stopped", self.name);
         }
-        written
-            .await
-            .with_context(|| format!("the records writer of {} stopped", self.name))
+        match written.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => bail!("writing records to {}: {why}", self.name),
+            Err(_) => bail!("the records writer of {} stopped", self.name),
+        }
     }
 
     async fn get(&self, id: &str) -> anyhow::Result<Option<Record>> {
@@ -1205,12 +1173,12 @@ impl History for PostgresStore {
     }
 
     async fn check(&self) -> anyhow::Result<()> {
+        // A server that cannot be reached now may be back in a moment (the outage is
+        // logged once); only tables that are gone mean what the host writes would be lost.
         let client = match self.client().await {
             Ok(client) => client,
             Err(e) => {
-                // A server that cannot be reached now may be back in a moment; only tables
-                // that are gone mean what the host writes would be lost.
-                tracing::warn!("cannot reach the store {}: {e:#}", self.name);
+                self.outage.begin(&e);
                 return Ok(());
             }
         };
@@ -1220,10 +1188,18 @@ impl History for PostgresStore {
                 self.name
             ),
             Err(e) => {
-                tracing::warn!("cannot read the store {}: {e}", self.name);
+                let e = anyhow::Error::from(e);
+                if lost(&e) {
+                    self.outage.begin(&e);
+                } else {
+                    tracing::warn!("cannot read the store {}: {e:#}", self.name);
+                }
                 Ok(())
             }
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.outage.over();
+                Ok(())
+            }
         }
     }
 }

@@ -403,9 +403,9 @@ impl Queue for SqliteStore {
     async fn claim_due(&self, owner: &HostId, wanted: &Wanted) -> anyhow::Result<Vec<Claimed>> {
         let (owner, wanted) = (owner.clone(), wanted.clone());
         self.with(move |conn| {
-            let now = now_ms();
             // One writer at a time: what is counted stays true until the commit.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = now_ms();
             let mut candidates = Vec::new();
             {
                 let mut running = tx.prepare_cached(

@@ -17,7 +17,7 @@ use crate::dispatch::{Call, Echo, Served};
 use crate::registry::{Registry, RouteEntry};
 use crate::runtime::Runtime;
 use crate::sandbox::{Outcome, RequestBodyError, Shape};
-use crate::store::Reason;
+use crate::store::{Reason, is_unreachable};
 
 /// Answers a request for a function's route.
 pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
@@ -61,7 +61,10 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
         return match rt.dispatch.submit(new).await {
             Ok(id) => answer::accepted(&id),
             Err(e) => {
-                tracing::error!(function = %function.spec.name, "cannot queue an invocation: {e:#}");
+                // A lost store is logged once, by the store.
+                if !is_unreachable(&e) {
+                    tracing::error!(function = %function.spec.name, "cannot queue an invocation: {e:#}");
+                }
                 answer::unavailable(format!("cannot queue the invocation: {e:#}"))
             }
         };

@@ -108,16 +108,15 @@ fn a_host_on_postgres_runs_durable_work_and_the_cli_reads_the_records() {
 }
 
 #[test]
-fn two_hosts_on_one_database_run_each_job_exactly_once() {
+fn three_hosts_on_one_database_run_each_of_1000_jobs_exactly_once_and_each_runs_some() {
     let url = postgres_server::database();
-    let (a, b) = (project(), project());
-    let hosts = [start(&a, &url), start(&b, &url)];
-    let ids: Vec<String> = (0..200)
-        .map(|n| hosts[n % 2].invoke("probe", "job 5"))
+    let projects: Vec<Project> = (0..3).map(|_| project()).collect();
+    let hosts: Vec<Host> = projects.iter().map(|p| start(p, &url)).collect();
+    let ids: Vec<String> = (0..1000)
+        .map(|n| hosts[n % 3].invoke("probe", "job 1"))
         .collect();
-    let done = wait_until(Duration::from_secs(120), || {
-        let all = hosts[0].json("/_jobhost/invocations?limit=1000&state=succeeded");
-        let all = all.as_array().unwrap().clone();
+    let done = wait_until(Duration::from_secs(180), || {
+        let all = records(&hosts[0], "state=succeeded");
         (all.len() == ids.len()).then_some(all)
     });
     let seen: HashSet<&str> = done.iter().map(|r| r["id"].as_str().unwrap()).collect();
@@ -125,9 +124,17 @@ fn two_hosts_on_one_database_run_each_job_exactly_once() {
     for record in &done {
         assert_eq!(record["attempt"], 1, "claimed twice: {record}");
     }
-    // Both hosts see the same records.
-    let other = hosts[1].json("/_jobhost/invocations?limit=1000&state=succeeded");
-    assert_eq!(other.as_array().unwrap().len(), ids.len());
+    let ran: HashSet<&str> = done.iter().map(|r| r["host"].as_str().unwrap()).collect();
+    let ids_of_hosts: HashSet<String> = projects.iter().map(host_id).collect();
+    assert_eq!(
+        ran,
+        ids_of_hosts.iter().map(String::as_str).collect(),
+        "every host ran some"
+    );
+    // Every host shows the whole cluster.
+    for host in &hosts[1..] {
+        assert_eq!(records(host, "state=succeeded").len(), ids.len());
+    }
 }
 
 #[test]
@@ -466,4 +473,61 @@ fn run_on_startup_runs_once_for_hosts_starting_within_the_lease() {
     let runs = records(&hosts[0], "trigger=timer");
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!(runs[0]["reason"], "startup");
+}
+
+#[test]
+fn a_postgresql_restart_loses_no_accepted_job_and_sync_requests_go_on_meanwhile() {
+    // A server of its own, to stop and start.
+    let server = postgres_server::Server::start();
+    let url = server.database();
+    let project = Project::new(
+        r#"
+[host]
+store = { postgres = { env = "DATABASE_URL" } }
+[functions.probe]
+triggers = [{ http = "/probe" }]
+"#,
+    );
+    project.function("probe", &probe(P1));
+    let mut host = start(&project, &url);
+    let before: Vec<String> = (0..20).map(|_| host.invoke("probe", "job 300")).collect();
+
+    server.stop();
+    // Durable work cannot be accepted: 503 with Retry-After, so the caller comes back.
+    let refused = wait_until(Duration::from_secs(30), || {
+        let answer = host.post("/_jobhost/functions/probe/invoke", "job 1");
+        (answer.status != 202).then_some(answer)
+    });
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.header("retry-after").is_some());
+    // Synchronous requests go on; their records wait.
+    let answer = host.post("/probe", "echo during the outage");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let sync_id = answer
+        .header("x-jobhost-invocation-id")
+        .unwrap()
+        .to_string();
+    host.wait_for_log("lost the store", Duration::from_secs(30));
+
+    server.restart();
+    host.wait_for_log("is back after", Duration::from_secs(60));
+    let after = host.invoke("probe", "job 10");
+    for id in before.iter().chain([&after]) {
+        host.wait_for_record(id, Duration::from_secs(60), |r| state(r) == "succeeded");
+    }
+    let record = host.wait_for_record(&sync_id, Duration::from_secs(30), |r| {
+        state(r) == "succeeded"
+    });
+    assert!(
+        record["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("during the outage")
+    );
+    let lost = host
+        .log()
+        .iter()
+        .filter(|l| l.contains("lost the store"))
+        .count();
+    assert_eq!(lost, 1, "one log line per outage");
 }
