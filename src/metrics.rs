@@ -56,6 +56,7 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     watches: Family<WatchLabels, Gauge>,
     records_dropped: Counter,
+    claims: Histogram,
 }
 
 /// The gauges read when `/metrics` is scraped.
@@ -163,9 +164,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Records of synchronous invocations dropped: the store could not be reached and the records waiting for it filled their buffer",
         records_dropped.clone(),
     );
+    let claims = seconds();
+    registry.register(
+        "claim_seconds",
+        "One look at the store for due background work: the claim of what this host can start",
+        claims.clone(),
+    );
     Metrics {
         registry,
         records_dropped,
+        claims,
         watches,
         invocations,
         durations,
@@ -230,6 +238,11 @@ impl Metrics {
     /// Synchronous records dropped for want of a store to write them to.
     pub fn records_dropped(&self, n: usize) {
         self.records_dropped.inc_by(n as u64);
+    }
+
+    /// How long one claim of due background work took.
+    pub fn claim(&self, took: Duration) {
+        self.claims.observe(took.as_secs_f64());
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics;
 use crate::runtime::Runtime;
 use crate::store::{Slots, Wanted, is_unreachable, now_ms};
 
@@ -80,7 +81,10 @@ async fn start_due(rt: &Runtime) -> anyhow::Result<()> {
         return Ok(());
     }
     let owner = rt.dispatch.owner();
-    for claimed in rt.store.queue.claim_due(owner, &wanted).await? {
+    let started = std::time::Instant::now();
+    let claimed = rt.store.queue.claim_due(owner, &wanted).await?;
+    metrics::get().claim(started.elapsed());
+    for claimed in claimed {
         let admitted = functions
             .functions
             .get(&claimed.function)
