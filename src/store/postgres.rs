@@ -256,10 +256,11 @@ fn lost(e: &anyhow::Error) -> bool {
         let Some(e) = cause.downcast_ref::<tokio_postgres::Error>() else {
             return false;
         };
-        // No SQLSTATE: the connection itself failed. Class 08 is a connection exception,
-        // 57P a server shutting down or starting.
+        // A closed connection, or one that failed on I/O; class 08 is a connection
+        // exception, 57P a server shutting down or starting.
         e.is_closed()
-            || e.code().is_none_or(|code| {
+            || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+            || e.code().is_some_and(|code| {
                 let code = code.code();
                 code.starts_with("08") || code.starts_with("57P")
             })

@@ -44,6 +44,8 @@ pub(super) async fn write(pool: Pool, mut rx: mpsc::UnboundedReceiver<Write>, ou
     let mut retry = RETRY_FIRST;
     let mut next_try = Instant::now();
     let mut dropped = 0;
+    // Whether the buffer filled in this outage (said once).
+    let mut full = false;
     loop {
         // Wait for a record, or, with records waiting after a failure, for the next try.
         let message = if pending.is_empty() {
@@ -66,28 +68,36 @@ pub(super) async fn write(pool: Pool, mut rx: mpsc::UnboundedReceiver<Write>, ou
         }
         if dropped > 0 {
             metrics::get().records_dropped(dropped);
-            tracing::warn!(
-                "{dropped} synchronous records dropped: {MAX_PENDING} already wait for the store"
-            );
+            if !full {
+                tracing::warn!(
+                    "{MAX_PENDING} synchronous records wait for the store: more are dropped (counted in jobhost_records_dropped_total) until it is back"
+                );
+                full = true;
+            }
             dropped = 0;
         }
         if !open && pending.is_empty() {
             return;
         }
         if Instant::now() < next_try {
-            // Still waiting to try again: a reader gets its answer now.
-            for done in flushed.drain(..) {
-                let _ = done.send(Err(format!(
-                    "{} records wait for the store to come back",
-                    pending.len()
-                )));
+            if open {
+                // Still waiting to try again: a reader gets its answer now.
+                for done in flushed.drain(..) {
+                    let _ = done.send(Err(format!(
+                        "{} records wait for the store to come back",
+                        pending.len()
+                    )));
+                }
+                continue;
             }
-            continue;
+            // The store is being dropped: one last try when it is time.
+            tokio::time::sleep_until(next_try).await;
         }
         match write_pending(&pool, &mut pending).await {
             Ok(()) => {
                 outage.over();
                 retry = RETRY_FIRST;
+                full = false;
                 for done in flushed.drain(..) {
                     let _ = done.send(Ok(()));
                 }
