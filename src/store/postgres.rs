@@ -357,8 +357,12 @@ async fn migrate(client: &mut Object) -> anyhow::Result<()> {
     // Every host starting at once waits here; the first migrates, the others find it done.
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS jobhost_schema (version INTEGER NOT NULL)")
-        .await?;
+    // Quietly: the server's notice that the table exists already is no news.
+    tx.batch_execute(
+        "SET LOCAL client_min_messages = warning;
+         CREATE TABLE IF NOT EXISTS jobhost_schema (version INTEGER NOT NULL)",
+    )
+    .await?;
     let version: Option<i32> = tx
         .query_one("SELECT MAX(version) FROM jobhost_schema", &[])
         .await?
