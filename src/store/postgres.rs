@@ -29,9 +29,11 @@ use anyhow::{Context, bail};
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::task::AbortOnDropHandle;
 
 use records::Write;
@@ -165,6 +167,7 @@ pub struct PostgresStore {
     outage: Arc<Outage>,
     /// For the connection that listens for other hosts' work, made on first use.
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     /// Woken by the listener; the listener stops with the store.
     hint: OnceLock<(Arc<Notify>, AbortOnDropHandle<()>)>,
     /// Held for the life of a host: one host per data folder, so per host id.
@@ -182,9 +185,10 @@ impl PostgresStore {
             config.connect_timeout(Duration::from_secs(5));
         }
         let name = describe(&config);
+        let tls = tls(&mut config).with_context(|| format!("setting up TLS for {name}"))?;
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -193,8 +197,14 @@ impl PostgresStore {
             .max_size(POOL_SIZE)
             .build()
             .with_context(|| format!("setting up connections to {name}"))?;
-        let mut client = pool.get().await.with_context(|| {
-            format!("cannot reach PostgreSQL at {name}: is the server running, and are the URL's user, password and database right?")
+        let mut client = pool.get().await.map_err(|e| {
+            let why = format!("{:#}", anyhow::Error::from(e));
+            let hint = if why.contains("certificate") {
+                "the server's TLS certificate is not trusted here: set SSL_CERT_FILE to the file holding its CA's certificate, or add that CA to the system's"
+            } else {
+                "is the server running, and are the URL's user, password and database right?"
+            };
+            anyhow::anyhow!("cannot reach PostgreSQL at {name}: {hint}: {why}")
         })?;
         migrate(&mut client)
             .await
@@ -209,6 +219,7 @@ impl PostgresStore {
             records,
             outage,
             config,
+            tls,
             hint: OnceLock::new(),
             _lock: lock,
         })
@@ -308,10 +319,10 @@ impl Outage {
 /// Listens for `NOTIFY jobhost_work` (sent when queued work commits, on any host) on a
 /// connection of its own, and wakes `hint` for each; reconnects with backoff when the
 /// connection is lost. A hint only: the queue worker polls as well.
-async fn listen(config: tokio_postgres::Config, hint: Arc<Notify>) {
+async fn listen(config: tokio_postgres::Config, tls: MakeRustlsConnect, hint: Arc<Notify>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        if let Ok((client, mut connection)) = config.connect(NoTls).await {
+        if let Ok((client, mut connection)) = config.connect(tls.clone()).await {
             backoff = Duration::from_millis(100);
             let messages = async {
                 while let Some(Ok(message)) =
@@ -336,6 +347,37 @@ async fn listen(config: tokio_postgres::Config, hint: Arc<Notify>) {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// The connector for `config`: TLS when the URL says `sslmode=require`, with the server's
+/// certificate verified against the system's roots (or those in `SSL_CERT_FILE`); plain
+/// otherwise (libpq's default `prefer` is taken as plain, so a server whose certificate
+/// is not trusted here keeps working as before).
+fn tls(config: &mut tokio_postgres::Config) -> anyhow::Result<MakeRustlsConnect> {
+    let mut roots = rustls::RootCertStore::empty();
+    if config.get_ssl_mode() == SslMode::Require {
+        let found = rustls_native_certs::load_native_certs();
+        let (added, _) = roots.add_parsable_certificates(found.certs);
+        if added == 0 {
+            let why: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+            bail!(
+                "sslmode=require, but no trusted certificates were found ({}): install the system's CA certificates, or set SSL_CERT_FILE to the file holding the server's CA",
+                if why.is_empty() {
+                    "none".to_string()
+                } else {
+                    why.join("; ")
+                }
+            );
+        }
+    } else {
+        config.ssl_mode(SslMode::Disable);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(client))
 }
 
 /// `user@host:port/database`: enough to tell which server, without the password.
@@ -656,7 +698,8 @@ impl Queue for PostgresStore {
     fn work_hint(&self) -> Option<Arc<Notify>> {
         let (hint, _) = self.hint.get_or_init(|| {
             let hint = Arc::new(Notify::new());
-            let listener = tokio::spawn(listen(self.config.clone(), hint.clone()));
+            let listener =
+                tokio::spawn(listen(self.config.clone(), self.tls.clone(), hint.clone()));
             (hint, AbortOnDropHandle::new(listener))
         });
         Some(hint.clone())

@@ -21,6 +21,8 @@ pub struct Server {
     dir: PathBuf,
     /// The user the server runs as, when it is not this process's.
     user: Option<String>,
+    /// With TLS: the certificate of the CA that signed the server's (for 127.0.0.1).
+    pub ca: Option<PathBuf>,
 }
 
 /// The URL of a new, empty database on this process's server, started on first use.
@@ -32,6 +34,16 @@ pub fn database() -> String {
 impl Server {
     /// Starts a server of its own (a test that stops and starts it uses one).
     pub fn start() -> Server {
+        Server::start_with(false)
+    }
+
+    /// Starts a server that also speaks TLS, with a certificate for 127.0.0.1 signed by a
+    /// CA of its own (`ca`), made with `openssl`.
+    pub fn start_tls() -> Server {
+        Server::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Server {
         let bin = bindir();
         let user = running_as_root().then(|| "postgres".to_string());
         remove_stale_folders();
@@ -57,11 +69,13 @@ impl Server {
             "--no-sync",
         ]);
         run(&mut initdb);
+        let ca = tls.then(|| certificates(&dir.join("tls"), &user));
         let server = Server {
             bin,
             port: free_port(),
             dir,
             user,
+            ca,
         };
         server.run_postgres();
         server
@@ -132,7 +146,18 @@ impl Server {
             .arg(self.port.to_string())
             // Tests lose nothing to an operating-system crash; they need speed.
             .args(["-c", "unix_socket_directories=", "-c", "fsync=off"])
-            .args(["-c", "max_connections=300"])
+            .args(["-c", "max_connections=300"]);
+        if self.ca.is_some() {
+            let tls = self.dir.join("tls");
+            postgres.args(["-c", "ssl=on", "-c"]).arg(format!(
+                "ssl_cert_file={}",
+                tls.join("server.crt").display()
+            ));
+            postgres
+                .arg("-c")
+                .arg(format!("ssl_key_file={}", tls.join("server.key").display()));
+        }
+        postgres
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("the server's log file"));
@@ -169,6 +194,72 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 in `dir`; returns the CA's certificate.
+fn certificates(dir: &Path, user: &Option<String>) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let openssl = |args: &[&str]| {
+        run(Command::new("openssl").current_dir(dir).args(args));
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=jobhost test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    // PostgreSQL reads its key only if no one else can.
+    run(Command::new("chmod").arg("600").arg(dir.join("server.key")));
+    if let Some(user) = user {
+        run(Command::new("chown")
+            .arg("-R")
+            .arg(format!("{user}:"))
+            .arg(dir));
+    }
+    dir.join("ca.pem")
 }
 
 /// Runs SQL on the database at `url` (any server); panics with psql's error.

@@ -531,3 +531,41 @@ triggers = [{ http = "/probe" }]
         .count();
     assert_eq!(lost, 1, "one log line per outage");
 }
+
+#[test]
+fn a_url_with_sslmode_require_connects_over_tls_verified_against_the_trusted_roots() {
+    let server = postgres_server::Server::start_tls();
+    let ca = server.ca.clone().unwrap();
+    let url = format!("{}?sslmode=require", server.database());
+    let project = project();
+    let host = project.start_with(|cmd| {
+        cmd.env("DATABASE_URL", &url).env("SSL_CERT_FILE", &ca);
+    });
+    let id = host.invoke("probe", "job 1");
+    host.wait_for_record(&id, Duration::from_secs(30), |r| state(r) == "succeeded");
+    // Every connection of the host is encrypted.
+    let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+    let plain = server.psql(&format!(
+        "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+         WHERE a.datname = '{db}' AND NOT s.ssl"
+    ));
+    let encrypted = server.psql(&format!(
+        "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+         WHERE a.datname = '{db}' AND s.ssl"
+    ));
+    assert_eq!(plain.trim(), "0");
+    assert_ne!(encrypted.trim(), "0");
+    drop(host);
+
+    // A server whose certificate is not trusted here is refused, and the error says so.
+    let output = project
+        .jobhost()
+        .env("DATABASE_URL", &url)
+        .env_remove("SSL_CERT_FILE")
+        .arg("up")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("SSL_CERT_FILE"), "{stderr}");
+}
