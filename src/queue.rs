@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Trigger;
 use crate::metrics;
 use crate::runtime::Runtime;
 use crate::store::{Slots, Wanted, is_unreachable, now_ms};
@@ -73,6 +74,11 @@ async fn start_due(rt: &Runtime) -> anyhow::Result<()> {
                     .as_ref()
                     .map_or(free, |p| p.available_permits().min(free)),
                 everywhere: f.spec.concurrency,
+                timers: f
+                    .spec
+                    .triggers
+                    .iter()
+                    .any(|t| matches!(t, Trigger::Timer(_))),
             })
             .filter(|s| s.here > 0)
             .collect(),

@@ -153,6 +153,8 @@ pub struct Slots {
     pub here: usize,
     /// Its `concurrency`: how many may run on all hosts together.
     pub everywhere: Option<usize>,
+    /// It has timers: a run of one must wait while another run of that timer goes.
+    pub timers: bool,
 }
 
 impl Slots {

@@ -42,6 +42,8 @@ fn wanted(functions: &[(&str, Option<usize>)], limit: usize) -> Wanted {
                 function: function.to_string(),
                 here: limit,
                 everywhere: *everywhere,
+                // "t" is the timer's function in these tests.
+                timers: *function == "t",
             })
             .collect(),
     }

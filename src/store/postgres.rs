@@ -40,7 +40,7 @@ use records::Write;
 
 use super::{
     Candidate, Claimed, Cluster, Filter, Fired, History, HostId, HostView, Lease, NewInvocation,
-    Next, Output, Queue, Receipt, Record, Recovered, Rescued, RetryError, State, SyncRecord,
+    Next, Output, Queue, Receipt, Record, Recovered, Rescued, RetryError, Slots, State, SyncRecord,
     TimerFire, TriggerState, Unreachable, Wanted, choose, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
@@ -153,6 +153,29 @@ const CLAIM: &str = "UPDATE jobhost_invocations SET state = 'running', attempt =
       AND (timer IS NULL OR NOT EXISTS (SELECT 1 FROM jobhost_invocations AS r
            WHERE r.timer = jobhost_invocations.timer AND r.state = 'running'))
     RETURNING id, function, trigger, attempt, max_attempt, payload, vars, input_dir, fence";
+
+/// The whole claim in one statement, for functions with neither a `concurrency` nor
+/// timers: each one's due rows at most its room (`$1`, `$2`) from the claim index, rows
+/// another host is claiming skipped, the first `$5` of all marked running for `$3`.
+const CLAIM_SIMPLE: &str = "UPDATE jobhost_invocations AS i SET state = 'running',
+        attempt = i.attempt + 1, started_at = $4, finished_at = NULL, duration_ms = NULL,
+        owner = $3, fence = i.fence + 1
+    FROM (
+        SELECT c.id FROM unnest($1::text[], $2::int8[]) AS f(name, room)
+        CROSS JOIN LATERAL (
+            SELECT id, priority, run_after FROM jobhost_invocations AS d
+            WHERE d.function = f.name AND d.durable AND d.state IN ('queued', 'failed')
+              AND d.run_after <= $4
+            ORDER BY d.priority DESC, d.run_after, d.id
+            LIMIT f.room
+            FOR UPDATE SKIP LOCKED
+        ) AS c
+        ORDER BY c.priority DESC, c.run_after, c.id
+        LIMIT $5
+    ) AS next
+    WHERE i.id = next.id
+    RETURNING i.id, i.function, i.trigger, i.attempt, i.max_attempt, i.payload, i.vars,
+        i.input_dir, i.fence, i.priority, i.run_after";
 
 /// Connections one host keeps open at most.
 const POOL_SIZE: usize = 16;
@@ -567,7 +590,7 @@ async fn get(client: &impl GenericClient, id: &str) -> anyhow::Result<Option<Rec
 }
 
 /// A row `CLAIM` returned.
-fn claimed(r: &Row, owner: &HostId) -> anyhow::Result<Claimed> {
+fn claimed_row(r: &Row, owner: &HostId) -> anyhow::Result<Claimed> {
     let trigger: String = r.try_get(2)?;
     let vars: String = r.try_get(6)?;
     let payload: Vec<u8> = r.try_get(5)?;
@@ -587,6 +610,149 @@ fn claimed(r: &Row, owner: &HostId) -> anyhow::Result<Claimed> {
     })
 }
 
+impl PostgresStore {
+    /// `claim_due` for functions with neither a `concurrency` nor timers: one statement.
+    async fn claim_simple(
+        &self,
+        owner: &HostId,
+        functions: &[&Slots],
+        limit: usize,
+    ) -> anyhow::Result<Vec<Claimed>> {
+        let (names, rooms): (Vec<&str>, Vec<i64>) = functions
+            .iter()
+            .map(|s| (s.function.as_str(), s.here.min(limit) as i64))
+            .filter(|(_, room)| *room > 0)
+            .unzip();
+        if names.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let claim = client.prepare_cached(CLAIM_SIMPLE).await?;
+        let limit = limit as i64;
+        let rows = client
+            .query(
+                &claim,
+                &[&names, &rooms, &owner.as_str(), &now_ms(), &limit],
+            )
+            .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let order: (i32, i64) = (r.try_get(9)?, r.try_get(10)?);
+            claimed.push((order, claimed_row(r, owner)?));
+        }
+        // In claim order: highest priority, then oldest due, then oldest id.
+        claimed.sort_by(|(a, x), (b, y)| {
+            (std::cmp::Reverse(a.0), a.1, &x.lease.id).cmp(&(
+                std::cmp::Reverse(b.0),
+                b.1,
+                &y.lease.id,
+            ))
+        });
+        Ok(claimed.into_iter().map(|(_, c)| c).collect())
+    }
+
+    /// `claim_due` for functions with a `concurrency` or timers: in a transaction, under
+    /// the functions' locks, a timer's run only under its timer's.
+    async fn claim_careful(
+        &self,
+        owner: &HostId,
+        functions: &[&Slots],
+        limit: usize,
+    ) -> anyhow::Result<Vec<Claimed>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // A function's `concurrency` holds on all hosts together: claimers of a limited
+        // function take turns (locks in name order, so two never wait on each other),
+        // and each counts what runs after the previous one committed.
+        let mut limited: Vec<&str> = functions
+            .iter()
+            .filter(|s| s.everywhere.is_some())
+            .map(|s| s.function.as_str())
+            .collect();
+        limited.sort_unstable();
+        let mut running: HashMap<String, i64> = HashMap::new();
+        if !limited.is_empty() {
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(key) FROM (SELECT hashtextextended('jobhost function ' || f, 0) AS key
+                     FROM unnest($1::text[]) WITH ORDINALITY AS t(f, n) ORDER BY n) AS ordered",
+                &[&limited],
+            )
+            .await?;
+            for row in tx
+                .query(
+                    "SELECT function, COUNT(*) FROM jobhost_invocations
+                     WHERE state = 'running' AND function = ANY($1) GROUP BY function",
+                    &[&limited],
+                )
+                .await?
+            {
+                running.insert(row.try_get(0)?, row.try_get(1)?);
+            }
+        }
+        // Read after the locks: a run stamped as started here began after what ended
+        // before this claimer's turn.
+        let now = now_ms();
+        let (mut names, mut rooms) = (Vec::new(), Vec::new());
+        for slots in functions {
+            let room = slots
+                .room(running.get(&slots.function).copied().unwrap_or(0))
+                .min(limit);
+            if room > 0 {
+                names.push(slots.function.as_str());
+                rooms.push(room as i64);
+            }
+        }
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let due = tx.prepare_cached(DUE).await?;
+        let mut candidates = Vec::new();
+        for r in tx.query(&due, &[&names, &rooms, &now]).await? {
+            candidates.push(Candidate {
+                id: r.try_get(0)?,
+                priority: r.try_get(1)?,
+                run_after: r.try_get(2)?,
+                timer: r.try_get(3)?,
+            });
+        }
+        let mut chosen = choose(candidates, limit);
+        // A timer's run: only while no other host is claiming or firing that timer (its
+        // lock), and the claim below checks again, after the lock, that no run is going.
+        for candidate in &mut chosen {
+            if let Some(timer) = &candidate.timer {
+                let locked: bool = tx
+                    .query_one(
+                        "SELECT pg_try_advisory_xact_lock(hashtextextended('jobhost timer ' || $1, 0))",
+                        &[timer],
+                    )
+                    .await?
+                    .try_get(0)?;
+                if !locked {
+                    candidate.id.clear();
+                }
+            }
+        }
+        let ids: Vec<&str> = chosen
+            .iter()
+            .map(|c| c.id.as_str())
+            .filter(|id| !id.is_empty())
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let claim = tx.prepare_cached(CLAIM).await?;
+        let rows = tx.query(&claim, &[&ids, &owner.as_str(), &now]).await?;
+        let mut claimed = rows
+            .iter()
+            .map(|r| claimed_row(r, owner))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        tx.commit().await?;
+        // In claim order.
+        claimed.sort_by_key(|c| ids.iter().position(|id| *id == c.lease.id));
+        Ok(claimed)
+    }
+}
+
 #[async_trait]
 impl Queue for PostgresStore {
     async fn enqueue(&self, new: NewInvocation) -> anyhow::Result<()> {
@@ -599,97 +765,15 @@ impl Queue for PostgresStore {
 
     async fn claim_due(&self, owner: &HostId, wanted: &Wanted) -> anyhow::Result<Vec<Claimed>> {
         self.named(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            // A function's `concurrency` holds on all hosts together: claimers of a limited
-            // function take turns (locks in name order, so two never wait on each other),
-            // and each counts what runs after the previous one committed.
-            let mut limited: Vec<&str> = wanted
+            let (simple, careful): (Vec<&Slots>, Vec<&Slots>) = wanted
                 .functions
                 .iter()
-                .filter(|s| s.everywhere.is_some())
-                .map(|s| s.function.as_str())
-                .collect();
-            limited.sort_unstable();
-            let mut running: HashMap<String, i64> = HashMap::new();
-            if !limited.is_empty() {
-                tx.execute(
-                    "SELECT pg_advisory_xact_lock(key) FROM (SELECT hashtextextended('jobhost function ' || f, 0) AS key
-                         FROM unnest($1::text[]) WITH ORDINALITY AS t(f, n) ORDER BY n) AS ordered",
-                    &[&limited],
-                )
-                .await?;
-                for row in tx
-                    .query(
-                        "SELECT function, COUNT(*) FROM jobhost_invocations
-                         WHERE state = 'running' AND function = ANY($1) GROUP BY function",
-                        &[&limited],
-                    )
-                    .await?
-                {
-                    running.insert(row.try_get(0)?, row.try_get(1)?);
-                }
+                .partition(|s| s.everywhere.is_none() && !s.timers);
+            let mut claimed = self.claim_simple(owner, &simple, wanted.limit).await?;
+            let left = wanted.limit - claimed.len().min(wanted.limit);
+            if !careful.is_empty() && left > 0 {
+                claimed.extend(self.claim_careful(owner, &careful, left).await?);
             }
-            // Read after the locks: a run stamped as started here began after what ended
-            // before this claimer's turn.
-            let now = now_ms();
-            let (mut names, mut rooms) = (Vec::new(), Vec::new());
-            for slots in &wanted.functions {
-                let room = slots
-                    .room(running.get(&slots.function).copied().unwrap_or(0))
-                    .min(wanted.limit);
-                if room > 0 {
-                    names.push(slots.function.as_str());
-                    rooms.push(room as i64);
-                }
-            }
-            if names.is_empty() {
-                return Ok(Vec::new());
-            }
-            let due = tx.prepare_cached(DUE).await?;
-            let mut candidates = Vec::new();
-            for r in tx.query(&due, &[&names, &rooms, &now]).await? {
-                candidates.push(Candidate {
-                    id: r.try_get(0)?,
-                    priority: r.try_get(1)?,
-                    run_after: r.try_get(2)?,
-                    timer: r.try_get(3)?,
-                });
-            }
-            let mut chosen = choose(candidates, wanted.limit);
-            // A timer's run: only while no other host is claiming or firing that timer (its
-            // lock), and the claim below checks again, after the lock, that no run is going.
-            for candidate in &mut chosen {
-                if let Some(timer) = &candidate.timer {
-                    let locked: bool = tx
-                        .query_one(
-                            "SELECT pg_try_advisory_xact_lock(hashtextextended('jobhost timer ' || $1, 0))",
-                            &[timer],
-                        )
-                        .await?
-                        .try_get(0)?;
-                    if !locked {
-                        candidate.id.clear();
-                    }
-                }
-            }
-            let ids: Vec<&str> = chosen
-                .iter()
-                .map(|c| c.id.as_str())
-                .filter(|id| !id.is_empty())
-                .collect();
-            if ids.is_empty() {
-                return Ok(Vec::new());
-            }
-            let claim = tx.prepare_cached(CLAIM).await?;
-            let rows = tx.query(&claim, &[&ids, &owner.as_str(), &now]).await?;
-            let mut claimed = rows
-                .iter()
-                .map(|r| claimed(r, owner))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            tx.commit().await?;
-            // In claim order.
-            claimed.sort_by_key(|c| ids.iter().position(|id| *id == c.lease.id));
             Ok(claimed)
         })
         .await
@@ -761,7 +845,7 @@ impl Queue for PostgresStore {
             else {
                 return Ok(None);
             };
-            let claimed = claimed(&r, owner)?;
+            let claimed = claimed_row(&r, owner)?;
             tx.commit().await?;
             Ok(Some(claimed))
         })
@@ -1433,6 +1517,22 @@ mod tests {
         let plan = plan.join("\n");
         assert!(plan.contains("jobhost_invocations_claim"), "{plan}");
         assert!(!plan.contains("Seq Scan on jobhost_invocations"), "{plan}");
+        let simple = CLAIM_SIMPLE
+            .replace("$1::text[]", "ARRAY['f0', 'f1', 'f2']")
+            .replace("$2::int8[]", "ARRAY[10, 10, 10]::int8[]")
+            .replace("$3", "'h'")
+            .replace("$4", "20001")
+            .replace("$5", "30");
+        let plan: Vec<String> = client
+            .query(&format!("EXPLAIN {simple}"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("jobhost_invocations_claim"), "{plan}");
+        assert!(!plan.contains("Seq Scan on jobhost_invocations"), "{plan}");
         // And it claims what it should: ten of each, oldest first.
         let owner = HostId("h".into());
         let wanted = Wanted {
@@ -1443,6 +1543,7 @@ mod tests {
                     function: f.to_string(),
                     here: 10,
                     everywhere: Some(10),
+                    timers: false,
                 })
                 .collect(),
         };
