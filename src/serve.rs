@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::config::{self, Config};
 use crate::dispatch::{Dispatcher, Parts};
@@ -29,6 +29,9 @@ pub struct Running {
     hard_stop: CancellationToken,
     /// Cancelled when the host cannot go on (its store went away): it stops at once.
     fatal: CancellationToken,
+    /// The heartbeat, which goes on while running invocations finish in a graceful
+    /// shutdown (their host is alive), and ends when this is dropped.
+    _heartbeat: AbortOnDropHandle<()>,
 }
 
 /// Opens the store, loads everything and binds the listener; serving starts at once.
@@ -105,7 +108,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tasks.spawn(front::serve(listener, rt.clone()));
     tasks.spawn(queue::run(rt.clone(), accept.clone()));
     tasks.spawn(prune(rt.clone(), accept.clone()));
-    tasks.spawn(heartbeat(rt.clone(), started_ms, accept.clone()));
+    let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat(rt.clone(), started_ms)));
     let fatal = CancellationToken::new();
     tasks.spawn(watch_store(rt.clone(), fatal.clone(), accept.clone()));
     if let Some(watching) = watching {
@@ -129,6 +132,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         rt,
         hard_stop,
         fatal,
+        _heartbeat: heartbeat,
     })
 }
 
@@ -152,15 +156,12 @@ async fn watch_store(rt: Arc<Runtime>, fatal: CancellationToken, stop: Cancellat
 /// of hosts silent for longer than `lease`: it runs again, here or on another host (same
 /// id, next attempt), as after a crash. A silent host that comes back finds its claims
 /// fenced: its late results are dropped.
-async fn heartbeat(rt: Arc<Runtime>, started_ms: i64, stop: CancellationToken) {
+async fn heartbeat(rt: Arc<Runtime>, started_ms: i64) {
     let (every, lease) = (rt.host.heartbeat, rt.host.lease);
     let owner = rt.dispatch.owner().clone();
     let mut failing = false;
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(every) => {}
-        }
+        tokio::time::sleep(every).await;
         let cluster = &rt.store.cluster;
         let beat = async {
             cluster.heartbeat(&owner, started_ms).await?;

@@ -569,3 +569,28 @@ fn a_url_with_sslmode_require_connects_over_tls_verified_against_the_trusted_roo
     assert!(!output.status.success());
     assert!(stderr.contains("SSL_CERT_FILE"), "{stderr}");
 }
+
+#[test]
+fn a_host_finishing_its_runs_in_a_graceful_shutdown_is_alive_and_keeps_them() {
+    let url = postgres_server::database();
+    let quick = format!("{QUICK_LEASE}\nshutdown_timeout = \"30s\"");
+    let (a, b) = (project_with(&quick), project_with(&quick));
+    let stopping = start(&a, &url);
+    // Longer than the lease: a host that stopped its heartbeat at SIGTERM would lose it.
+    let id = stopping.invoke("probe", "job 5000");
+    stopping.wait_for_record(&id, Duration::from_secs(30), |r| state(r) == "running");
+    let other = start(&b, &url);
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &stopping.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let (status, _) = stopping.sigterm_wait(Duration::from_secs(60));
+    assert!(status.success());
+    let record = other.wait_for_record(&id, Duration::from_secs(30), |r| state(r) == "succeeded");
+    assert_eq!(
+        record["attempt"], 1,
+        "it ran once, on the host that stopped: {record}"
+    );
+    assert_eq!(record["host"].as_str(), Some(host_id(&a).as_str()));
+}
