@@ -260,6 +260,8 @@ impl PostgresStore {
                 self.outage.over();
                 Ok(done)
             }
+            // Not tried: the server is lost and it is not yet time to try again.
+            Err(e) if e.is::<Unreachable>() => Err(e),
             Err(e) if lost(&e) => {
                 self.outage.begin(&e);
                 Err(Unreachable {
@@ -273,6 +275,7 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> anyhow::Result<Object> {
+        self.outage.may_try()?;
         self.pool
             .get()
             .await
@@ -301,39 +304,80 @@ fn lost(e: &anyhow::Error) -> bool {
     })
 }
 
-/// A lost server, logged once per outage.
+/// A lost server: logged once when it goes and once when it is back, and tried again
+/// with backoff meanwhile (callers in between fail at once instead of each waiting for a
+/// connection that cannot be made).
 struct Outage {
     /// The store's name, for the log.
     store: String,
-    since: std::sync::Mutex<Option<std::time::Instant>>,
+    state: std::sync::Mutex<Option<Lost>>,
 }
+
+/// Since when the server is lost, and when to try it again.
+struct Lost {
+    since: std::time::Instant,
+    next_try: std::time::Instant,
+    backoff: Duration,
+}
+
+/// The first wait before trying a lost server again; it doubles up to `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Outage {
     fn new(store: String) -> Outage {
         Outage {
             store,
-            since: std::sync::Mutex::new(None),
+            state: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Lost>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `Err` while the server is lost and it is not yet time to try it again.
+    fn may_try(&self) -> Result<(), Unreachable> {
+        match &*self.lock() {
+            Some(lost) if std::time::Instant::now() < lost.next_try => Err(Unreachable {
+                store: self.store.clone(),
+                why: format!(
+                    "lost {:.1}s ago; tried again shortly",
+                    lost.since.elapsed().as_secs_f64()
+                ),
+            }),
+            _ => Ok(()),
         }
     }
 
     fn begin(&self, e: &anyhow::Error) {
-        let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
-        if since.is_none() {
-            *since = Some(std::time::Instant::now());
-            tracing::error!(
-                "lost the store {}: {e:#}; until it is back, durable work is refused (503) and synchronous requests go on, their records waiting in memory",
-                self.store
-            );
+        let mut state = self.lock();
+        let now = std::time::Instant::now();
+        match &mut *state {
+            Some(lost) => {
+                lost.backoff = (lost.backoff * 2).min(RETRY_MAX);
+                lost.next_try = now + lost.backoff;
+            }
+            None => {
+                *state = Some(Lost {
+                    since: now,
+                    next_try: now + RETRY_FIRST,
+                    backoff: RETRY_FIRST,
+                });
+                tracing::error!(
+                    "lost the store {}: {e:#}; until it is back, durable work is refused (503) and synchronous requests go on, their records waiting in memory",
+                    self.store
+                );
+            }
         }
     }
 
     fn over(&self) {
-        let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(lost) = since.take() {
+        if let Some(lost) = self.lock().take() {
             tracing::info!(
                 "the store {} is back after {:.1}s",
                 self.store,
-                lost.elapsed().as_secs_f64()
+                lost.since.elapsed().as_secs_f64()
             );
         }
     }
@@ -1310,7 +1354,10 @@ impl History for PostgresStore {
         let client = match self.client().await {
             Ok(client) => client,
             Err(e) => {
-                self.outage.begin(&e);
+                // Tried and failed (not a try skipped while the server is lost).
+                if !e.is::<Unreachable>() {
+                    self.outage.begin(&e);
+                }
                 return Ok(());
             }
         };

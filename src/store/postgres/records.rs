@@ -6,13 +6,12 @@
 //! unique and the insert skips those it finds.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{Outage, lost, millis};
+use super::{Outage, RETRY_FIRST, RETRY_MAX, lost, millis};
 use crate::metrics;
 use crate::store::{State, SyncRecord};
 
@@ -31,10 +30,6 @@ const BATCH: usize = 512;
 /// The most records that wait for a server that cannot be reached (about 40 MiB with
 /// excerpts of 4KiB).
 const MAX_PENDING: usize = 10_000;
-
-/// The first wait before writing again after a failure; it doubles up to `RETRY_MAX`.
-const RETRY_FIRST: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Writes records as they come, as many at once as are waiting, until every handle to the
 /// store is gone.
