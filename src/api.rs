@@ -156,6 +156,10 @@ async fn invoke(rt: &Runtime, name: &str, req: Request<Incoming>) -> Response<Bo
             format!("`{name}` is a wasi:http component: call it over its HTTP route"),
         );
     }
+    let priority = match priority(req.uri().query().unwrap_or_default()) {
+        Ok(p) => p.unwrap_or(function.spec.priority),
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
     let limits = BodyLimits {
         max_body: MAX_INVOKE_BODY,
         timeout: rt.host.client_timeout,
@@ -165,13 +169,14 @@ async fn invoke(rt: &Runtime, name: &str, req: Request<Incoming>) -> Response<Bo
         Ok((payload, _share)) => payload,
         Err(why) => return error(why.status(), format!("the payload: {why}")),
     };
-    let new = rt.dispatch.new_invocation(
+    let mut new = rt.dispatch.new_invocation(
         &function,
         TriggerKind::Manual,
         Reason::Manual,
         payload,
         Vec::new(),
     );
+    new.priority = priority;
     match rt.dispatch.submit(new).await {
         Ok(id) => answer::accepted(&id),
         Err(e) => {
@@ -181,6 +186,20 @@ async fn invoke(rt: &Runtime, name: &str, req: Request<Incoming>) -> Response<Bo
             answer::unavailable(format!("cannot queue the invocation: {e:#}"))
         }
     }
+}
+
+/// `?priority=N` of a submission, if given.
+fn priority(query: &str) -> Result<Option<i32>, String> {
+    let Some(value) = query
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("priority="))
+        .next_back()
+    else {
+        return Ok(None);
+    };
+    value.parse().map(Some).map_err(|_| {
+        format!("priority {value:?} is not an integer: write ?priority=10 (higher runs first, the function's own is the default)")
+    })
 }
 
 /// `function`, `state`, `trigger` and `limit` (default 100, at most 1000).

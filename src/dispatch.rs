@@ -275,6 +275,7 @@ impl Dispatcher {
             trigger,
             reason,
             attempts: function.spec.limits.retry.attempts,
+            priority: function.spec.priority,
             payload,
             vars,
             timer: None,

@@ -127,6 +127,8 @@ pub struct NewInvocation {
     pub reason: Reason,
     /// Attempts in one round; a retry of a dead invocation gives it another round.
     pub attempts: u32,
+    /// Higher is claimed first.
+    pub priority: i32,
     pub payload: Bytes,
     /// Trigger-specific variables the guest sees (CGI variables, timer and file details).
     pub vars: Vec<(String, String)>,
@@ -353,6 +355,8 @@ pub struct Record {
     pub stderr_truncated: bool,
     /// The host that ran it (the last attempt's); none while it waits for its first.
     pub host: Option<String>,
+    /// Background work: higher is claimed first.
+    pub priority: i32,
 }
 
 fn time<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {

@@ -22,6 +22,8 @@ pub struct FunctionSpec {
     pub module: PathBuf,
     pub limits: Limits,
     pub concurrency: Option<usize>,
+    /// Its background work's priority: higher is claimed first (default 0).
+    pub priority: i32,
     pub triggers: Vec<Trigger>,
     pub dirs: Vec<DirMount>,
     /// The function's `config` over the shared `[config]`.
@@ -316,6 +318,7 @@ pub(crate) fn function_spec(
         module,
         limits,
         concurrency: sections.value(|r| r.concurrency.as_ref()).map(|c| c.max(1)),
+        priority: sections.value(|r| r.priority.as_ref()).unwrap_or(0),
         triggers,
         dirs,
         config: function_config,

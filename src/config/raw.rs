@@ -143,6 +143,7 @@ section!(
         max_output: Size,
         retry: RawRetry,
         concurrency: usize,
+        priority: i32,
         triggers: Vec<Spanned<toml::Value>>,
         dirs: Vec<Spanned<RawDir>>,
         config: BTreeMap<String, Spanned<RawValue>>,

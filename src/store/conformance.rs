@@ -30,6 +30,7 @@ pub(crate) async fn run<K, F: Future<Output = (Store, K)>>(make: impl Fn() -> F)
     a_silent_hosts_running_work_is_rescued_and_a_live_hosts_is_not(make().await).await;
     claims_take_the_oldest_due_first_within_the_hosts_and_each_functions_room(make().await).await;
     a_functions_concurrency_holds_across_hosts_claiming_at_once(make().await).await;
+    a_higher_priority_is_claimed_first_even_when_younger(make().await).await;
 }
 
 /// Each function may take up to `limit` here; `concurrency` as given.
@@ -72,6 +73,7 @@ fn new(id: &str, function: &str) -> NewInvocation {
         trigger: TriggerKind::Manual,
         reason: Reason::Manual,
         attempts: 3,
+        priority: 0,
         payload: Bytes::from_static(b"payload"),
         vars: vec![("K".to_string(), "V".to_string())],
         timer: None,
@@ -696,4 +698,22 @@ async fn a_functions_concurrency_holds_across_hosts_claiming_at_once<K>(
         store.queue.claim_due(&b, &double)
     );
     assert_eq!(first.unwrap().len() + second.unwrap().len(), 1);
+}
+
+async fn a_higher_priority_is_claimed_first_even_when_younger<K>((store, _keep): (Store, K)) {
+    for (id, function) in [("old", "a"), ("older-b", "b")] {
+        store.queue.enqueue(new(id, function)).await.unwrap();
+    }
+    let mut urgent = new("urgent", "a");
+    urgent.priority = 10;
+    store.queue.enqueue(urgent).await.unwrap();
+    let mut limited = wanted(&[("a", Some(5)), ("b", None)], 1);
+    assert_eq!(claim_due(&store, &owner(), &limited).await, ["urgent"]);
+    limited.limit = 5;
+    assert_eq!(
+        claim_due(&store, &owner(), &limited).await,
+        ["old", "older-b"]
+    );
+    let record = store.history.get("urgent").await.unwrap().unwrap();
+    assert_eq!(record.priority, 10);
 }

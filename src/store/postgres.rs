@@ -522,8 +522,8 @@ async fn insert(
             "WITH inserted AS (
                  INSERT INTO jobhost_invocations (id, function, trigger, reason, attempt,
                      max_attempt, attempts, state, durable, payload, vars, created_at, run_after,
-                     timer, finished_at, input_dir)
-                 VALUES ($1, $2, $3, $4, 0, $5, $5, $6, TRUE, $7, $8, $9, $9, $10, $11, $12)
+                     timer, finished_at, input_dir, priority)
+                 VALUES ($1, $2, $3, $4, 0, $5, $5, $6, TRUE, $7, $8, $9, $9, $10, $11, $12, $13)
                  RETURNING state)
              SELECT pg_notify('jobhost_work', '') FROM inserted WHERE state = 'queued'",
             &[
@@ -539,6 +539,7 @@ async fn insert(
                 &new.timer,
                 &finished,
                 &input_dir,
+                &new.priority,
             ],
         )
         .await?;
@@ -580,7 +581,7 @@ fn columns(excerpt: Option<&str>) -> String {
             None => format!(", {field}, {field}_truncated"),
         };
     }
-    out + ", owner"
+    out + ", owner, priority"
 }
 
 fn record(r: &Row) -> anyhow::Result<Record> {
@@ -617,6 +618,7 @@ fn record(r: &Row) -> anyhow::Result<Record> {
         stderr: text(19)?,
         stderr_truncated: r.try_get(20)?,
         host: r.try_get(21)?,
+        priority: r.try_get(22)?,
     })
 }
 
@@ -655,7 +657,7 @@ fn claimed_row(r: &Row, owner: &HostId) -> anyhow::Result<Claimed> {
 }
 
 impl PostgresStore {
-    /// `claim_due` for functions with neither a `concurrency` nor timers: one statement.
+    /// `claim_due` when no wanted function has a `concurrency` or timers: one statement.
     async fn claim_simple(
         &self,
         owner: &HostId,
@@ -695,8 +697,9 @@ impl PostgresStore {
         Ok(claimed.into_iter().map(|(_, c)| c).collect())
     }
 
-    /// `claim_due` for functions with a `concurrency` or timers: in a transaction, under
-    /// the functions' locks, a timer's run only under its timer's.
+    /// `claim_due` when some wanted function has a `concurrency` or timers: in a
+    /// transaction, under the limited functions' locks, a timer's run only under its
+    /// timer's.
     async fn claim_careful(
         &self,
         owner: &HostId,
@@ -809,15 +812,17 @@ impl Queue for PostgresStore {
 
     async fn claim_due(&self, owner: &HostId, wanted: &Wanted) -> anyhow::Result<Vec<Claimed>> {
         self.named(async {
-            let (simple, careful): (Vec<&Slots>, Vec<&Slots>) = wanted
-                .functions
+            // One statement when no wanted function needs locks; otherwise all go the
+            // careful way together, so that priority orders them all.
+            let functions: Vec<&Slots> = wanted.functions.iter().collect();
+            let claimed = if functions
                 .iter()
-                .partition(|s| s.everywhere.is_none() && !s.timers);
-            let mut claimed = self.claim_simple(owner, &simple, wanted.limit).await?;
-            let left = wanted.limit - claimed.len().min(wanted.limit);
-            if !careful.is_empty() && left > 0 {
-                claimed.extend(self.claim_careful(owner, &careful, left).await?);
-            }
+                .all(|s| s.everywhere.is_none() && !s.timers)
+            {
+                self.claim_simple(owner, &functions, wanted.limit).await?
+            } else {
+                self.claim_careful(owner, &functions, wanted.limit).await?
+            };
             Ok(claimed)
         })
         .await
@@ -1614,6 +1619,7 @@ mod tests {
             trigger: TriggerKind::Manual,
             reason: super::super::Reason::Manual,
             attempts: 1,
+            priority: 0,
             payload: bytes::Bytes::new(),
             vars: Vec::new(),
             timer: None,

@@ -198,8 +198,9 @@ fn insert(conn: &Connection, new: &NewInvocation, state: State) -> anyhow::Resul
     let vars = serde_json::to_string(&new.vars)?;
     conn.prepare_cached(
         "INSERT INTO invocations (id, function, trigger, reason, attempt, max_attempt, attempts,
-             state, durable, payload, vars, created_at, run_after, timer, finished_at, input_dir)
-         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?6, 1, ?7, ?8, ?9, ?9, ?10, ?11, ?12)",
+             state, durable, payload, vars, created_at, run_after, timer, finished_at, input_dir,
+             priority)
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?6, 1, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         new.id,
@@ -215,7 +216,8 @@ fn insert(conn: &Connection, new: &NewInvocation, state: State) -> anyhow::Resul
         (state == State::Skipped).then_some(now),
         new.input_dir
             .as_ref()
-            .map(|p| p.to_string_lossy().into_owned())
+            .map(|p| p.to_string_lossy().into_owned()),
+        new.priority
     ])?;
     Ok(())
 }
@@ -305,7 +307,7 @@ fn columns(excerpt: Option<&str>) -> String {
             None => format!(", {field}, {field}_truncated"),
         };
     }
-    out + ", owner"
+    out + ", owner, priority"
 }
 
 fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
@@ -339,6 +341,7 @@ fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
         stderr: text(19)?,
         stderr_truncated: r.get(20)?,
         host: r.get(21)?,
+        priority: r.get(22)?,
     })
 }
 
@@ -985,6 +988,7 @@ mod tests {
             trigger: crate::config::TriggerKind::Manual,
             reason: crate::store::Reason::Manual,
             attempts: 1,
+            priority: 0,
             payload: bytes::Bytes::new(),
             vars: Vec::new(),
             timer: None,

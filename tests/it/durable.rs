@@ -531,3 +531,40 @@ max_concurrency = 4"#,
     }
     assert_eq!(accepted.len(), 100);
 }
+
+#[test]
+fn a_higher_priority_job_submitted_later_runs_before_waiting_lower_ones() {
+    let project = project("concurrency = 1\n");
+    let host = project.start();
+    // One long run holds the only slot while the others queue behind it.
+    let holder = host.invoke("probe", "job 1500");
+    host.wait_for_record(&holder, Duration::from_secs(30), |r| state(r) == "running");
+    let low: Vec<String> = (0..5).map(|_| host.invoke("probe", "job 10")).collect();
+    let answer = host.post("/_jobhost/functions/probe/invoke?priority=10", "job 10");
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let urgent = answer
+        .header("x-jobhost-invocation-id")
+        .unwrap()
+        .to_string();
+    let started = |id: &str| {
+        let record = host.wait_for_record(id, Duration::from_secs(60), |r| state(r) == "succeeded");
+        record["started_at"].as_str().unwrap().to_string()
+    };
+    let urgent_at = started(&urgent);
+    assert_eq!(
+        host.json(&format!("/_jobhost/invocations/{urgent}"))["priority"],
+        10
+    );
+    for id in &low {
+        assert!(
+            urgent_at < started(id),
+            "the priority=10 job ran after {id}"
+        );
+    }
+    // A priority that is not a number is refused, naming it.
+    let refused = host.post("/_jobhost/functions/probe/invoke?priority=high", "job 10");
+    assert_eq!(refused.status, 400);
+    let why: serde_json::Value = serde_json::from_str(&refused.body).unwrap();
+    let why = why["error"].as_str().unwrap();
+    assert!(why.contains("priority \"high\" is not an integer"), "{why}");
+}
