@@ -1,7 +1,8 @@
 //! The store behind traits, by who uses it: [`Queue`] (durable work: enqueue, claim under a
 //! fenced lease, finish, retry), [`TriggerState`] (timer cursors and watch receipts, each
-//! changed together with the invocation it fires) and [`History`] (the records the API and
-//! the CLI show, pruning). `sqlite` is the embedded implementation, `postgres` the one
+//! changed together with the invocation it fires), [`History`] (the records the API and
+//! the CLI show, pruning) and [`Cluster`] (hosts sharing the store: heartbeats, the rescue
+//! of a silent one's work). `sqlite` is the embedded implementation, `postgres` the one
 //! several hosts share; both pass the same conformance suite (`conformance`).
 //!
 //! Named `store` for the invocation store; the sandbox's per-invocation `wasmtime::Store`
