@@ -14,7 +14,7 @@ use crate::config::{Trigger, TriggerKind};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::sandbox::Shape;
-use crate::store::{Filter, Reason, RetryError, State, is_unreachable};
+use crate::store::{Filter, Reason, RetryError, State, is_unreachable, now_ms};
 
 /// Largest payload `POST functions/{name}/invoke` takes.
 const MAX_INVOKE_BODY: u64 = 10 << 20;
@@ -156,9 +156,10 @@ async fn invoke(rt: &Runtime, name: &str, req: Request<Incoming>) -> Response<Bo
             format!("`{name}` is a wasi:http component: call it over its HTTP route"),
         );
     }
-    let priority = match priority(req.uri().query().unwrap_or_default()) {
-        Ok(p) => p.unwrap_or(function.spec.priority),
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    let query = req.uri().query().unwrap_or_default();
+    let (priority, run_after) = match (priority(query), run_after(query, now_ms())) {
+        (Ok(p), Ok(at)) => (p.unwrap_or(function.spec.priority), at),
+        (Err(why), _) | (_, Err(why)) => return error(StatusCode::BAD_REQUEST, why),
     };
     let limits = BodyLimits {
         max_body: MAX_INVOKE_BODY,
@@ -177,6 +178,7 @@ async fn invoke(rt: &Runtime, name: &str, req: Request<Incoming>) -> Response<Bo
         Vec::new(),
     );
     new.priority = priority;
+    new.run_after = run_after;
     match rt.dispatch.submit(new).await {
         Ok(id) => answer::accepted(&id),
         Err(e) => {
@@ -188,13 +190,47 @@ async fn invoke(rt: &Runtime, name: &str, req: Request<Incoming>) -> Response<Bo
     }
 }
 
+/// The value of `key` in a query string, if given (the last one).
+fn param<'q>(query: &'q str, key: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+        .next_back()
+}
+
+/// When a submission may run (ms), from `?delay=30s` or `?at=<RFC 3339>`; `None` for now.
+fn run_after(query: &str, now: i64) -> Result<Option<i64>, String> {
+    match (param(query, "delay"), param(query, "at")) {
+        (Some(_), Some(_)) => Err("give delay or at, not both".to_string()),
+        (Some(delay), None) => {
+            let d = humantime::parse_duration(delay).map_err(|e| {
+                format!("delay {delay:?} is not a duration ({e}): write ?delay=30s, 5m or 2h")
+            })?;
+            i64::try_from(d.as_millis())
+                .ok()
+                .and_then(|ms| now.checked_add(ms))
+                .map(Some)
+                .ok_or_else(|| format!("delay {delay:?} is too long"))
+        }
+        (None, Some(at)) => {
+            let t = chrono::DateTime::parse_from_rfc3339(at).map_err(|e| {
+                format!("at {at:?} is not an RFC 3339 time ({e}): write ?at=2026-12-24T18:00:00Z")
+            })?;
+            let ms = t.timestamp_millis();
+            if ms < now - 60_000 {
+                return Err(format!(
+                    "at {at:?} is more than a minute in the past: give a time to come, or leave it out to run now"
+                ));
+            }
+            Ok(Some(ms))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// `?priority=N` of a submission, if given.
 fn priority(query: &str) -> Result<Option<i32>, String> {
-    let Some(value) = query
-        .split('&')
-        .filter_map(|pair| pair.strip_prefix("priority="))
-        .next_back()
-    else {
+    let Some(value) = param(query, "priority") else {
         return Ok(None);
     };
     value.parse().map(Some).map_err(|_| {

@@ -58,7 +58,7 @@ enum Command {
     Invocations {
         #[arg(long)]
         function: Option<String>,
-        /// queued, running, succeeded, failed, dead or skipped.
+        /// queued, scheduled, running, succeeded, failed, dead or skipped.
         #[arg(long)]
         status: Option<String>,
         /// http, timer, file or manual.

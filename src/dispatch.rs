@@ -276,6 +276,7 @@ impl Dispatcher {
             reason,
             attempts: function.spec.limits.retry.attempts,
             priority: function.spec.priority,
+            run_after: None,
             payload,
             vars,
             timer: None,

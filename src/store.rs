@@ -86,6 +86,8 @@ pub enum State {
     Dead,
     /// A timer occurrence that came while the previous run was still going.
     Skipped,
+    /// Delayed: queued to run at a later time.
+    Scheduled,
 }
 
 /// Why an invocation ran.
@@ -107,6 +109,7 @@ named!(State {
     Failed = "failed",
     Dead = "dead",
     Skipped = "skipped",
+    Scheduled = "scheduled",
 });
 
 named!(Reason {
@@ -130,6 +133,8 @@ pub struct NewInvocation {
     pub attempts: u32,
     /// Higher is claimed first.
     pub priority: i32,
+    /// When it may run (ms); `None` for now. Later than now, it waits as `scheduled`.
+    pub run_after: Option<i64>,
     pub payload: Bytes,
     /// Trigger-specific variables the guest sees (CGI variables, timer and file details).
     pub vars: Vec<(String, String)>,
@@ -137,6 +142,15 @@ pub struct NewInvocation {
     pub timer: Option<String>,
     /// The watched folder a file event comes from, mounted read-only at `/input`.
     pub input_dir: Option<PathBuf>,
+}
+
+/// The state and due time a new invocation is stored with: `Queued` (or what the caller
+/// said) now, or `Scheduled` when it may run only later.
+fn waiting(new: &NewInvocation, state: State, now: i64) -> (State, i64) {
+    match new.run_after {
+        Some(at) if at > now && state == State::Queued => (State::Scheduled, at),
+        _ => (state, now),
+    }
 }
 
 /// What a host can start now, for [`Queue::claim_due`].

@@ -31,6 +31,7 @@ pub(crate) async fn run<K, F: Future<Output = (Store, K)>>(make: impl Fn() -> F)
     claims_take_the_oldest_due_first_within_the_hosts_and_each_functions_room(make().await).await;
     a_functions_concurrency_holds_across_hosts_claiming_at_once(make().await).await;
     a_higher_priority_is_claimed_first_even_when_younger(make().await).await;
+    delayed_work_waits_as_scheduled_and_is_claimed_once_due(make().await).await;
 }
 
 /// Each function may take up to `limit` here; `concurrency` as given.
@@ -74,6 +75,7 @@ fn new(id: &str, function: &str) -> NewInvocation {
         reason: Reason::Manual,
         attempts: 3,
         priority: 0,
+        run_after: None,
         payload: Bytes::from_static(b"payload"),
         vars: vec![("K".to_string(), "V".to_string())],
         timer: None,
@@ -716,4 +718,39 @@ async fn a_higher_priority_is_claimed_first_even_when_younger<K>((store, _keep):
     );
     let record = store.history.get("urgent").await.unwrap().unwrap();
     assert_eq!(record.priority, 10);
+}
+
+async fn delayed_work_waits_as_scheduled_and_is_claimed_once_due<K>((store, _keep): (Store, K)) {
+    let f = wanted(&[("f", None)], 5);
+    let mut later = new("later", "f");
+    let at = now_ms() + 3_600_000;
+    later.run_after = Some(at);
+    store.queue.enqueue(later).await.unwrap();
+    let record = store.history.get("later").await.unwrap().unwrap();
+    assert_eq!(record.state, State::Scheduled);
+    assert_eq!(record.next_attempt_at, Some(at));
+    assert_eq!(store.queue.depth().await.unwrap(), 1);
+    assert_eq!(store.queue.next_due_at().await.unwrap(), Some(at));
+    assert!(claim_due(&store, &owner(), &f).await.is_empty());
+    // Due in a moment: claimed once due, as any queued work.
+    let mut soon = new("soon", "f");
+    soon.run_after = Some(now_ms() + 200);
+    store.queue.enqueue(soon).await.unwrap();
+    assert_eq!(state_of(&store, "soon").await, State::Scheduled);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let claimed = claim_due(&store, &owner(), &f).await;
+        if !claimed.is_empty() {
+            assert_eq!(claimed, ["soon"]);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(state_of(&store, "soon").await, State::Running);
+    // A due time in the past is now.
+    let mut past = new("past", "f");
+    past.run_after = Some(1);
+    store.queue.enqueue(past).await.unwrap();
+    assert_eq!(state_of(&store, "past").await, State::Queued);
 }

@@ -113,6 +113,14 @@ const MIGRATIONS: &[&str] = &[
         WHERE durable AND state IN ('queued', 'failed');",
     // 4: when a timer's `run_on_startup` run last fired, on the server's clock.
     "ALTER TABLE jobhost_timers ADD COLUMN startup BIGINT;",
+    // 5: delayed work waits as `scheduled`, found and claimed from the same indexes.
+    "DROP INDEX jobhost_invocations_due;
+    CREATE INDEX jobhost_invocations_due ON jobhost_invocations (run_after, id)
+        WHERE durable AND state IN ('queued', 'failed', 'scheduled');
+    DROP INDEX jobhost_invocations_claim;
+    CREATE INDEX jobhost_invocations_claim
+        ON jobhost_invocations (function, priority DESC, run_after, id)
+        WHERE durable AND state IN ('queued', 'failed', 'scheduled');",
 ];
 
 /// Now on the server's clock, in ms: what host liveness is measured on, so that hosts'
@@ -136,7 +144,7 @@ const DUE: &str = "SELECT c.id, c.priority, c.run_after, c.timer
     FROM unnest($1::text[], $2::int8[]) AS f(name, room)
     CROSS JOIN LATERAL (
         SELECT id, priority, run_after, timer FROM jobhost_invocations AS i
-        WHERE i.function = f.name AND i.durable AND i.state IN ('queued', 'failed')
+        WHERE i.function = f.name AND i.durable AND i.state IN ('queued', 'failed', 'scheduled')
           AND i.run_after <= $3
           AND (i.timer IS NULL OR NOT EXISTS (SELECT 1 FROM jobhost_invocations AS r
                WHERE r.timer = i.timer AND r.state = 'running'))
@@ -149,7 +157,7 @@ const DUE: &str = "SELECT c.id, c.priority, c.run_after, c.timer
 /// fence; a run of a timer whose other run is going is left alone.
 const CLAIM: &str = "UPDATE jobhost_invocations SET state = 'running', attempt = attempt + 1,
         started_at = $3, finished_at = NULL, duration_ms = NULL, owner = $2, fence = fence + 1
-    WHERE id = ANY($1) AND durable AND state IN ('queued', 'failed') AND run_after <= $3
+    WHERE id = ANY($1) AND durable AND state IN ('queued', 'failed', 'scheduled') AND run_after <= $3
       AND (timer IS NULL OR NOT EXISTS (SELECT 1 FROM jobhost_invocations AS r
            WHERE r.timer = jobhost_invocations.timer AND r.state = 'running'))
     RETURNING id, function, trigger, attempt, max_attempt, payload, vars, input_dir, fence";
@@ -164,7 +172,7 @@ const CLAIM_SIMPLE: &str = "UPDATE jobhost_invocations AS i SET state = 'running
         SELECT c.id FROM unnest($1::text[], $2::int8[]) AS f(name, room)
         CROSS JOIN LATERAL (
             SELECT id, priority, run_after FROM jobhost_invocations AS d
-            WHERE d.function = f.name AND d.durable AND d.state IN ('queued', 'failed')
+            WHERE d.function = f.name AND d.durable AND d.state IN ('queued', 'failed', 'scheduled')
               AND d.run_after <= $4
             ORDER BY d.priority DESC, d.run_after, d.id
             LIMIT f.room
@@ -509,6 +517,7 @@ async fn insert(
     state: State,
 ) -> anyhow::Result<()> {
     let now = now_ms();
+    let (state, run_after) = super::waiting(new, state, now);
     let vars = serde_json::to_string(&new.vars)?;
     let attempts = i32::try_from(new.attempts).unwrap_or(i32::MAX);
     let finished = (state == State::Skipped).then_some(now);
@@ -523,9 +532,9 @@ async fn insert(
                  INSERT INTO jobhost_invocations (id, function, trigger, reason, attempt,
                      max_attempt, attempts, state, durable, payload, vars, created_at, run_after,
                      timer, finished_at, input_dir, priority)
-                 VALUES ($1, $2, $3, $4, 0, $5, $5, $6, TRUE, $7, $8, $9, $9, $10, $11, $12, $13)
+                 VALUES ($1, $2, $3, $4, 0, $5, $5, $6, TRUE, $7, $8, $9, $14, $10, $11, $12, $13)
                  RETURNING state)
-             SELECT pg_notify('jobhost_work', '') FROM inserted WHERE state = 'queued'",
+             SELECT pg_notify('jobhost_work', '') FROM inserted WHERE state <> 'skipped'",
             &[
                 &new.id,
                 &new.function,
@@ -540,6 +549,7 @@ async fn insert(
                 &finished,
                 &input_dir,
                 &new.priority,
+                &run_after,
             ],
         )
         .await?;
@@ -601,9 +611,10 @@ fn record(r: &Row) -> anyhow::Result<Record> {
         reason: r.try_get(3)?,
         attempt: count(4)?,
         max_attempts: count(5)?,
-        next_attempt_at: (durable && matches!(state, State::Queued | State::Failed))
-            .then(|| r.try_get(10))
-            .transpose()?,
+        next_attempt_at: (durable
+            && matches!(state, State::Queued | State::Failed | State::Scheduled))
+        .then(|| r.try_get(10))
+        .transpose()?,
         state,
         created_at: r.try_get(7)?,
         started_at: r.try_get(8)?,
@@ -844,7 +855,7 @@ impl Queue for PostgresStore {
             let row = client
                 .query_one(
                     "SELECT MIN(run_after) FROM jobhost_invocations
-                     WHERE durable AND state IN ('queued', 'failed')",
+                     WHERE durable AND state IN ('queued', 'failed', 'scheduled')",
                     &[],
                 )
                 .await?;
@@ -859,7 +870,7 @@ impl Queue for PostgresStore {
             let row = client
                 .query_one(
                     "SELECT COUNT(*) FROM jobhost_invocations
-                     WHERE durable AND state IN ('queued', 'failed')",
+                     WHERE durable AND state IN ('queued', 'failed', 'scheduled')",
                     &[],
                 )
                 .await?;
@@ -1620,6 +1631,7 @@ mod tests {
             reason: super::super::Reason::Manual,
             attempts: 1,
             priority: 0,
+            run_after: None,
             payload: bytes::Bytes::new(),
             vars: Vec::new(),
             timer: None,

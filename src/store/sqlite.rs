@@ -98,6 +98,11 @@ const MIGRATIONS: &[&str] = &[
         WHERE durable = 1 AND state IN ('queued', 'failed');",
     // 6: when a timer's `run_on_startup` run last fired.
     "ALTER TABLE timers ADD COLUMN startup INTEGER;",
+    // 7: delayed work waits as `scheduled`, claimed from the same index once due.
+    "DROP INDEX IF EXISTS invocations_claim;
+    CREATE INDEX IF NOT EXISTS invocations_claim
+        ON invocations (function, priority DESC, run_after, id)
+        WHERE durable = 1 AND state IN ('queued', 'failed', 'scheduled');",
 ];
 
 fn db_path(data_dir: &Path) -> PathBuf {
@@ -195,12 +200,13 @@ impl SqliteStore {
 
 fn insert(conn: &Connection, new: &NewInvocation, state: State) -> anyhow::Result<()> {
     let now = now_ms();
+    let (state, run_after) = super::waiting(new, state, now);
     let vars = serde_json::to_string(&new.vars)?;
     conn.prepare_cached(
         "INSERT INTO invocations (id, function, trigger, reason, attempt, max_attempt, attempts,
              state, durable, payload, vars, created_at, run_after, timer, finished_at, input_dir,
              priority)
-         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?6, 1, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13)",
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?6, 1, ?7, ?8, ?9, ?14, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         new.id,
@@ -217,7 +223,8 @@ fn insert(conn: &Connection, new: &NewInvocation, state: State) -> anyhow::Resul
         new.input_dir
             .as_ref()
             .map(|p| p.to_string_lossy().into_owned()),
-        new.priority
+        new.priority,
+        run_after
     ])?;
     Ok(())
 }
@@ -324,9 +331,10 @@ fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
         reason: r.get(3)?,
         attempt: r.get(4)?,
         max_attempts: r.get(5)?,
-        next_attempt_at: (durable && matches!(state, State::Queued | State::Failed))
-            .then(|| r.get(10))
-            .transpose()?,
+        next_attempt_at: (durable
+            && matches!(state, State::Queued | State::Failed | State::Scheduled))
+        .then(|| r.get(10))
+        .transpose()?,
         state,
         created_at: r.get(7)?,
         started_at: r.get(8)?,
@@ -366,7 +374,7 @@ fn claim_row(
     let mut stmt = conn.prepare_cached(
         "UPDATE invocations SET state = 'running', attempt = attempt + 1, started_at = ?3,
              finished_at = NULL, duration_ms = NULL, owner = ?2, fence = fence + 1
-         WHERE id = ?1 AND state IN ('queued', 'failed') AND durable = 1
+         WHERE id = ?1 AND state IN ('queued', 'failed', 'scheduled') AND durable = 1
            AND run_after <= ?3
            AND (timer IS NULL OR NOT EXISTS (SELECT 1 FROM invocations AS r
                 WHERE r.timer = invocations.timer AND r.state = 'running'))
@@ -417,7 +425,7 @@ impl Queue for SqliteStore {
                 )?;
                 let mut due = tx.prepare_cached(
                     "SELECT id, priority, run_after, timer FROM invocations AS i
-                     WHERE function = ?1 AND durable = 1 AND state IN ('queued', 'failed')
+                     WHERE function = ?1 AND durable = 1 AND state IN ('queued', 'failed', 'scheduled')
                        AND run_after <= ?2
                        AND (timer IS NULL OR NOT EXISTS (SELECT 1 FROM invocations AS r
                             WHERE r.timer = i.timer AND r.state = 'running'))
@@ -463,7 +471,7 @@ impl Queue for SqliteStore {
     async fn next_due_at(&self) -> anyhow::Result<Option<i64>> {
         self.with(|conn| {
             Ok(conn.query_row(
-                "SELECT MIN(run_after) FROM invocations WHERE state IN ('queued', 'failed') AND durable = 1",
+                "SELECT MIN(run_after) FROM invocations WHERE state IN ('queued', 'failed', 'scheduled') AND durable = 1",
                 [],
                 |r| r.get(0),
             )?)
@@ -474,7 +482,7 @@ impl Queue for SqliteStore {
     async fn depth(&self) -> anyhow::Result<i64> {
         self.with(|conn| {
             Ok(conn.query_row(
-                "SELECT COUNT(*) FROM invocations WHERE state IN ('queued', 'failed') AND durable = 1",
+                "SELECT COUNT(*) FROM invocations WHERE state IN ('queued', 'failed', 'scheduled') AND durable = 1",
                 [],
                 |r| r.get(0),
             )?)
@@ -989,6 +997,7 @@ mod tests {
             reason: crate::store::Reason::Manual,
             attempts: 1,
             priority: 0,
+            run_after: None,
             payload: bytes::Bytes::new(),
             vars: Vec::new(),
             timer: None,

@@ -568,3 +568,43 @@ fn a_higher_priority_job_submitted_later_runs_before_waiting_lower_ones() {
     let why = why["error"].as_str().unwrap();
     assert!(why.contains("priority \"high\" is not an integer"), "{why}");
 }
+
+#[test]
+fn a_delayed_job_waits_as_scheduled_survives_a_restart_and_runs_when_due() {
+    let project = project("");
+    let host = project.start();
+    let answer = host.post("/_jobhost/functions/probe/invoke?delay=2s", "job 10");
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let id = answer
+        .header("x-jobhost-invocation-id")
+        .unwrap()
+        .to_string();
+    let waiting = host.json(&format!("/_jobhost/invocations/{id}"));
+    assert_eq!(state(&waiting), "scheduled", "{waiting}");
+    // Down and up again before it is due: it still runs, when due.
+    host.kill9();
+    let host = project.start();
+    let record = host.wait_for_record(&id, Duration::from_secs(60), |r| state(r) == "succeeded");
+    let ms = |field: &str| {
+        let t = humantime::parse_rfc3339(record[field].as_str().unwrap()).unwrap();
+        t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+    };
+    assert!(ms("started_at") >= ms("created_at") + 2000, "{record}");
+    assert_eq!(record["attempt"], 1);
+    // A delay or time that cannot be meant is refused, naming it.
+    for (query, says) in [
+        ("delay=soon", "delay \"soon\" is not a duration"),
+        ("at=2020-01-01T00:00:00Z", "more than a minute in the past"),
+        ("at=tomorrow", "is not an RFC 3339 time"),
+        ("delay=1s&at=2030-01-01T00:00:00Z", "not both"),
+    ] {
+        let refused = host.post(
+            &format!("/_jobhost/functions/probe/invoke?{query}"),
+            "job 1",
+        );
+        assert_eq!(refused.status, 400, "{query}");
+        let why: serde_json::Value = serde_json::from_str(&refused.body).unwrap();
+        let why = why["error"].as_str().unwrap();
+        assert!(why.contains(says), "{query}: {why}");
+    }
+}
