@@ -8,6 +8,8 @@ use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde::Serialize;
 
+use crate::store::Enqueued;
+
 pub use crate::sandbox::Body;
 
 /// Where the status API lives, on the same listener as the functions.
@@ -84,6 +86,31 @@ pub fn accepted(id: &str) -> Response<Body> {
 }
 
 /// Adds the invocation header.
+/// The answer to a durable submission: `202` + `Location` for a new invocation, and the
+/// same for the one an `Idempotency-Key` already made with the same payload; `409` when the
+/// key was used with another payload.
+pub fn submitted(enqueued: Enqueued) -> Response<Body> {
+    match enqueued {
+        Enqueued::New(id)
+        | Enqueued::Existing {
+            id,
+            same_payload: true,
+        } => accepted(&id),
+        Enqueued::Existing {
+            id,
+            same_payload: false,
+        } => with_invocation(
+            error(
+                StatusCode::CONFLICT,
+                format!(
+                    "this Idempotency-Key was used for invocation {id} with another payload: use a new key for a new job"
+                ),
+            ),
+            &id,
+        ),
+    }
+}
+
 pub fn with_invocation(mut response: Response<Body>, id: &str) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(id) {
         response.headers_mut().insert(INVOCATION_HEADER, v);

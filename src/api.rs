@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::answer::{self, API_PREFIX, Body, error, json};
 use crate::body::{self, BodyLimits, Bounded};
 use crate::config::{Trigger, TriggerKind};
+use crate::dispatch;
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::sandbox::Shape;
@@ -156,6 +157,10 @@ async fn invoke(rt: &Runtime, name: &str, req: Request<Incoming>) -> Response<Bo
             format!("`{name}` is a wasi:http component: call it over its HTTP route"),
         );
     }
+    let key = match dispatch::idempotency_key(req.headers()) {
+        Ok(key) => key,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
     let query = req.uri().query().unwrap_or_default();
     let (priority, run_after) = match (priority(query), run_after(query, now_ms())) {
         (Ok(p), Ok(at)) => (p.unwrap_or(function.spec.priority), at),
@@ -179,8 +184,9 @@ async fn invoke(rt: &Runtime, name: &str, req: Request<Incoming>) -> Response<Bo
     );
     new.priority = priority;
     new.run_after = run_after;
+    new.idempotency_key = key;
     match rt.dispatch.submit(new).await {
-        Ok(id) => answer::accepted(&id),
+        Ok(enqueued) => answer::submitted(enqueued),
         Err(e) => {
             if !is_unreachable(&e) {
                 tracing::error!(function = %name, "cannot queue an invocation: {e:#}");

@@ -20,12 +20,29 @@ use crate::metrics;
 use crate::registry::Function;
 use crate::sandbox::{Body, HttpServed, IncomingBody, Outcome, Run, Sandbox};
 use crate::store::{
-    Claimed, History, HostId, Lease, NewInvocation, Next, Output, Reason, Record, RetryError,
-    Store, SyncRecord, now_ms,
+    Claimed, Enqueued, History, HostId, Lease, NewInvocation, Next, Output, Reason, Record,
+    RetryError, Store, SyncRecord, now_ms,
 };
 
 /// Where a watch trigger's folder appears in the sandbox.
 pub const INPUT: &str = "/input";
+
+/// The `Idempotency-Key` of a submission, if it has one; why not, when it cannot be one.
+pub fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<String>, String> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| "the Idempotency-Key header is not text".to_string())?;
+    if key.is_empty() || key.len() > 255 {
+        return Err(format!(
+            "the Idempotency-Key header is {} bytes: give one of 1 to 255",
+            key.len()
+        ));
+    }
+    Ok(Some(key.to_string()))
+}
 
 /// An invocation id: a UUIDv7, so ids sort by creation time.
 pub fn new_id() -> String {
@@ -277,6 +294,7 @@ impl Dispatcher {
             attempts: function.spec.limits.retry.attempts,
             priority: function.spec.priority,
             run_after: None,
+            idempotency_key: None,
             payload,
             vars,
             timer: None,
@@ -286,11 +304,12 @@ impl Dispatcher {
 
     /// Writes durable work to the store and wakes the worker; once this returns its id,
     /// the invocation will run.
-    pub async fn submit(&self, new: NewInvocation) -> anyhow::Result<String> {
-        let id = new.id.clone();
-        self.store.queue.enqueue(new).await?;
-        self.wake();
-        Ok(id)
+    pub async fn submit(&self, new: NewInvocation) -> anyhow::Result<Enqueued> {
+        let enqueued = self.store.queue.enqueue(new).await?;
+        if let Enqueued::New(_) = enqueued {
+            self.wake();
+        }
+        Ok(enqueued)
     }
 
     /// Queues a dead invocation again with a fresh round of attempts.

@@ -135,6 +135,9 @@ pub struct NewInvocation {
     pub priority: i32,
     /// When it may run (ms); `None` for now. Later than now, it waits as `scheduled`.
     pub run_after: Option<i64>,
+    /// The caller's `Idempotency-Key`: a second submission to the same function with it
+    /// gets the first's invocation, while that record is kept.
+    pub idempotency_key: Option<String>,
     pub payload: Bytes,
     /// Trigger-specific variables the guest sees (CGI variables, timer and file details).
     pub vars: Vec<(String, String)>,
@@ -372,6 +375,17 @@ pub struct Record {
     pub host: Option<String>,
     /// Background work: higher is claimed first.
     pub priority: i32,
+    pub idempotency_key: Option<String>,
+}
+
+/// What became of an enqueue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Recorded; it will run.
+    New(String),
+    /// The function already has an invocation with this idempotency key: its id, and
+    /// whether it was made with the same payload.
+    Existing { id: String, same_payload: bool },
 }
 
 fn time<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
@@ -408,8 +422,9 @@ impl Filter {
 /// The durable queue: what the dispatcher and the queue worker use.
 #[async_trait]
 pub trait Queue: Send + Sync {
-    /// Records durable work, due now; once this returns, it will run.
-    async fn enqueue(&self, new: NewInvocation) -> anyhow::Result<()>;
+    /// Records durable work; once this returns `New`, it will run. With an idempotency
+    /// key the function already used, nothing is recorded and the first one is named.
+    async fn enqueue(&self, new: NewInvocation) -> anyhow::Result<Enqueued>;
     /// Claims for `owner` what it can start now: up to `wanted.limit` due invocations of
     /// the wanted functions, highest priority first, then the oldest due; within each
     /// function's slots here and its `concurrency` counted on every host together; never a

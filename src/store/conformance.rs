@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{
-    Filter, Fired, HostId, NewInvocation, Next, Output, Reason, Receipt, RetryError, Slots, State,
-    Store, SyncRecord, TimerFire, Wanted, now_ms,
+    Enqueued, Filter, Fired, HostId, NewInvocation, Next, Output, Reason, Receipt, RetryError,
+    Slots, State, Store, SyncRecord, TimerFire, Wanted, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 
@@ -32,6 +32,7 @@ pub(crate) async fn run<K, F: Future<Output = (Store, K)>>(make: impl Fn() -> F)
     a_functions_concurrency_holds_across_hosts_claiming_at_once(make().await).await;
     a_higher_priority_is_claimed_first_even_when_younger(make().await).await;
     delayed_work_waits_as_scheduled_and_is_claimed_once_due(make().await).await;
+    an_idempotency_key_gives_the_first_invocation_again(make().await).await;
 }
 
 /// Each function may take up to `limit` here; `concurrency` as given.
@@ -76,6 +77,7 @@ fn new(id: &str, function: &str) -> NewInvocation {
         attempts: 3,
         priority: 0,
         run_after: None,
+        idempotency_key: None,
         payload: Bytes::from_static(b"payload"),
         vars: vec![("K".to_string(), "V".to_string())],
         timer: None,
@@ -753,4 +755,62 @@ async fn delayed_work_waits_as_scheduled_and_is_claimed_once_due<K>((store, _kee
     past.run_after = Some(1);
     store.queue.enqueue(past).await.unwrap();
     assert_eq!(state_of(&store, "past").await, State::Queued);
+}
+
+async fn an_idempotency_key_gives_the_first_invocation_again<K>((store, _keep): (Store, K)) {
+    let keyed = |id: &str, function: &str, payload: &'static [u8]| {
+        let mut n = new(id, function);
+        n.idempotency_key = Some("k".to_string());
+        n.payload = Bytes::from_static(payload);
+        n
+    };
+    let q = &store.queue;
+    assert_eq!(
+        q.enqueue(keyed("a", "f", b"x")).await.unwrap(),
+        Enqueued::New("a".into())
+    );
+    let again = q.enqueue(keyed("b", "f", b"x")).await.unwrap();
+    assert_eq!(
+        again,
+        Enqueued::Existing {
+            id: "a".into(),
+            same_payload: true
+        }
+    );
+    let other = q.enqueue(keyed("c", "f", b"y")).await.unwrap();
+    assert_eq!(
+        other,
+        Enqueued::Existing {
+            id: "a".into(),
+            same_payload: false
+        }
+    );
+    assert!(store.history.get("b").await.unwrap().is_none());
+    assert_eq!(
+        store
+            .history
+            .get("a")
+            .await
+            .unwrap()
+            .unwrap()
+            .idempotency_key
+            .as_deref(),
+        Some("k")
+    );
+    // Keys are the function's own.
+    assert_eq!(
+        q.enqueue(keyed("d", "g", b"x")).await.unwrap(),
+        Enqueued::New("d".into())
+    );
+    // Two at once with one key: one is recorded.
+    let (first, second) = tokio::join!(
+        q.enqueue(keyed("e1", "h", b"x")),
+        q.enqueue(keyed("e2", "h", b"x"))
+    );
+    let news = [first.unwrap(), second.unwrap()]
+        .iter()
+        .filter(|e| matches!(e, Enqueued::New(_)))
+        .count();
+    assert_eq!(news, 1);
+    assert_eq!(q.depth().await.unwrap(), 3);
 }

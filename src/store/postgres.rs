@@ -39,9 +39,9 @@ use tokio_util::task::AbortOnDropHandle;
 use records::Write;
 
 use super::{
-    Candidate, Claimed, Cluster, Filter, Fired, History, HostId, HostView, Lease, NewInvocation,
-    Next, Output, Queue, Receipt, Record, Recovered, Rescued, RetryError, Slots, State, SyncRecord,
-    TimerFire, TriggerState, Unreachable, Wanted, choose, now_ms,
+    Candidate, Claimed, Cluster, Enqueued, Filter, Fired, History, HostId, HostView, Lease,
+    NewInvocation, Next, Output, Queue, Receipt, Record, Recovered, Rescued, RetryError, Slots,
+    State, SyncRecord, TimerFire, TriggerState, Unreachable, Wanted, choose, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 
@@ -121,6 +121,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobhost_invocations_claim
         ON jobhost_invocations (function, priority DESC, run_after, id)
         WHERE durable AND state IN ('queued', 'failed', 'scheduled');",
+    // 6: a caller's idempotency key, one invocation per key and function.
+    "ALTER TABLE jobhost_invocations ADD COLUMN idempotency_key TEXT;
+    CREATE UNIQUE INDEX jobhost_invocations_idempotency
+        ON jobhost_invocations (function, idempotency_key) WHERE idempotency_key IS NOT NULL;",
 ];
 
 /// Now on the server's clock, in ms: what host liveness is measured on, so that hosts'
@@ -511,11 +515,12 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Inserts a new invocation; `false` when its idempotency key is taken (nothing inserted).
 async fn insert(
     client: &impl GenericClient,
     new: &NewInvocation,
     state: State,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let now = now_ms();
     let (state, run_after) = super::waiting(new, state, now);
     let vars = serde_json::to_string(&new.vars)?;
@@ -526,15 +531,18 @@ async fn insert(
         .as_ref()
         .map(|p| p.to_string_lossy().into_owned());
     // Queued work wakes the other hosts when it commits (see `work_hint`).
-    client
+    let inserted = client
         .query(
             "WITH inserted AS (
                  INSERT INTO jobhost_invocations (id, function, trigger, reason, attempt,
                      max_attempt, attempts, state, durable, payload, vars, created_at, run_after,
-                     timer, finished_at, input_dir, priority)
-                 VALUES ($1, $2, $3, $4, 0, $5, $5, $6, TRUE, $7, $8, $9, $14, $10, $11, $12, $13)
+                     timer, finished_at, input_dir, priority, idempotency_key)
+                 VALUES ($1, $2, $3, $4, 0, $5, $5, $6, TRUE, $7, $8, $9, $14, $10, $11, $12, $13,
+                     $15)
+                 ON CONFLICT DO NOTHING
                  RETURNING state)
-             SELECT pg_notify('jobhost_work', '') FROM inserted WHERE state <> 'skipped'",
+             SELECT CASE WHEN state <> 'skipped' THEN pg_notify('jobhost_work', '') END
+             FROM inserted",
             &[
                 &new.id,
                 &new.function,
@@ -550,10 +558,11 @@ async fn insert(
                 &input_dir,
                 &new.priority,
                 &run_after,
+                &new.idempotency_key,
             ],
         )
         .await?;
-    Ok(())
+    Ok(inserted.len() == 1)
 }
 
 async fn set_cursor(client: &impl GenericClient, key: &str, at: i64) -> anyhow::Result<()> {
@@ -591,7 +600,7 @@ fn columns(excerpt: Option<&str>) -> String {
             None => format!(", {field}, {field}_truncated"),
         };
     }
-    out + ", owner, priority"
+    out + ", owner, priority, idempotency_key"
 }
 
 fn record(r: &Row) -> anyhow::Result<Record> {
@@ -630,6 +639,7 @@ fn record(r: &Row) -> anyhow::Result<Record> {
         stderr_truncated: r.try_get(20)?,
         host: r.try_get(21)?,
         priority: r.try_get(22)?,
+        idempotency_key: r.try_get(23)?,
     })
 }
 
@@ -813,10 +823,24 @@ impl PostgresStore {
 
 #[async_trait]
 impl Queue for PostgresStore {
-    async fn enqueue(&self, new: NewInvocation) -> anyhow::Result<()> {
+    async fn enqueue(&self, new: NewInvocation) -> anyhow::Result<Enqueued> {
         self.named(async {
             let client = self.client().await?;
-            insert(&client, &new, State::Queued).await
+            if insert(&client, &new, State::Queued).await? {
+                return Ok(Enqueued::New(new.id));
+            }
+            let row = client
+                .query_one(
+                    "SELECT id, payload FROM jobhost_invocations
+                     WHERE function = $1 AND idempotency_key = $2",
+                    &[&new.function, &new.idempotency_key],
+                )
+                .await?;
+            let payload: Vec<u8> = row.try_get(1)?;
+            Ok(Enqueued::Existing {
+                id: row.try_get(0)?,
+                same_payload: payload == new.payload.as_ref(),
+            })
         })
         .await
     }
@@ -1632,6 +1656,7 @@ mod tests {
             attempts: 1,
             priority: 0,
             run_after: None,
+            idempotency_key: None,
             payload: bytes::Bytes::new(),
             vars: Vec::new(),
             timer: None,

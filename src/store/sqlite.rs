@@ -22,9 +22,9 @@ use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
-    Candidate, Claimed, Cluster, Filter, Fired, History, HostId, HostView, Lease, NewInvocation,
-    Next, Output, Queue, Receipt, Record, Recovered, Rescued, RetryError, State, SyncRecord,
-    TimerFire, TriggerState, Wanted, choose, now_ms,
+    Candidate, Claimed, Cluster, Enqueued, Filter, Fired, History, HostId, HostView, Lease,
+    NewInvocation, Next, Output, Queue, Receipt, Record, Recovered, Rescued, RetryError, State,
+    SyncRecord, TimerFire, TriggerState, Wanted, choose, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 use batch::Batcher;
@@ -103,6 +103,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS invocations_claim
         ON invocations (function, priority DESC, run_after, id)
         WHERE durable = 1 AND state IN ('queued', 'failed', 'scheduled');",
+    // 8: a caller's idempotency key, one invocation per key and function.
+    "ALTER TABLE invocations ADD COLUMN idempotency_key TEXT;
+    CREATE UNIQUE INDEX IF NOT EXISTS invocations_idempotency
+        ON invocations (function, idempotency_key) WHERE idempotency_key IS NOT NULL;",
 ];
 
 fn db_path(data_dir: &Path) -> PathBuf {
@@ -198,15 +202,17 @@ impl SqliteStore {
     }
 }
 
-fn insert(conn: &Connection, new: &NewInvocation, state: State) -> anyhow::Result<()> {
+/// Inserts a new invocation; `false` when its idempotency key is taken (nothing inserted).
+fn insert(conn: &Connection, new: &NewInvocation, state: State) -> anyhow::Result<bool> {
     let now = now_ms();
     let (state, run_after) = super::waiting(new, state, now);
     let vars = serde_json::to_string(&new.vars)?;
-    conn.prepare_cached(
+    let inserted = conn.prepare_cached(
         "INSERT INTO invocations (id, function, trigger, reason, attempt, max_attempt, attempts,
              state, durable, payload, vars, created_at, run_after, timer, finished_at, input_dir,
-             priority)
-         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?6, 1, ?7, ?8, ?9, ?14, ?10, ?11, ?12, ?13)",
+             priority, idempotency_key)
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?6, 1, ?7, ?8, ?9, ?14, ?10, ?11, ?12, ?13, ?15)
+         ON CONFLICT DO NOTHING",
     )?
     .execute(params![
         new.id,
@@ -224,9 +230,10 @@ fn insert(conn: &Connection, new: &NewInvocation, state: State) -> anyhow::Resul
             .as_ref()
             .map(|p| p.to_string_lossy().into_owned()),
         new.priority,
-        run_after
+        run_after,
+        new.idempotency_key
     ])?;
-    Ok(())
+    Ok(inserted == 1)
 }
 
 fn set_cursor(conn: &Connection, key: &str, at: i64) -> anyhow::Result<()> {
@@ -314,7 +321,7 @@ fn columns(excerpt: Option<&str>) -> String {
             None => format!(", {field}, {field}_truncated"),
         };
     }
-    out + ", owner, priority"
+    out + ", owner, priority, idempotency_key"
 }
 
 fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
@@ -350,6 +357,7 @@ fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
         stderr_truncated: r.get(20)?,
         host: r.get(21)?,
         priority: r.get(22)?,
+        idempotency_key: r.get(23)?,
     })
 }
 
@@ -406,9 +414,22 @@ fn claim_row(
 
 #[async_trait]
 impl Queue for SqliteStore {
-    async fn enqueue(&self, new: NewInvocation) -> anyhow::Result<()> {
-        self.with(move |conn| insert(conn, &new, State::Queued))
-            .await
+    async fn enqueue(&self, new: NewInvocation) -> anyhow::Result<Enqueued> {
+        self.with(move |conn| {
+            if insert(conn, &new, State::Queued)? {
+                return Ok(Enqueued::New(new.id));
+            }
+            let (id, payload): (String, Vec<u8>) = conn.query_row(
+                "SELECT id, payload FROM invocations WHERE function = ?1 AND idempotency_key = ?2",
+                params![new.function, new.idempotency_key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok(Enqueued::Existing {
+                id,
+                same_payload: payload == new.payload.as_ref(),
+            })
+        })
+        .await
     }
 
     async fn claim_due(&self, owner: &HostId, wanted: &Wanted) -> anyhow::Result<Vec<Claimed>> {
@@ -998,6 +1019,7 @@ mod tests {
             attempts: 1,
             priority: 0,
             run_after: None,
+            idempotency_key: None,
             payload: bytes::Bytes::new(),
             vars: Vec::new(),
             timer: None,

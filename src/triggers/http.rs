@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use crate::answer::{self, Body};
 use crate::body::{self, BodyLimits, Bounded, Refused};
 use crate::config::{HttpMode, TriggerKind};
-use crate::dispatch::{Call, Echo, Served};
+use crate::dispatch::{self, Call, Echo, Served};
 use crate::registry::{Registry, RouteEntry};
 use crate::runtime::Runtime;
 use crate::sandbox::{Outcome, RequestBodyError, Shape};
@@ -54,12 +54,17 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
             Ok(read) => read,
             Err(why) => return refused(why, entry),
         };
+        let key = match dispatch::idempotency_key(&parts.headers) {
+            Ok(key) => key,
+            Err(why) => return answer::error(StatusCode::BAD_REQUEST, why),
+        };
         let vars = cgi_vars(&parts, payload.len(), entry, &params);
-        let new =
+        let mut new =
             rt.dispatch
                 .new_invocation(function, TriggerKind::Http, Reason::Http, payload, vars);
+        new.idempotency_key = key;
         return match rt.dispatch.submit(new).await {
-            Ok(id) => answer::accepted(&id),
+            Ok(enqueued) => answer::submitted(enqueued),
             Err(e) => {
                 // A lost store is logged once, by the store.
                 if !is_unreachable(&e) {

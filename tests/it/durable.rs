@@ -608,3 +608,33 @@ fn a_delayed_job_waits_as_scheduled_survives_a_restart_and_runs_when_due() {
         assert!(why.contains(says), "{query}: {why}");
     }
 }
+
+#[test]
+fn an_idempotency_key_returns_the_first_invocation_and_refuses_another_payload() {
+    let project = project("");
+    let host = project.start();
+    let submit = |payload: &str, key: &str| {
+        host.request_with(
+            "POST",
+            "/_jobhost/functions/probe/invoke",
+            payload.as_bytes(),
+            &[("Idempotency-Key", key)],
+        )
+    };
+    let first = submit("job 10", "order-42");
+    assert_eq!(first.status, 202, "{}", first.body);
+    let again = submit("job 10", "order-42");
+    assert_eq!(again.status, 202, "{}", again.body);
+    assert_eq!(again.header("location"), first.header("location"));
+    let id = first.header("x-jobhost-invocation-id").unwrap().to_string();
+    let record = host.wait_for_record(&id, Duration::from_secs(30), |r| state(r) == "succeeded");
+    assert_eq!(record["idempotency_key"], "order-42");
+    let other = submit("job 20", "order-42");
+    assert_eq!(other.status, 409, "{}", other.body);
+    assert!(other.body.contains(&id), "{}", other.body);
+    let long = "k".repeat(256);
+    assert_eq!(submit("job 10", &long).status, 400);
+    // One run, however often it was sent.
+    let runs = host.json("/_jobhost/invocations?function=probe");
+    assert_eq!(runs.as_array().unwrap().len(), 1);
+}
