@@ -101,7 +101,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let queue_depth = Gauge::default();
     registry.register(
         "queue_depth",
-        "Durable invocations waiting to run (queued or awaiting a retry)",
+        "Durable invocations waiting to run (queued, scheduled for later, or awaiting a retry)",
         queue_depth.clone(),
     );
     let running = Gauge::default();
