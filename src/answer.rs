@@ -85,7 +85,6 @@ pub fn accepted(id: &str) -> Response<Body> {
     with_invocation(response, id)
 }
 
-/// Adds the invocation header.
 /// The answer to a durable submission: `202` + `Location` for a new invocation, and the
 /// same for the one an `Idempotency-Key` already made with the same payload; `409` when the
 /// key was used with another payload.
@@ -111,6 +110,7 @@ pub fn submitted(enqueued: Enqueued) -> Response<Body> {
     }
 }
 
+/// Adds the invocation header.
 pub fn with_invocation(mut response: Response<Body>, id: &str) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(id) {
         response.headers_mut().insert(INVOCATION_HEADER, v);
