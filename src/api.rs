@@ -15,7 +15,7 @@ use crate::dispatch;
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::sandbox::Shape;
-use crate::store::{Filter, Reason, RetryError, State, is_unreachable, now_ms};
+use crate::store::{Filter, LATEST, Reason, RetryError, State, is_unreachable, now_ms};
 
 /// Largest payload `POST functions/{name}/invoke` takes.
 const MAX_INVOKE_BODY: u64 = 10 << 20;
@@ -215,8 +215,9 @@ fn run_after(query: &str, now: i64) -> Result<Option<i64>, String> {
             i64::try_from(d.as_millis())
                 .ok()
                 .and_then(|ms| now.checked_add(ms))
+                .filter(|at| *at <= LATEST)
                 .map(Some)
-                .ok_or_else(|| format!("delay {delay:?} is too long"))
+                .ok_or_else(|| format!("delay {delay:?} is too long: it ends after the year 9999"))
         }
         (None, Some(at)) => {
             let t = chrono::DateTime::parse_from_rfc3339(at).map_err(|e| {

@@ -106,7 +106,10 @@ async fn start_due(rt: &Runtime) -> anyhow::Result<()> {
             // A synchronous request took the slot since it was counted: the invocation
             // goes back to the queue with its attempt, for the next look.
             _ => {
-                rt.store.queue.release(&claimed.lease).await?;
+                // Not `?`: the rest of this batch is claimed too and must still start.
+                if let Err(e) = rt.store.queue.release(&claimed.lease).await {
+                    tracing::error!(id = %claimed.lease.id, "cannot put a claimed invocation back in the queue: {e:#}; it runs again after the next start");
+                }
             }
         }
     }

@@ -106,6 +106,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let unsettled = registry.unsettled;
     reload::install(&rt, &supervisor, registry);
     tasks.spawn(front::serve(listener, rt.clone()));
+    // Loading may have taken long: alive again before the first claim.
+    rt.store
+        .cluster
+        .heartbeat(rt.dispatch.owner(), started_ms)
+        .await?;
     tasks.spawn(queue::run(rt.clone(), accept.clone()));
     tasks.spawn(prune(rt.clone(), accept.clone()));
     let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat(rt.clone(), started_ms)));
@@ -166,6 +171,17 @@ async fn heartbeat(rt: Arc<Runtime>, started_ms: i64) {
         let beat = async {
             cluster.heartbeat(&owner, started_ms).await?;
             cluster.rescue(lease).await
+        };
+        // A beat that hangs (a half-open connection) must not go unnoticed past the lease.
+        let beat = async {
+            tokio::time::timeout(lease / 2, beat)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "the store did not answer within {:?}",
+                        lease / 2
+                    ))
+                })
         };
         match beat.await {
             Ok(rescued) => {

@@ -37,9 +37,13 @@ pub fn now_ms() -> i64 {
 
 /// A time in the store as RFC 3339, as the API and the CLI show it.
 pub fn rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    // RFC 3339 has four-digit years: a later time is shown as the last it can say.
+    let t = UNIX_EPOCH + Duration::from_millis(ms.clamp(0, LATEST) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
+
+/// 9999-12-31T23:59:59.999Z in ms: the latest time the store takes.
+pub const LATEST: i64 = 253_402_300_799_999;
 
 /// Which host a claim belongs to; kept in `data/host-id` so it survives restarts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -638,4 +642,16 @@ pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
         );
     }
     Ok(lock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_time_in_the_store_is_shown_without_panicking() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(i64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(-5), "1970-01-01T00:00:00.000Z");
+    }
 }

@@ -178,6 +178,8 @@ const CLAIM_SIMPLE: &str = "UPDATE jobhost_invocations AS i SET state = 'running
             SELECT id, priority, run_after FROM jobhost_invocations AS d
             WHERE d.function = f.name AND d.durable AND d.state IN ('queued', 'failed', 'scheduled')
               AND d.run_after <= $4
+              AND (d.timer IS NULL OR NOT EXISTS (SELECT 1 FROM jobhost_invocations AS r
+                   WHERE r.timer = d.timer AND r.state = 'running'))
             ORDER BY d.priority DESC, d.run_after, d.id
             LIMIT f.room
             FOR UPDATE SKIP LOCKED
@@ -963,7 +965,7 @@ impl Queue for PostgresStore {
                         &now_ms(),
                         &millis(output.duration),
                         &output.exit_code,
-                        &output.error,
+                        &output.error.as_deref().map(records::without_nul),
                         &output.stdout.as_ref(),
                         &output.stderr.as_ref(),
                         &output.stdout_truncated,

@@ -597,6 +597,7 @@ fn a_delayed_job_waits_as_scheduled_survives_a_restart_and_runs_when_due() {
         ("at=2020-01-01T00:00:00Z", "more than a minute in the past"),
         ("at=tomorrow", "is not an RFC 3339 time"),
         ("delay=1s&at=2030-01-01T00:00:00Z", "not both"),
+        ("delay=100000y", "after the year 9999"),
     ] {
         let refused = host.post(
             &format!("/_jobhost/functions/probe/invoke?{query}"),

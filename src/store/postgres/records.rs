@@ -88,9 +88,13 @@ pub(super) async fn write(pool: Pool, mut rx: mpsc::UnboundedReceiver<Write>, ou
             // The store is being dropped: one last try when it is time.
             tokio::time::sleep_until(next_try).await;
         }
+        let writing = pending.len();
         match write_pending(&pool, &mut pending).await {
             Ok(()) => {
-                outage.over();
+                // Only a write says the server is back; an empty flush asked it nothing.
+                if writing > 0 {
+                    outage.over();
+                }
                 retry = RETRY_FIRST;
                 full = false;
                 for done in flushed.drain(..) {
@@ -170,7 +174,11 @@ async fn insert_sync(pool: &Pool, batch: &[SyncRecord]) -> anyhow::Result<()> {
     let started: Vec<i64> = batch.iter().map(|r| r.started_at).collect();
     let durations: Vec<i64> = batch.iter().map(|r| millis(r.output.duration)).collect();
     let exit_codes: Vec<Option<i32>> = batch.iter().map(|r| r.output.exit_code).collect();
-    let errors: Vec<Option<&str>> = batch.iter().map(|r| r.output.error.as_deref()).collect();
+    // PostgreSQL text takes no NUL byte; a guest's failure may carry one.
+    let errors: Vec<Option<String>> = batch
+        .iter()
+        .map(|r| r.output.error.as_deref().map(without_nul))
+        .collect();
     let stdouts: Vec<&[u8]> = batch.iter().map(|r| r.output.stdout.as_ref()).collect();
     let stderrs: Vec<&[u8]> = batch.iter().map(|r| r.output.stderr.as_ref()).collect();
     let stdout_cut: Vec<bool> = batch.iter().map(|r| r.output.stdout_truncated).collect();
@@ -202,4 +210,9 @@ async fn insert_sync(pool: &Pool, batch: &[SyncRecord]) -> anyhow::Result<()> {
         )
         .await?;
     Ok(())
+}
+
+/// `text` without NUL bytes, which PostgreSQL's `text` refuses.
+pub(super) fn without_nul(text: &str) -> String {
+    text.replace('\0', "")
 }
