@@ -221,6 +221,12 @@ impl PostgresStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
+        // A connection whose peer vanished (a failover, a split) is noticed in seconds,
+        // not after the system's hours of TCP retries.
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(30));
+        }
+        config.keepalives_idle(Duration::from_secs(30));
         let name = describe(&config);
         let tls = tls(&mut config).with_context(|| format!("setting up TLS for {name}"))?;
         let manager = Manager::from_config(
@@ -230,8 +236,14 @@ impl PostgresStore {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        // Waiting for a connection is bounded too: a full or stuck pool is an error, not a
+        // caller that hangs.
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .with_context(|| format!("setting up connections to {name}"))?;
         let mut client = pool.get().await.map_err(|e| {
@@ -301,8 +313,12 @@ impl PostgresStore {
 /// opposed to a statement it refused): the server may come back.
 fn lost(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
-        if cause.is::<deadpool_postgres::PoolError>() {
-            return true;
+        if let Some(e) = cause.downcast_ref::<deadpool_postgres::PoolError>() {
+            // Waiting for a free connection of a busy pool is no sign of a lost server.
+            return !matches!(
+                e,
+                deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait)
+            );
         }
         let Some(e) = cause.downcast_ref::<tokio_postgres::Error>() else {
             return false;
