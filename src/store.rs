@@ -106,6 +106,14 @@ pub enum Reason {
     Retry,
 }
 
+impl State {
+    /// Durable work waiting to run: queued, scheduled for later, or failed and awaiting a
+    /// retry.
+    pub fn is_waiting(self) -> bool {
+        matches!(self, State::Queued | State::Failed | State::Scheduled)
+    }
+}
+
 named!(State {
     Queued = "queued",
     Running = "running",
@@ -149,6 +157,31 @@ pub struct NewInvocation {
     pub timer: Option<String>,
     /// The watched folder a file event comes from, mounted read-only at `/input`.
     pub input_dir: Option<PathBuf>,
+}
+
+/// The columns of a record, in the order both stores read them. With `excerpt` (the name
+/// of a bound parameter), the payload, stdout and stderr are cut to that many bytes, and
+/// flagged as cut when they were longer. (`substr` and `length` of bytes mean the same in
+/// SQLite and PostgreSQL.)
+fn columns(excerpt: Option<&str>) -> String {
+    let mut out = String::from(
+        "id, function, trigger, reason, attempt, max_attempt, state, created_at, started_at,
+         finished_at, run_after, duration_ms, exit_code, error, durable",
+    );
+    for field in ["payload", "stdout", "stderr"] {
+        out += &match excerpt {
+            Some(n) => format!(
+                ", substr({field}, 1, {n}), {field}_truncated OR COALESCE(length({field}), 0) > {n}"
+            ),
+            None => format!(", {field}, {field}_truncated"),
+        };
+    }
+    out + ", owner, priority, idempotency_key"
+}
+
+/// A duration in ms as the store keeps it.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The state and due time a new invocation is stored with: `Queued` (or what the caller

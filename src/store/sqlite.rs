@@ -24,7 +24,7 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use super::{
     Candidate, Claimed, Cluster, Enqueued, Filter, Fired, History, HostId, HostView, Lease,
     NewInvocation, Next, Output, Queue, Receipt, Record, Recovered, Rescued, RetryError, State,
-    SyncRecord, TimerFire, TriggerState, Wanted, choose, now_ms,
+    SyncRecord, TimerFire, TriggerState, Wanted, choose, columns, millis, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 use batch::Batcher;
@@ -303,27 +303,6 @@ fn named<T>(r: &Row<'_>, i: usize, parse: fn(&str) -> Option<T>) -> rusqlite::Re
     })
 }
 
-/// The columns of a record, in the order `record` reads them. With `excerpt` (the name of
-/// a bound parameter), the payload, stdout and stderr are cut to that many bytes, and
-/// flagged as cut when they were longer.
-fn columns(excerpt: Option<&str>) -> String {
-    let mut out = String::from(
-        "id, function, trigger, reason, attempt, max_attempt, state, created_at, started_at,
-         finished_at, run_after, duration_ms, exit_code, error, durable",
-    );
-    for field in ["payload", "stdout", "stderr"] {
-        out += &match excerpt {
-            Some(n) => {
-                format!(
-                    ", substr({field}, 1, {n}), {field}_truncated OR COALESCE(length({field}), 0) > {n}"
-                )
-            }
-            None => format!(", {field}, {field}_truncated"),
-        };
-    }
-    out + ", owner, priority, idempotency_key"
-}
-
 fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
     let text = |i: usize| -> rusqlite::Result<String> {
         let bytes: Option<Vec<u8>> = r.get(i)?;
@@ -338,10 +317,9 @@ fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
         reason: r.get(3)?,
         attempt: r.get(4)?,
         max_attempts: r.get(5)?,
-        next_attempt_at: (durable
-            && matches!(state, State::Queued | State::Failed | State::Scheduled))
-        .then(|| r.get(10))
-        .transpose()?,
+        next_attempt_at: (durable && state.is_waiting())
+            .then(|| r.get(10))
+            .transpose()?,
         state,
         created_at: r.get(7)?,
         started_at: r.get(8)?,
@@ -949,10 +927,6 @@ impl Cluster for SqliteStore {
         })
         .await
     }
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -95,28 +95,7 @@ impl Server {
 
     /// Runs SQL as the superuser in the `postgres` database; panics with psql's error.
     pub fn psql(&self, sql: &str) -> String {
-        let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-            ])
-            .args(["-U", "postgres", "-d", "postgres", "-p"])
-            .arg(self.port.to_string())
-            .args(["-c", sql])
-            .output()
-            .expect("running psql");
-        assert!(
-            out.status.success(),
-            "psql -c {sql:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        execute(&self.url("postgres"), sql)
     }
 
     /// Stops the server (fast shutdown: clients are cut off, what was committed is kept).

@@ -11,8 +11,9 @@ use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{Outage, RETRY_FIRST, RETRY_MAX, lost, millis};
+use super::{Outage, RETRY_FIRST, RETRY_MAX, lost};
 use crate::metrics;
+use crate::store::millis;
 use crate::store::{State, SyncRecord};
 
 /// What the records writer is handed.
