@@ -25,6 +25,7 @@ fn run<'a>(limits: &'a Limits) -> Run<'a> {
         dirs: Vec::new(),
         config: jobhost::sandbox::GuestConfig::default(),
         program: "bench",
+        cancel: None,
     }
 }
 

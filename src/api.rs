@@ -1,5 +1,5 @@
 //! `/_jobhost/`: the status API. Functions, invocations with filters, one invocation,
-//! manual invoke and retry, the hosts sharing the store; who may call it is `access`'s.
+//! manual invoke, retry and cancel, the hosts sharing the store; who may call it is `access`'s.
 
 mod access;
 
@@ -15,7 +15,9 @@ use crate::dispatch;
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::sandbox::Shape;
-use crate::store::{Filter, LATEST, Reason, RetryError, State, is_unreachable, now_ms};
+use crate::store::{
+    CancelError, Cancelled, Filter, LATEST, Reason, RetryError, State, is_unreachable, now_ms,
+};
 
 /// Largest payload `POST functions/{name}/invoke` takes.
 const MAX_INVOKE_BODY: u64 = 10 << 20;
@@ -135,6 +137,16 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
             Err(e @ RetryError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
             Err(e @ RetryError::NotDead { .. }) => error(StatusCode::CONFLICT, e.to_string()),
             Err(RetryError::Store(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        },
+        (Method::POST, ["invocations", id, "cancel"]) => match rt.dispatch.cancel(id).await {
+            Ok(Cancelled::Now(record)) => json(StatusCode::OK, &record),
+            // Running on another host, which interrupts it when it next looks.
+            Ok(Cancelled::Requested(record)) => json(StatusCode::ACCEPTED, &record),
+            Err(e @ CancelError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+            Err(e @ CancelError::Ended { .. }) => error(StatusCode::CONFLICT, e.to_string()),
+            Err(CancelError::Store(e)) => {
+                error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+            }
         },
         _ => error(
             StatusCode::NOT_FOUND,

@@ -22,7 +22,7 @@ use crate::dispatch::{Call, Dispatcher, Echo, Parts};
 use crate::registry::{self, Registry, Specs};
 use crate::sandbox::{Sandbox, Shape};
 use crate::serve;
-use crate::store::{Filter, HostId, RetryError, State, Store};
+use crate::store::{CancelError, Cancelled, Filter, HostId, RetryError, State, Store};
 
 /// A serverless-style function runtime for WebAssembly.
 #[derive(Parser)]
@@ -58,7 +58,7 @@ enum Command {
     Invocations {
         #[arg(long)]
         function: Option<String>,
-        /// queued, scheduled, running, succeeded, failed, dead or skipped.
+        /// queued, scheduled, running, succeeded, failed, dead, skipped or cancelled.
         #[arg(long)]
         status: Option<String>,
         /// http, timer, file or manual.
@@ -77,6 +77,9 @@ enum Command {
     },
     /// Queue a dead invocation again, with a fresh round of attempts.
     Retry { id: String },
+    /// Cancel a queued, scheduled, waiting-to-retry or running invocation; it is never
+    /// retried. A running one is interrupted by its host within a second.
+    Cancel { id: String },
     /// List the hosts sharing the store: when each started, its last heartbeat, whether it
     /// is alive (heard from within the lease) and what it runs.
     Hosts {
@@ -156,6 +159,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 record.id,
                 record.max_attempts - record.attempt
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { id } => {
+            let store = runtime.block_on(Store::open_beside_host(&load(&path)?.host))?;
+            match runtime.block_on(store.queue.cancel(&id)) {
+                Ok(Cancelled::Now(record)) => println!("cancelled {}", record.id),
+                Ok(Cancelled::Requested(record)) => println!(
+                    "asked to cancel {}: it is running on host {}, which interrupts it within a second",
+                    record.id,
+                    record.host.as_deref().unwrap_or("(unknown)")
+                ),
+                Err(CancelError::Store(e)) => return Err(e),
+                Err(e) => bail!("{e}"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Hosts { json } => {

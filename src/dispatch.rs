@@ -4,9 +4,10 @@
 //! durable work, and the metrics. Triggers, the HTTP front, the API and the CLI hand work
 //! here; none of them runs a guest or writes a result itself.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,11 +19,14 @@ use tracing::Instrument;
 use crate::config::{DirMount, Retry, TriggerKind};
 use crate::metrics;
 use crate::registry::Function;
-use crate::sandbox::{Body, HttpServed, IncomingBody, Outcome, Run, Sandbox};
+use crate::sandbox::{Body, Failure, HttpServed, IncomingBody, Outcome, Run, Sandbox};
 use crate::store::{
-    Claimed, Enqueued, History, HostId, Lease, NewInvocation, Next, Output, Reason, Record,
-    RetryError, Store, SyncRecord, now_ms,
+    CancelError, Cancelled, Claimed, Enqueued, History, HostId, Lease, NewInvocation, Next, Output,
+    Reason, Record, RetryError, State, Store, SyncRecord, now_ms,
 };
+
+/// How long a cancel waits for a run here to stop and its result to be stored.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
 /// Where a watch trigger's folder appears in the sandbox.
 pub const INPUT: &str = "/input";
@@ -65,6 +69,35 @@ pub struct Dispatcher {
     /// Cancelled when the shutdown grace has passed: running invocations are interrupted.
     hard_stop: CancellationToken,
     tasks: TaskTracker,
+    /// Background runs going on here, by id, for a user's cancel to interrupt.
+    running: Mutex<HashMap<String, Interrupt>>,
+}
+
+/// How to interrupt one background run here, and how to know it has ended.
+#[derive(Clone)]
+struct Interrupt {
+    cancel: CancellationToken,
+    /// Cancelled once its result is stored.
+    ended: CancellationToken,
+}
+
+/// Takes a run off the dispatcher's list when its attempt is over, however it ends.
+struct Registered<'a> {
+    running: &'a Mutex<HashMap<String, Interrupt>>,
+    id: String,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let Some(run) = lock(self.running).remove(&self.id) {
+            run.ended.cancel();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while the list was held leaves it whole (each change is one call).
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What a dispatcher is built from.
@@ -142,6 +175,8 @@ struct Invocation {
     payload: Bytes,
     /// A watched folder, mounted read-only at `/input`.
     input: Option<PathBuf>,
+    /// A user's cancel (background work only).
+    cancel: Option<CancellationToken>,
 }
 
 impl Invocation {
@@ -155,6 +190,7 @@ impl Invocation {
             vars: call.vars,
             payload: call.payload,
             input: None,
+            cancel: None,
         }
     }
 
@@ -200,6 +236,7 @@ impl Invocation {
             dirs,
             config: self.function.config.clone(),
             program: &self.function.spec.name,
+            cancel: self.cancel.clone(),
         }
     }
 }
@@ -225,6 +262,7 @@ impl Dispatcher {
             wake: Notify::new(),
             hard_stop: parts.hard_stop,
             tasks: parts.tasks,
+            running: Mutex::new(HashMap::new()),
         }
     }
 
@@ -319,6 +357,49 @@ impl Dispatcher {
         Ok(record)
     }
 
+    /// Cancels an invocation. A waiting one ends `cancelled` at once; a running one here is
+    /// interrupted, and answered `Now` once it has ended so; one running on another host
+    /// (or here, when the CLI cancels it) is marked, and its host interrupts it within its
+    /// next look at the store (`interrupt_cancelled`).
+    pub async fn cancel(&self, id: &str) -> Result<Cancelled, CancelError> {
+        let cancelled = self.store.queue.cancel(id).await?;
+        if !matches!(cancelled, Cancelled::Requested(_)) {
+            return Ok(cancelled);
+        }
+        let Some(run) = lock(&self.running).get(id).cloned() else {
+            return Ok(cancelled);
+        };
+        run.cancel.cancel();
+        // The guest stops within an epoch tick; its result is stored right after.
+        let ended = tokio::time::timeout(CANCEL_WAIT, run.ended.cancelled()).await;
+        if ended.is_err() {
+            return Ok(cancelled);
+        }
+        match self.store.history.get(id).await? {
+            Some(record) if record.state == State::Cancelled => Ok(Cancelled::Now(record)),
+            // It ended otherwise (succeeded) before it could be interrupted.
+            Some(record) => Err(CancelError::Ended {
+                id: id.to_string(),
+                state: record.state,
+            }),
+            None => Err(CancelError::NotFound(id.to_string())),
+        }
+    }
+
+    /// Interrupts the runs here that a user cancelled through another host or the CLI.
+    pub async fn interrupt_cancelled(&self) -> anyhow::Result<()> {
+        let here: Vec<String> = lock(&self.running).keys().cloned().collect();
+        if here.is_empty() {
+            return Ok(());
+        }
+        for id in self.store.queue.cancels(&here).await? {
+            if let Some(run) = lock(&self.running).get(&id) {
+                run.cancel.cancel();
+            }
+        }
+        Ok(())
+    }
+
     /// Runs a command for a caller that waits for it, and records it (never retried: the
     /// caller decides).
     pub async fn run_sync(&self, call: Call<'_>, permit: Permit) -> (String, Outcome) {
@@ -396,6 +477,8 @@ impl Dispatcher {
             Err(unknown) => unknown.clone(),
         };
         let span = span(&function.spec.name, &trigger_text, &lease.id);
+        // Off the list (and a cancel waiting on it told) once the result is stored.
+        let mut registered = None;
         async {
             let (outcome, next) = match claimed.trigger {
                 Err(unknown) => {
@@ -405,6 +488,16 @@ impl Dispatcher {
                     (outcome, Next::Dead)
                 }
                 Ok(trigger) => {
+                    let cancel = CancellationToken::new();
+                    let interrupt = Interrupt {
+                        cancel: cancel.clone(),
+                        ended: CancellationToken::new(),
+                    };
+                    lock(&self.running).insert(lease.id.clone(), interrupt);
+                    registered = Some(Registered {
+                        running: &self.running,
+                        id: lease.id.clone(),
+                    });
                     let invocation = Invocation {
                         id: lease.id.clone(),
                         function: function.clone(),
@@ -413,6 +506,7 @@ impl Dispatcher {
                         vars: claimed.vars,
                         payload: claimed.payload,
                         input: claimed.input_dir,
+                        cancel: Some(cancel),
                     };
                     let Some(outcome) = self.run_in_task(invocation).await else {
                         // Interrupted by shutdown: back to the queue, the attempt not used.
@@ -429,6 +523,7 @@ impl Dispatcher {
                     };
                     let next = match &outcome.result {
                         Ok(()) => Next::Succeeded,
+                        Err(Failure::Cancelled) => Next::Cancelled,
                         Err(_) if claimed.attempt < claimed.max_attempt => {
                             // Counted within the round: a dead invocation queued again backs
                             // off from `initial` as a new one does.
@@ -448,6 +543,7 @@ impl Dispatcher {
         }
         .instrument(span)
         .await;
+        drop(registered);
         drop(permit);
         self.wake();
     }
@@ -686,6 +782,11 @@ mod tests {
         let lines = log_lines(&blank, "stderr");
         assert_eq!(lines.len(), LOG_LINES + 1);
         assert_eq!(log_lines(b"one\ntwo\n", "stdout"), ["one", "two"]);
+    }
+
+    #[test]
+    fn a_cancelled_run_is_stored_with_the_cancel_text() {
+        assert_eq!(Failure::Cancelled.to_string(), crate::store::CANCELLED);
     }
 
     #[test]

@@ -259,6 +259,7 @@ fn outcome_label(outcome: &Outcome) -> &'static str {
         Err(Failure::Trap(_)) => "trap",
         Err(Failure::Exit(_)) => "exit",
         Err(Failure::Host(_)) => "host_error",
+        Err(Failure::Cancelled) => "cancelled",
     }
 }
 

@@ -16,6 +16,9 @@ use crate::store::{Slots, Wanted, is_unreachable, now_ms};
 /// process (`jobhost retry`, another host) starts within a second even without a hint.
 const POLL: Duration = Duration::from_secs(1);
 
+/// How often, at most, the worker looks for cancels of what runs here.
+const CANCELS: Duration = Duration::from_millis(250);
+
 /// The most invocations one look at the store claims.
 const BATCH: usize = 256;
 
@@ -23,11 +26,22 @@ const BATCH: usize = 256;
 /// slot, new work, or the poll interval.
 pub async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
     let hint = rt.store.queue.work_hint();
+    let mut cancels_seen = std::time::Instant::now();
     loop {
         if let Err(e) = start_due(&rt).await {
             // A lost store is logged once, by the store.
             if !is_unreachable(&e) {
                 tracing::error!("reading the invocation queue: {e:#}");
+            }
+        }
+        // Cancels made through another host or the CLI; at most a few looks a second, as
+        // the worker may wake for every run that ends.
+        if cancels_seen.elapsed() >= CANCELS {
+            cancels_seen = std::time::Instant::now();
+            if let Err(e) = rt.dispatch.interrupt_cancelled().await
+                && !is_unreachable(&e)
+            {
+                tracing::error!("reading cancels: {e:#}");
             }
         }
         let now = now_ms();

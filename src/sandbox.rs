@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use sha2::Digest;
+use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{
     Config as EngineConfig, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
@@ -109,6 +110,9 @@ pub struct Run<'a> {
     pub config: GuestConfig,
     /// argv[0], the function's name.
     pub program: &'a str,
+    /// Cancelled when a user cancels the invocation: the guest is stopped at once (at its
+    /// next epoch tick, or in a host call it waits in) and the run ends `cancelled`.
+    pub cancel: Option<CancellationToken>,
 }
 
 /// Why an invocation failed. The `Display` text is the reason stored and shown to users.
@@ -121,6 +125,8 @@ pub enum Failure {
     Exit(i32),
     /// The host could not set the sandbox up (a missing `dirs` folder, a full pool).
     Host(String),
+    /// A user cancelled it while it ran.
+    Cancelled,
 }
 
 impl fmt::Display for Failure {
@@ -132,6 +138,7 @@ impl fmt::Display for Failure {
             Failure::Trap(why) => write!(f, "trap: {why}"),
             Failure::Exit(code) => write!(f, "exit {code}"),
             Failure::Host(why) => write!(f, "host error: {why}"),
+            Failure::Cancelled => f.write_str("cancelled"),
         }
     }
 }
@@ -653,7 +660,7 @@ impl Sandbox {
             store.data_mut().guard.instantiated_in = Some(started.elapsed());
             command.wasi_cli_run().call_run(&mut store).await
         };
-        let result = tokio::time::timeout(run.limits.timeout, call).await;
+        let result = bounded(run, call).await;
         let guard = store.data_mut().guard();
         let result = classify(result.map(|r| r.map(|exit| exit.map_err(|()| 1))), guard);
         (result, guard.instantiated_in)
@@ -685,7 +692,7 @@ impl Sandbox {
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
             start.call_async(&mut store, ()).await
         };
-        let result = tokio::time::timeout(run.limits.timeout, call).await;
+        let result = bounded(run, call).await;
         let guard = store.data_mut().guard();
         (
             classify(result.map(|r| r.map(Ok)), guard),
@@ -744,7 +751,9 @@ impl Sandbox {
                     .call_handle(&mut store, req, out)
                     .await
             };
-            let result = tokio::time::timeout(timeout, call).await;
+            let result = tokio::time::timeout(timeout, call)
+                .await
+                .map_err(|_| Stopped::Timeout);
             let guard = store.data_mut().guard();
             let result = classify(result.map(|r| r.map(Ok)), guard);
             let instantiation = guard.instantiated_in;
@@ -890,14 +899,41 @@ fn component_state(
     })
 }
 
-/// Turns what wasmtime returned into the guest's result. `Err(Elapsed)` is the host's own
-/// timer; the inner `Err(code)` a command's non-zero status.
+/// Why the host stopped a guest before it returned.
+enum Stopped {
+    /// Its wall-clock `timeout` passed while it waited in a host call.
+    Timeout,
+    /// A user cancelled it.
+    Cancelled,
+}
+
+/// Runs a guest's `call` until it returns, its `timeout` passes, or it is cancelled.
+/// Dropping the call stops the guest: a busy one yields at every epoch tick, so the drop
+/// happens within a tick.
+async fn bounded<T>(run: &Run<'_>, call: impl Future<Output = T>) -> Result<T, Stopped> {
+    let cancelled = async {
+        match &run.cancel {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = tokio::time::timeout(run.limits.timeout, call) => {
+            result.map_err(|_| Stopped::Timeout)
+        }
+        () = cancelled => Err(Stopped::Cancelled),
+    }
+}
+
+/// Turns what wasmtime returned into the guest's result. `Err(Stopped)` is the host's own
+/// doing; the inner `Err(code)` a command's non-zero status.
 fn classify(
-    result: Result<wasmtime::Result<Result<(), i32>>, tokio::time::error::Elapsed>,
+    result: Result<wasmtime::Result<Result<(), i32>>, Stopped>,
     guard: &Guard,
 ) -> Result<(), Failure> {
     let error = match result {
-        Err(_) => return Err(Failure::Timeout),
+        Err(Stopped::Timeout) => return Err(Failure::Timeout),
+        Err(Stopped::Cancelled) => return Err(Failure::Cancelled),
         Ok(Ok(Ok(()))) => return Ok(()),
         Ok(Ok(Err(code))) => {
             return Err(if guard.memory_hit {

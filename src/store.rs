@@ -92,6 +92,8 @@ pub enum State {
     Skipped,
     /// Delayed: queued to run at a later time.
     Scheduled,
+    /// Cancelled by a user before it ended: never run again.
+    Cancelled,
 }
 
 /// Why an invocation ran.
@@ -122,6 +124,7 @@ named!(State {
     Dead = "dead",
     Skipped = "skipped",
     Scheduled = "scheduled",
+    Cancelled = "cancelled",
 });
 
 named!(Reason {
@@ -176,7 +179,7 @@ fn columns(excerpt: Option<&str>) -> String {
             None => format!(", {field}, {field}_truncated"),
         };
     }
-    out + ", owner, priority, idempotency_key"
+    out + ", owner, priority, idempotency_key, cancel_requested"
 }
 
 /// A duration in ms as the store keeps it.
@@ -293,7 +296,24 @@ pub enum Next {
     RetryAt(i64),
     /// Failed with every attempt used.
     Dead,
+    /// Interrupted because a user cancelled it.
+    Cancelled,
 }
+
+impl Next {
+    /// The state it leaves the invocation in, and the time of its retry.
+    fn state(self) -> (State, Option<i64>) {
+        match self {
+            Next::Succeeded => (State::Succeeded, None),
+            Next::RetryAt(at) => (State::Failed, Some(at)),
+            Next::Dead => (State::Dead, None),
+            Next::Cancelled => (State::Cancelled, None),
+        }
+    }
+}
+
+/// The error text of an invocation a user cancelled.
+pub const CANCELLED: &str = "cancelled";
 
 /// What `recover` found after an unclean stop.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -326,6 +346,29 @@ pub enum RetryError {
     NotFound(String),
     #[error("invocation {id} is {state}, not dead: only a dead invocation can be retried")]
     NotDead { id: String, state: State },
+    #[error(transparent)]
+    Store(#[from] anyhow::Error),
+}
+
+/// What became of a cancel.
+#[derive(Debug, Clone)]
+pub enum Cancelled {
+    /// It was waiting: it is `cancelled` now and will not run.
+    Now(Record),
+    /// It is running: marked, and its host interrupts it (see [`Queue::cancels`]). It ends
+    /// `cancelled` unless it succeeds first.
+    Requested(Record),
+}
+
+/// Why a cancel was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no invocation {0}")]
+    NotFound(String),
+    #[error(
+        "invocation {id} is {state}: only queued, scheduled, waiting-to-retry or running work can be cancelled"
+    )]
+    Ended { id: String, state: State },
     #[error(transparent)]
     Store(#[from] anyhow::Error),
 }
@@ -413,6 +456,8 @@ pub struct Record {
     /// Background work: higher is claimed first.
     pub priority: i32,
     pub idempotency_key: Option<String>,
+    /// A user asked to cancel it while it ran; its host interrupts it.
+    pub cancel_requested: bool,
 }
 
 /// What became of an enqueue.
@@ -489,6 +534,12 @@ pub trait Queue: Send + Sync {
     async fn recover(&self, owner: &HostId) -> anyhow::Result<Recovered>;
     /// Queues a dead invocation again with a fresh round of the attempts it was given.
     async fn retry(&self, id: &str) -> Result<Record, RetryError>;
+    /// Cancels an invocation: a waiting one is `cancelled` at once; a running one is marked
+    /// for its host to interrupt, and `finish`, `release`, `recover` and `rescue` end it
+    /// `cancelled` rather than run it again. Synchronous work (never queued) cannot be.
+    async fn cancel(&self, id: &str) -> Result<Cancelled, CancelError>;
+    /// Which of `running` (ids this host runs) a user asked to cancel.
+    async fn cancels(&self, running: &[String]) -> anyhow::Result<Vec<String>>;
 }
 
 /// What triggers remember, each changed together with the invocation it fires.

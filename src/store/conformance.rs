@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{
-    Enqueued, Filter, Fired, HostId, NewInvocation, Next, Output, Reason, Receipt, RetryError,
-    Slots, State, Store, SyncRecord, TimerFire, Wanted, now_ms,
+    CancelError, Cancelled, Enqueued, Filter, Fired, HostId, NewInvocation, Next, Output, Reason,
+    Receipt, RetryError, Slots, State, Store, SyncRecord, TimerFire, Wanted, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 
@@ -33,6 +33,7 @@ pub(crate) async fn run<K, F: Future<Output = (Store, K)>>(make: impl Fn() -> F)
     a_higher_priority_is_claimed_first_even_when_younger(make().await).await;
     delayed_work_waits_as_scheduled_and_is_claimed_once_due(make().await).await;
     an_idempotency_key_gives_the_first_invocation_again(make().await).await;
+    cancel_ends_waiting_work_at_once_and_marks_running_work_for_its_host(make().await).await;
 }
 
 /// Each function may take up to `limit` here; `concurrency` as given.
@@ -813,4 +814,145 @@ async fn an_idempotency_key_gives_the_first_invocation_again<K>((store, _keep): 
         .count();
     assert_eq!(news, 1);
     assert_eq!(q.depth().await.unwrap(), 3);
+}
+
+async fn cancel_ends_waiting_work_at_once_and_marks_running_work_for_its_host<K>(
+    (store, _keep): (Store, K),
+) {
+    let cancelled = |r: Result<Cancelled, CancelError>| match r {
+        Ok(Cancelled::Now(record)) => record,
+        other => panic!("expected cancelled at once, got {other:?}"),
+    };
+    let requested = |r: Result<Cancelled, CancelError>| match r {
+        Ok(Cancelled::Requested(record)) => record,
+        other => panic!("expected a cancel request, got {other:?}"),
+    };
+    // Waiting in each way: queued, scheduled, failed and awaiting its retry.
+    store.queue.enqueue(new("queued", "f")).await.unwrap();
+    let mut later = new("scheduled", "f");
+    later.run_after = Some(now_ms() + 60_000);
+    store.queue.enqueue(later).await.unwrap();
+    store.queue.enqueue(new("retrying", "f")).await.unwrap();
+    let claimed = store
+        .queue
+        .claim("retrying", &owner())
+        .await
+        .unwrap()
+        .unwrap();
+    let retry_at = now_ms() + 60_000;
+    store
+        .queue
+        .finish(&claimed.lease, failed(), Next::RetryAt(retry_at))
+        .await
+        .unwrap();
+    for id in ["queued", "scheduled", "retrying"] {
+        let record = cancelled(store.queue.cancel(id).await);
+        assert_eq!(record.state, State::Cancelled, "{id}");
+        assert_eq!(record.error.as_deref(), Some(super::CANCELLED), "{id}");
+        assert!(record.finished_at.is_some() && record.next_attempt_at.is_none());
+    }
+    assert_eq!(store.queue.depth().await.unwrap(), 0);
+    assert!(
+        store
+            .queue
+            .claim("queued", &owner())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Ended work cannot be; nor an id that is not there.
+    assert!(matches!(
+        store.queue.cancel("queued").await,
+        Err(CancelError::Ended {
+            state: State::Cancelled,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.queue.cancel("nope").await,
+        Err(CancelError::NotFound(_))
+    ));
+    assert!(
+        matches!(
+            store.queue.retry("queued").await,
+            Err(RetryError::NotDead { .. })
+        ),
+        "a cancelled invocation is never retried"
+    );
+
+    // Running: marked, found by its host, and it ends cancelled even when it failed on
+    // its own meanwhile (no retry); a success that came first stays a success.
+    for (id, output, next, ends) in [
+        (
+            "failing",
+            failed(),
+            Next::RetryAt(now_ms()),
+            State::Cancelled,
+        ),
+        ("stopped", failed(), Next::Cancelled, State::Cancelled),
+        ("succeeding", succeeded(), Next::Succeeded, State::Succeeded),
+    ] {
+        store.queue.enqueue(new(id, "f")).await.unwrap();
+        let claimed = store.queue.claim(id, &owner()).await.unwrap().unwrap();
+        let record = requested(store.queue.cancel(id).await);
+        assert!(record.cancel_requested && record.state == State::Running);
+        let asked = store
+            .queue
+            .cancels(&[id.to_string(), "other".to_string()])
+            .await
+            .unwrap();
+        assert_eq!(asked, [id.to_string()]);
+        assert!(
+            store
+                .queue
+                .finish(&claimed.lease, output, next)
+                .await
+                .unwrap()
+        );
+        assert_eq!(state_of(&store, id).await, ends, "{id}");
+        assert!(
+            store
+                .queue
+                .cancels(&[id.to_string()])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    // Given back at a shutdown, after a crash, or from a silent host: cancelled, not queued.
+    store.queue.enqueue(new("released", "f")).await.unwrap();
+    let claimed = store
+        .queue
+        .claim("released", &owner())
+        .await
+        .unwrap()
+        .unwrap();
+    requested(store.queue.cancel("released").await);
+    assert!(store.queue.release(&claimed.lease).await.unwrap());
+    assert_eq!(state_of(&store, "released").await, State::Cancelled);
+    store.queue.enqueue(new("crashed", "f")).await.unwrap();
+    store
+        .queue
+        .claim("crashed", &owner())
+        .await
+        .unwrap()
+        .unwrap();
+    requested(store.queue.cancel("crashed").await);
+    store.queue.recover(&owner()).await.unwrap();
+    assert_eq!(state_of(&store, "crashed").await, State::Cancelled);
+    // A host never heard from is silent.
+    let silent = HostId("host-silent".into());
+    store.queue.enqueue(new("rescued", "f")).await.unwrap();
+    store
+        .queue
+        .claim("rescued", &silent)
+        .await
+        .unwrap()
+        .unwrap();
+    requested(store.queue.cancel("rescued").await);
+    store.cluster.rescue(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(state_of(&store, "rescued").await, State::Cancelled);
+    assert_eq!(store.queue.depth().await.unwrap(), 0);
+    // Cancelled records are pruned like any that ended.
+    assert!(store.history.prune(now_ms() + 1).await.unwrap() >= 8);
 }

@@ -39,10 +39,10 @@ use tokio_util::task::AbortOnDropHandle;
 use records::Write;
 
 use super::{
-    Candidate, Claimed, Cluster, Enqueued, Filter, Fired, History, HostId, HostView, Lease,
-    NewInvocation, Next, Output, Queue, Receipt, Record, Recovered, Rescued, RetryError, Slots,
-    State, SyncRecord, TimerFire, TriggerState, Unreachable, Wanted, choose, columns, millis,
-    now_ms,
+    CANCELLED, CancelError, Cancelled, Candidate, Claimed, Cluster, Enqueued, Filter, Fired,
+    History, HostId, HostView, Lease, NewInvocation, Next, Output, Queue, Receipt, Record,
+    Recovered, Rescued, RetryError, Slots, State, SyncRecord, TimerFire, TriggerState, Unreachable,
+    Wanted, choose, columns, millis, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 
@@ -126,6 +126,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE jobhost_invocations ADD COLUMN idempotency_key TEXT;
     CREATE UNIQUE INDEX jobhost_invocations_idempotency
         ON jobhost_invocations (function, idempotency_key) WHERE idempotency_key IS NOT NULL;",
+    // 7: a user asked to cancel a running invocation; its host interrupts it.
+    "ALTER TABLE jobhost_invocations ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT FALSE;",
 ];
 
 /// Now on the server's clock, in ms: what host liveness is measured on, so that hosts'
@@ -635,6 +637,7 @@ fn record(r: &Row) -> anyhow::Result<Record> {
         host: r.try_get(21)?,
         priority: r.try_get(22)?,
         idempotency_key: r.try_get(23)?,
+        cancel_requested: r.try_get(24)?,
     })
 }
 
@@ -933,18 +936,17 @@ impl Queue for PostgresStore {
 
     async fn finish(&self, lease: &Lease, output: Output, next: Next) -> anyhow::Result<bool> {
         self.named(async {
-            let (state, run_after) = match next {
-                Next::Succeeded => (State::Succeeded, None),
-                Next::RetryAt(at) => (State::Failed, Some(at)),
-                Next::Dead => (State::Dead, None),
-            };
+            let (state, run_after) = next.state();
             let client = self.client().await?;
+            // A run a user cancelled ends `cancelled` unless it succeeded: never retried.
             let stmt = client
                 .prepare_cached(
-                    "UPDATE jobhost_invocations SET state = $3, finished_at = $4,
+                    "UPDATE jobhost_invocations SET finished_at = $4,
                          duration_ms = $5, exit_code = $6, error = $7, stdout = $8, stderr = $9,
                          stdout_truncated = $10, stderr_truncated = $11,
-                         run_after = COALESCE($12, run_after)
+                         run_after = COALESCE($12, run_after),
+                         state = CASE WHEN cancel_requested AND $3::text <> 'succeeded'
+                                      THEN 'cancelled' ELSE $3::text END
                      WHERE id = $1 AND state = 'running' AND fence = $2",
                 )
                 .await?;
@@ -977,12 +979,16 @@ impl Queue for PostgresStore {
             let client = self.client().await?;
             let changed = client
                 .query(
+                    // Cancelled meanwhile: it ends here rather than run again.
                     "WITH released AS (
-                         UPDATE jobhost_invocations SET state = 'queued', attempt = attempt - 1,
-                             started_at = NULL, run_after = $3
+                         UPDATE jobhost_invocations SET
+                             state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
+                             finished_at = CASE WHEN cancel_requested THEN $3::int8 END,
+                             error = CASE WHEN cancel_requested THEN $4::text ELSE error END,
+                             attempt = attempt - 1, started_at = NULL, run_after = $3
                          WHERE id = $1 AND state = 'running' AND fence = $2 RETURNING id)
                      SELECT pg_notify('jobhost_work', '') FROM released",
-                    &[&lease.id, &lease.fence, &now_ms()],
+                    &[&lease.id, &lease.fence, &now_ms(), &CANCELLED],
                 )
                 .await?;
             Ok(changed.len() == 1)
@@ -996,6 +1002,12 @@ impl Queue for PostgresStore {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
             let now = now_ms();
+            tx.execute(
+                "UPDATE jobhost_invocations SET state = 'cancelled', finished_at = $2, error = $3
+                 WHERE state = 'running' AND durable AND owner = $1 AND cancel_requested",
+                &[&owner.as_str(), &now, &CANCELLED],
+            )
+            .await?;
             let dead = tx
                 .execute(
                     "UPDATE jobhost_invocations SET state = 'dead', finished_at = $2,
@@ -1054,6 +1066,78 @@ impl Queue for PostgresStore {
             })
             .await;
         result.map_err(RetryError::Store)?
+    }
+
+    async fn cancel(&self, id: &str) -> Result<Cancelled, CancelError> {
+        let result = self
+            .named(async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await?;
+                let Some(row) = tx
+                    .query_opt(
+                        "SELECT state, durable FROM jobhost_invocations WHERE id = $1 FOR UPDATE",
+                        &[&id],
+                    )
+                    .await?
+                else {
+                    return Ok(Err(CancelError::NotFound(id.to_string())));
+                };
+                let state = named(&row, 0, State::parse)?;
+                let durable: bool = row.try_get(1)?;
+                let cancelled = match state {
+                    _ if !durable => {
+                        let id = id.to_string();
+                        return Ok(Err(CancelError::Ended { id, state }));
+                    }
+                    state if state.is_waiting() => {
+                        tx.execute(
+                            "UPDATE jobhost_invocations SET state = 'cancelled',
+                                 cancel_requested = TRUE, finished_at = $2, error = $3
+                             WHERE id = $1",
+                            &[&id, &now_ms(), &CANCELLED],
+                        )
+                        .await?;
+                        Cancelled::Now
+                    }
+                    State::Running => {
+                        // Its host may be another: the hint wakes it to look (`cancels`).
+                        tx.execute(
+                            "UPDATE jobhost_invocations SET cancel_requested = TRUE WHERE id = $1",
+                            &[&id],
+                        )
+                        .await?;
+                        tx.batch_execute("NOTIFY jobhost_work").await?;
+                        Cancelled::Requested
+                    }
+                    state => {
+                        let id = id.to_string();
+                        return Ok(Err(CancelError::Ended { id, state }));
+                    }
+                };
+                let record = get(&tx, id).await?.context("the record was just updated")?;
+                tx.commit().await?;
+                Ok(Ok(cancelled(record)))
+            })
+            .await;
+        result.map_err(CancelError::Store)?
+    }
+
+    async fn cancels(&self, running: &[String]) -> anyhow::Result<Vec<String>> {
+        self.named(async {
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached(
+                    "SELECT id FROM jobhost_invocations
+                     WHERE id = ANY($1) AND state = 'running' AND cancel_requested",
+                )
+                .await?;
+            let rows = client.query(&stmt, &[&running]).await?;
+            Ok(rows
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?)
+        })
+        .await
     }
 }
 
@@ -1356,7 +1440,7 @@ impl History for PostgresStore {
                 .execute(
                     "DELETE FROM jobhost_invocations
                      WHERE finished_at IS NOT NULL AND finished_at < $1
-                       AND (state IN ('succeeded', 'dead', 'skipped')
+                       AND (state IN ('succeeded', 'dead', 'skipped', 'cancelled')
                             OR (state = 'failed' AND NOT durable))",
                     &[&before],
                 )
@@ -1447,6 +1531,14 @@ impl Cluster for PostgresStore {
                  WHERE h.id = jobhost_invocations.owner AND h.heartbeat_at >= {SERVER_NOW} - $2)"
             );
             let (now, lease) = (now_ms(), millis(lease));
+            tx.execute(
+                &format!(
+                    "UPDATE jobhost_invocations SET state = 'cancelled', finished_at = $1, error = $3
+                     WHERE {silent} AND cancel_requested"
+                ),
+                &[&now, &lease, &CANCELLED],
+            )
+            .await?;
             let mut owners = Vec::new();
             for sql in [
                 format!(

@@ -22,9 +22,10 @@ use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
-    Candidate, Claimed, Cluster, Enqueued, Filter, Fired, History, HostId, HostView, Lease,
-    NewInvocation, Next, Output, Queue, Receipt, Record, Recovered, Rescued, RetryError, State,
-    SyncRecord, TimerFire, TriggerState, Wanted, choose, columns, millis, now_ms,
+    CANCELLED, CancelError, Cancelled, Candidate, Claimed, Cluster, Enqueued, Filter, Fired,
+    History, HostId, HostView, Lease, NewInvocation, Next, Output, Queue, Receipt, Record,
+    Recovered, Rescued, RetryError, State, SyncRecord, TimerFire, TriggerState, Wanted, choose,
+    columns, millis, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 use batch::Batcher;
@@ -107,6 +108,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE invocations ADD COLUMN idempotency_key TEXT;
     CREATE UNIQUE INDEX IF NOT EXISTS invocations_idempotency
         ON invocations (function, idempotency_key) WHERE idempotency_key IS NOT NULL;",
+    // 9: a user asked to cancel a running invocation; its host interrupts it.
+    "ALTER TABLE invocations ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;",
 ];
 
 fn db_path(data_dir: &Path) -> PathBuf {
@@ -336,6 +339,7 @@ fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
         host: r.get(21)?,
         priority: r.get(22)?,
         idempotency_key: r.get(23)?,
+        cancel_requested: r.get(24)?,
     })
 }
 
@@ -504,31 +508,31 @@ impl Queue for SqliteStore {
     async fn finish(&self, lease: &Lease, output: Output, next: Next) -> anyhow::Result<bool> {
         let lease = lease.clone();
         self.with(move |conn| {
-            let (state, run_after) = match next {
-                Next::Succeeded => (State::Succeeded, None),
-                Next::RetryAt(at) => (State::Failed, Some(at)),
-                Next::Dead => (State::Dead, None),
-            };
-            let changed = conn.prepare_cached(
-                "UPDATE invocations SET state = ?3, finished_at = ?4, duration_ms = ?5, exit_code = ?6,
+            let (state, run_after) = next.state();
+            // A run a user cancelled ends `cancelled` unless it succeeded: never retried.
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE invocations SET finished_at = ?4, duration_ms = ?5, exit_code = ?6,
                      error = ?7, stdout = ?8, stderr = ?9, stdout_truncated = ?10,
-                     stderr_truncated = ?11, run_after = COALESCE(?12, run_after)
+                     stderr_truncated = ?11, run_after = COALESCE(?12, run_after),
+                     state = CASE WHEN cancel_requested AND ?3 <> 'succeeded' THEN 'cancelled'
+                                  ELSE ?3 END
                  WHERE id = ?1 AND state = 'running' AND fence = ?2",
-            )?
-            .execute(params![
-                lease.id,
-                lease.fence,
-                state.as_str(),
-                now_ms(),
-                output.duration.as_millis() as i64,
-                output.exit_code,
-                output.error,
-                output.stdout.as_ref(),
-                output.stderr.as_ref(),
-                output.stdout_truncated,
-                output.stderr_truncated,
-                run_after
-            ])?;
+                )?
+                .execute(params![
+                    lease.id,
+                    lease.fence,
+                    state.as_str(),
+                    now_ms(),
+                    output.duration.as_millis() as i64,
+                    output.exit_code,
+                    output.error,
+                    output.stdout.as_ref(),
+                    output.stderr.as_ref(),
+                    output.stdout_truncated,
+                    output.stderr_truncated,
+                    run_after
+                ])?;
             Ok(changed == 1)
         })
         .await
@@ -537,11 +541,14 @@ impl Queue for SqliteStore {
     async fn release(&self, lease: &Lease) -> anyhow::Result<bool> {
         let lease = lease.clone();
         self.with(move |conn| {
+            // Cancelled meanwhile: it ends here rather than run again.
             let changed = conn.execute(
-                "UPDATE invocations SET state = 'queued', attempt = attempt - 1, started_at = NULL,
-                     run_after = ?3
+                "UPDATE invocations SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
+                     finished_at = CASE WHEN cancel_requested THEN ?3 END,
+                     error = CASE WHEN cancel_requested THEN ?4 ELSE error END,
+                     attempt = attempt - 1, started_at = NULL, run_after = ?3
                  WHERE id = ?1 AND state = 'running' AND fence = ?2",
-                params![lease.id, lease.fence, now_ms()],
+                params![lease.id, lease.fence, now_ms(), CANCELLED],
             )?;
             Ok(changed == 1)
         })
@@ -554,6 +561,11 @@ impl Queue for SqliteStore {
         self.with(|conn| {
             let now = now_ms();
             let tx = conn.transaction()?;
+            tx.execute(
+                "UPDATE invocations SET state = 'cancelled', finished_at = ?1, error = ?2
+                 WHERE state = 'running' AND durable = 1 AND cancel_requested",
+                params![now, CANCELLED],
+            )?;
             let dead = tx.execute(
                 "UPDATE invocations SET state = 'dead', finished_at = ?1,
                      error = 'interrupted: the host stopped while it ran, and no attempts were left'
@@ -600,6 +612,64 @@ impl Queue for SqliteStore {
             })
             .await;
         result.map_err(RetryError::Store)?
+    }
+
+    async fn cancel(&self, id: &str) -> Result<Cancelled, CancelError> {
+        let id = id.to_string();
+        let result = self
+            .with(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let found = tx
+                    .query_row(
+                        "SELECT state, durable FROM invocations WHERE id = ?1",
+                        params![id],
+                        |r| Ok((named(r, 0, State::parse)?, r.get::<_, bool>(1)?)),
+                    )
+                    .optional()?;
+                let cancelled = match found {
+                    None => return Ok(Err(CancelError::NotFound(id))),
+                    Some((state, true)) if state.is_waiting() => {
+                        tx.execute(
+                            "UPDATE invocations SET state = 'cancelled', cancel_requested = 1,
+                                 finished_at = ?2, error = ?3
+                             WHERE id = ?1",
+                            params![id, now_ms(), CANCELLED],
+                        )?;
+                        Cancelled::Now
+                    }
+                    Some((State::Running, true)) => {
+                        tx.execute(
+                            "UPDATE invocations SET cancel_requested = 1 WHERE id = ?1",
+                            params![id],
+                        )?;
+                        Cancelled::Requested
+                    }
+                    Some((state, _)) => return Ok(Err(CancelError::Ended { id, state })),
+                };
+                let record = get(&tx, &id)?.context("the record was just updated")?;
+                tx.commit()?;
+                Ok(Ok(cancelled(record)))
+            })
+            .await;
+        result.map_err(CancelError::Store)?
+    }
+
+    async fn cancels(&self, running: &[String]) -> anyhow::Result<Vec<String>> {
+        let running = running.to_vec();
+        self.with(move |conn| {
+            // By primary key, one each: a host runs at most `max_concurrency` of them.
+            let mut stmt = conn.prepare_cached(
+                "SELECT 1 FROM invocations WHERE id = ?1 AND state = 'running' AND cancel_requested",
+            )?;
+            let mut asked = Vec::new();
+            for id in running {
+                if stmt.exists(params![id])? {
+                    asked.push(id);
+                }
+            }
+            Ok(asked)
+        })
+        .await
     }
 }
 
@@ -856,7 +926,7 @@ impl History for SqliteStore {
             Ok(conn.execute(
                 "DELETE FROM invocations
                  WHERE finished_at IS NOT NULL AND finished_at < ?1
-                   AND (state IN ('succeeded', 'dead', 'skipped') OR (state = 'failed' AND durable = 0))",
+                   AND (state IN ('succeeded', 'dead', 'skipped', 'cancelled') OR (state = 'failed' AND durable = 0))",
                 params![before],
             )?)
         })
@@ -891,6 +961,13 @@ impl Cluster for SqliteStore {
                     .query_map(params![now, silent_since], |r| r.get(0))?
                     .collect()
             };
+            tx.execute(
+                &format!(
+                    "UPDATE invocations SET state = 'cancelled', finished_at = ?1, error = ?3
+                     WHERE {silent} AND cancel_requested"
+                ),
+                params![now, silent_since, CANCELLED],
+            )?;
             let dead = owners(&format!(
                 "UPDATE invocations SET state = 'dead', finished_at = ?1,
                      error = 'interrupted: its host fell silent while it ran, and no attempts were left'

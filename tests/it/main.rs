@@ -9,6 +9,7 @@ mod durable;
 mod examples;
 mod hostile;
 mod http;
+mod jobs;
 mod loading;
 mod metrics;
 // Also compiled into the store's unit tests, which use part of it.

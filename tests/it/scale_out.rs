@@ -594,3 +594,22 @@ fn a_host_finishing_its_runs_in_a_graceful_shutdown_is_alive_and_keeps_them() {
     );
     assert_eq!(record["host"].as_str(), Some(host_id(&a).as_str()));
 }
+
+#[test]
+fn a_cancel_through_one_host_interrupts_the_run_on_another() {
+    let url = postgres_server::database();
+    let (a, b) = (project(), project());
+    let runner = start(&a, &url);
+    let id = runner.invoke("probe", "loop");
+    runner.wait_for_record(&id, Duration::from_secs(30), |r| state(r) == "running");
+    // The second host starts after the run is claimed, so it is the first host's.
+    let other = start(&b, &url);
+    let answer = other.post(&format!("/_jobhost/invocations/{id}/cancel"), "");
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let asked: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(asked["cancel_requested"], true, "{asked}");
+    assert_eq!(asked["host"].as_str(), Some(host_id(&a).as_str()));
+    // NOTIFY wakes the runner to look, besides its own polling.
+    let record = other.wait_for_record(&id, Duration::from_secs(10), |r| state(r) == "cancelled");
+    assert_eq!(record["attempt"], 1, "{record}");
+}

@@ -1,0 +1,136 @@
+//! Coordinating jobs (the README's "Coordinating jobs"): cancel, queues, chains. Priority,
+//! delay and idempotency are in `durable.rs`, beside the queue they order.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{P1, P2, Project, probe, state};
+
+/// `probe` built for `target`, background only, with one slot.
+fn project(target: &str) -> Project {
+    let project = Project::new(
+        r#"
+[defaults]
+timeout = "120s"
+retry = { attempts = 3, initial = "100ms", max = "1s" }
+[functions.probe]
+triggers = []
+concurrency = 1
+"#,
+    );
+    project.function("probe", &probe(target));
+    project
+}
+
+fn error_text(body: &str) -> String {
+    let why: serde_json::Value = serde_json::from_str(body).unwrap();
+    why["error"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn cancel_interrupts_a_running_guest_at_once_and_frees_its_slot() {
+    // A p1 guest spinning in wasm, and a p2 guest waiting in a host call (a sleep).
+    for (target, work) in [(P1, "loop"), (P2, "sleep 100000")] {
+        let project = project(target);
+        let host = project.start();
+        let id = host.invoke("probe", work);
+        host.wait_for_record(&id, Duration::from_secs(30), |r| state(r) == "running");
+        let asked = Instant::now();
+        let answer = host.post(&format!("/_jobhost/invocations/{id}/cancel"), "");
+        let took = asked.elapsed();
+        assert_eq!(answer.status, 200, "{target}: {}", answer.body);
+        let record: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+        assert_eq!(state(&record), "cancelled", "{target}: {record}");
+        assert_eq!(record["error"], "cancelled", "{target}: {record}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{target}: cancelled after {took:?}"
+        );
+        // The only slot is free again, and the cancelled one is never retried.
+        let next = host.invoke("probe", "job 10");
+        host.wait_for_record(&next, Duration::from_secs(30), |r| state(r) == "succeeded");
+        let record = host.json(&format!("/_jobhost/invocations/{id}"));
+        assert_eq!(
+            (state(&record), &record["attempt"]),
+            ("cancelled", &serde_json::json!(1)),
+            "{target}: {record}"
+        );
+    }
+}
+
+#[test]
+fn cancel_ends_waiting_work_and_refuses_what_has_ended() {
+    let project = project(P1);
+    let host = project.start();
+    let answer = host.post("/_jobhost/functions/probe/invoke?delay=1h", "job 10");
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let id = answer
+        .header("x-jobhost-invocation-id")
+        .unwrap()
+        .to_string();
+    let answer = host.post(&format!("/_jobhost/invocations/{id}/cancel"), "");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let record = host.json(&format!("/_jobhost/invocations/{id}"));
+    assert_eq!(state(&record), "cancelled", "{record}");
+    assert!(record["next_attempt_at"].is_null(), "{record}");
+    // Cancelling it again, or anything that ended, is a conflict that says why.
+    let again = host.post(&format!("/_jobhost/invocations/{id}/cancel"), "");
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert!(
+        error_text(&again.body).contains("is cancelled: only queued, scheduled"),
+        "{}",
+        again.body
+    );
+    let done = host.invoke("probe", "job 10");
+    host.wait_for_record(&done, Duration::from_secs(30), |r| state(r) == "succeeded");
+    let late = host.post(&format!("/_jobhost/invocations/{done}/cancel"), "");
+    assert_eq!(late.status, 409, "{}", late.body);
+    // A cancelled invocation is not retried, and an unknown id is named.
+    let retry = host.post(&format!("/_jobhost/invocations/{id}/retry"), "");
+    assert_eq!(retry.status, 409, "{}", retry.body);
+    let unknown = host.post("/_jobhost/invocations/no-such-id/cancel", "");
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    assert!(error_text(&unknown.body).contains("no invocation no-such-id"));
+    let listed = host.json("/_jobhost/invocations?status=cancelled");
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+}
+
+#[test]
+fn jobhost_cancel_from_the_cli_reaches_the_host_that_runs_it() {
+    let project = project(P1);
+    let host = project.start();
+    let id = host.invoke("probe", "loop");
+    host.wait_for_record(&id, Duration::from_secs(30), |r| state(r) == "running");
+    let output = project.jobhost().args(["cancel", &id]).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(said.contains(&format!("asked to cancel {id}")), "{said}");
+    // The host looks for cancels a few times a second.
+    let record = host.wait_for_record(&id, Duration::from_secs(10), |r| state(r) == "cancelled");
+    assert_eq!(record["cancel_requested"], true, "{record}");
+    // A queued one is cancelled by the CLI itself.
+    let queued = host.post("/_jobhost/functions/probe/invoke?delay=1h", "job 10");
+    let queued = queued
+        .header("x-jobhost-invocation-id")
+        .unwrap()
+        .to_string();
+    let output = project
+        .jobhost()
+        .args(["cancel", &queued])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("cancelled {queued}")
+    );
+    let output = project
+        .jobhost()
+        .args(["cancel", &queued])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
