@@ -1,5 +1,5 @@
 //! `/_jobhost/`: the status API. Functions, invocations with filters, one invocation,
-//! manual invoke, retry and cancel, the hosts sharing the store; who may call it is `access`'s.
+//! manual invoke, queue messages, retry and cancel, the hosts sharing the store; who may call it is `access`'s.
 
 mod access;
 
@@ -12,7 +12,7 @@ use crate::answer::{self, API_PREFIX, Body, error, json};
 use crate::body::{self, BodyLimits, Bounded};
 use crate::config::{Trigger, TriggerKind};
 use crate::dispatch;
-use crate::registry::Registry;
+use crate::registry::{Function, Registry};
 use crate::runtime::Runtime;
 use crate::sandbox::Shape;
 use crate::store::{
@@ -115,6 +115,10 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
             let name = name.to_string();
             invoke(rt, &name, req).await
         }
+        (Method::POST, ["queues", name]) => {
+            let name = name.to_string();
+            post_message(rt, &name, req).await
+        }
         (Method::GET, ["invocations"]) => {
             let mut filter = match filter(req.uri().query().unwrap_or_default()) {
                 Ok(f) => f,
@@ -169,12 +173,45 @@ async fn invoke(rt: &Runtime, name: &str, req: Request<Incoming>) -> Response<Bo
             format!("`{name}` is a wasi:http component: call it over its HTTP route"),
         );
     }
+    let what = (TriggerKind::Manual, Reason::Manual, Vec::new());
+    submit(rt, &function, what, req).await
+}
+
+/// `POST queues/{name}`: a message, one durable invocation of the function that listens.
+async fn post_message(rt: &Runtime, queue: &str, req: Request<Incoming>) -> Response<Body> {
+    let Some(function) = rt.functions().queues.get(queue).cloned() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no loaded function listens on queue `{queue}`: give one triggers = [{{ queue = \"{queue}\" }}]"
+            ),
+        );
+    };
+    let vars = vec![("JOBHOST_QUEUE".to_string(), queue.to_string())];
+    submit(
+        rt,
+        &function,
+        (TriggerKind::Queue, Reason::Message, vars),
+        req,
+    )
+    .await
+}
+
+/// Queues the request's body as a durable invocation of `function`, with the submission's
+/// `Idempotency-Key`, `?priority=` and `?delay=`/`?at=`; 202 with its `Location`.
+async fn submit(
+    rt: &Runtime,
+    function: &Function,
+    (trigger, reason, vars): (TriggerKind, Reason, Vec<(String, String)>),
+    req: Request<Incoming>,
+) -> Response<Body> {
     let key = match dispatch::idempotency_key(req.headers()) {
         Ok(key) => key,
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     let query = req.uri().query().unwrap_or_default();
-    let (priority, run_after) = match (priority(query), run_after(query, now_ms())) {
+    let when = due_time(param(query, "delay"), param(query, "at"), now_ms());
+    let (priority, run_after) = match (priority(param(query, "priority")), when) {
         (Ok(p), Ok(at)) => (p.unwrap_or(function.spec.priority), at),
         (Err(why), _) | (_, Err(why)) => return error(StatusCode::BAD_REQUEST, why),
     };
@@ -187,13 +224,9 @@ async fn invoke(rt: &Runtime, name: &str, req: Request<Incoming>) -> Response<Bo
         Ok((payload, _share)) => payload,
         Err(why) => return error(why.status(), format!("the payload: {why}")),
     };
-    let mut new = rt.dispatch.new_invocation(
-        &function,
-        TriggerKind::Manual,
-        Reason::Manual,
-        payload,
-        Vec::new(),
-    );
+    let mut new = rt
+        .dispatch
+        .new_invocation(function, trigger, reason, payload, vars);
     new.priority = priority;
     new.run_after = run_after;
     new.idempotency_key = key;
@@ -201,7 +234,7 @@ async fn invoke(rt: &Runtime, name: &str, req: Request<Incoming>) -> Response<Bo
         Ok(enqueued) => answer::submitted(enqueued),
         Err(e) => {
             if !is_unreachable(&e) {
-                tracing::error!(function = %name, "cannot queue an invocation: {e:#}");
+                tracing::error!(function = %function.spec.name, "cannot queue an invocation: {e:#}");
             }
             answer::unavailable(format!("cannot queue the invocation: {e:#}"))
         }
@@ -216,13 +249,14 @@ fn param<'q>(query: &'q str, key: &str) -> Option<&'q str> {
         .next_back()
 }
 
-/// When a submission may run (ms), from `?delay=30s` or `?at=<RFC 3339>`; `None` for now.
-fn run_after(query: &str, now: i64) -> Result<Option<i64>, String> {
-    match (param(query, "delay"), param(query, "at")) {
+/// When a submission may run (ms), from `?delay=30s` or `?at=<RFC 3339>` (or the CLI's
+/// `--delay` and `--at`); `None` for now.
+pub fn due_time(delay: Option<&str>, at: Option<&str>, now: i64) -> Result<Option<i64>, String> {
+    match (delay, at) {
         (Some(_), Some(_)) => Err("give delay or at, not both".to_string()),
         (Some(delay), None) => {
             let d = humantime::parse_duration(delay).map_err(|e| {
-                format!("delay {delay:?} is not a duration ({e}): write ?delay=30s, 5m or 2h")
+                format!("delay {delay:?} is not a duration ({e}): give one such as 30s, 5m or 2h")
             })?;
             i64::try_from(d.as_millis())
                 .ok()
@@ -233,7 +267,9 @@ fn run_after(query: &str, now: i64) -> Result<Option<i64>, String> {
         }
         (None, Some(at)) => {
             let t = chrono::DateTime::parse_from_rfc3339(at).map_err(|e| {
-                format!("at {at:?} is not an RFC 3339 time ({e}): write ?at=2026-12-24T18:00:00Z")
+                format!(
+                    "at {at:?} is not an RFC 3339 time ({e}): give one such as 2026-12-24T18:00:00Z"
+                )
             })?;
             let ms = t.timestamp_millis();
             if ms < now - 60_000 {
@@ -248,8 +284,8 @@ fn run_after(query: &str, now: i64) -> Result<Option<i64>, String> {
 }
 
 /// `?priority=N` of a submission, if given.
-fn priority(query: &str) -> Result<Option<i32>, String> {
-    let Some(value) = param(query, "priority") else {
+fn priority(value: Option<&str>) -> Result<Option<i32>, String> {
+    let Some(value) = value else {
         return Ok(None);
     };
     value.parse().map(Some).map_err(|_| {

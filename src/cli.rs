@@ -1,7 +1,7 @@
 //! The `jobhost` command line: the clap definitions and what each command does. Commands
 //! other than `up` work on their own, beside a running host or without one: `check`,
 //! `functions` and `invoke` load the functions in this process; `invocations`, `logs`,
-//! `retry` and `hosts` open the store beside the host.
+//! `enqueue`, `retry`, `cancel` and `hosts` open the store beside the host.
 
 mod print;
 
@@ -17,12 +17,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api;
-use crate::config::{self, Config, TriggerKind};
-use crate::dispatch::{Call, Dispatcher, Echo, Parts};
+use crate::config::{self, Config, Trigger, TriggerKind};
+use crate::dispatch::{self, Call, Dispatcher, Echo, Parts};
 use crate::registry::{self, Registry, Specs};
 use crate::sandbox::{Sandbox, Shape};
 use crate::serve;
-use crate::store::{CancelError, Cancelled, Filter, HostId, RetryError, State, Store};
+use crate::store::{
+    CancelError, Cancelled, Enqueued, Filter, HostId, Reason, RetryError, State, Store,
+};
 
 /// A serverless-style function runtime for WebAssembly.
 #[derive(Parser)]
@@ -75,6 +77,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Post a message to a queue: one durable invocation of the function that listens.
+    Enqueue {
+        queue: String,
+        /// The message: text, or `-` to read it from stdin; empty when left out.
+        payload: Option<String>,
+        /// Higher runs first (default: the function's `priority`).
+        #[arg(long, allow_negative_numbers = true)]
+        priority: Option<i32>,
+        /// Run it this long from now, such as 30s or 2h.
+        #[arg(long)]
+        delay: Option<String>,
+        /// Run it at this RFC 3339 time, such as 2026-12-24T18:00:00Z.
+        #[arg(long)]
+        at: Option<String>,
+        /// An idempotency key: a second message with it gets the first one's invocation.
+        #[arg(long)]
+        key: Option<String>,
+    },
     /// Queue a dead invocation again, with a fresh round of attempts.
     Retry { id: String },
     /// Cancel a queued, scheduled, waiting-to-retry or running invocation; it is never
@@ -86,6 +106,59 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A message for `jobhost enqueue`.
+struct Message {
+    queue: String,
+    payload: Bytes,
+    priority: Option<i32>,
+    run_after: Option<i64>,
+    key: Option<String>,
+}
+
+/// `jobhost enqueue`: the message is written to the store beside the host; the function that
+/// listens is found in the configuration (the first in name order, as the host picks it).
+async fn enqueue(config: &Config, message: Message) -> anyhow::Result<ExitCode> {
+    let Message { queue, .. } = &message;
+    if let Some(key) = &message.key {
+        dispatch::check_idempotency_key(key).map_err(|why| anyhow::anyhow!("--key {why}"))?;
+    }
+    let specs = config::functions(config);
+    let listener = specs.values().flatten().find(|spec| {
+        spec.triggers
+            .iter()
+            .any(|t| matches!(t, Trigger::Queue(q) if q.name == *queue))
+    });
+    let Some(spec) = listener else {
+        bail!(
+            "no function listens on queue `{queue}`: give one triggers = [{{ queue = \"{queue}\" }}] in {}",
+            config.path.display()
+        );
+    };
+    let vars = vec![("JOBHOST_QUEUE".to_string(), queue.clone())];
+    let mut new = dispatch::new_invocation(
+        spec,
+        TriggerKind::Queue,
+        Reason::Message,
+        message.payload,
+        vars,
+    );
+    new.priority = message.priority.unwrap_or(spec.priority);
+    new.run_after = message.run_after;
+    new.idempotency_key = message.key;
+    let store = Store::open_beside_host(&config.host).await?;
+    match store.queue.enqueue(new).await? {
+        Enqueued::New(id) => println!("{id}"),
+        Enqueued::Existing {
+            id,
+            same_payload: true,
+        } => println!("{id}"),
+        Enqueued::Existing { id, .. } => bail!(
+            "the key was used for invocation {id} with another payload: use a new key for a new message"
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs a command; its error is printed with its chain by `main`.
@@ -160,6 +233,34 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 record.max_attempts - record.attempt
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Enqueue {
+            queue,
+            payload,
+            priority,
+            delay,
+            at,
+            key,
+        } => {
+            let payload = match payload.as_deref() {
+                Some("-") => {
+                    let mut bytes = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+                        .context("reading the message from stdin")?;
+                    bytes
+                }
+                Some(text) => text.as_bytes().to_vec(),
+                None => Vec::new(),
+            };
+            let message = Message {
+                queue,
+                payload: payload.into(),
+                priority,
+                run_after: api::due_time(delay.as_deref(), at.as_deref(), crate::store::now_ms())
+                    .map_err(|why| anyhow::anyhow!("--{why}"))?,
+                key,
+            };
+            runtime.block_on(enqueue(&load(&path)?, message))
         }
         Command::Cancel { id } => {
             let store = runtime.block_on(Store::open_beside_host(&load(&path)?.host))?;

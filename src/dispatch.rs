@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::Instrument;
 
-use crate::config::{DirMount, Retry, TriggerKind};
+use crate::config::{DirMount, FunctionSpec, Retry, TriggerKind};
 use crate::metrics;
 use crate::registry::Function;
 use crate::sandbox::{Body, Failure, HttpServed, IncomingBody, Outcome, Run, Sandbox};
@@ -39,13 +39,40 @@ pub fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<String>, Stri
     let key = value
         .to_str()
         .map_err(|_| "the Idempotency-Key header is not text".to_string())?;
-    if key.is_empty() || key.len() > 255 {
-        return Err(format!(
-            "the Idempotency-Key header is {} bytes: give one of 1 to 255",
-            key.len()
-        ));
-    }
+    check_idempotency_key(key).map_err(|why| format!("the Idempotency-Key header {why}"))?;
     Ok(Some(key.to_string()))
+}
+
+/// An idempotency key is 1 to 255 bytes.
+pub fn check_idempotency_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > 255 {
+        return Err(format!("is {} bytes: give one of 1 to 255", key.len()));
+    }
+    Ok(())
+}
+
+/// A durable invocation of the function `spec` describes, to run now with its priority.
+pub fn new_invocation(
+    spec: &FunctionSpec,
+    trigger: TriggerKind,
+    reason: Reason,
+    payload: Bytes,
+    vars: Vec<(String, String)>,
+) -> NewInvocation {
+    NewInvocation {
+        id: new_id(),
+        function: spec.name.clone(),
+        trigger,
+        reason,
+        attempts: spec.limits.retry.attempts,
+        priority: spec.priority,
+        run_after: None,
+        idempotency_key: None,
+        payload,
+        vars,
+        timer: None,
+        input_dir: None,
+    }
 }
 
 /// An invocation id: a UUIDv7, so ids sort by creation time.
@@ -324,20 +351,7 @@ impl Dispatcher {
         payload: Bytes,
         vars: Vec<(String, String)>,
     ) -> NewInvocation {
-        NewInvocation {
-            id: new_id(),
-            function: function.spec.name.clone(),
-            trigger,
-            reason,
-            attempts: function.spec.limits.retry.attempts,
-            priority: function.spec.priority,
-            run_after: None,
-            idempotency_key: None,
-            payload,
-            vars,
-            timer: None,
-            input_dir: None,
-        }
+        new_invocation(&function.spec, trigger, reason, payload, vars)
     }
 
     /// Writes durable work to the store and wakes the worker; once this returns its id,

@@ -47,6 +47,8 @@ pub struct LoadProblem {
 pub struct Registry {
     pub functions: BTreeMap<String, Arc<Function>>,
     pub routes: Vec<RouteEntry>,
+    /// Each queue and the one function that listens to it.
+    pub queues: BTreeMap<String, Arc<Function>>,
     pub problems: Vec<LoadProblem>,
     /// A module that failed to load while it was still being written: load again later
     /// before calling it an error.
@@ -146,6 +148,7 @@ pub fn reload(
         }
     }
     registry.build_routes();
+    registry.build_queues();
     registry
 }
 
@@ -223,7 +226,7 @@ fn load_function(
             .find(|t| !matches!(t, Trigger::Http(_)))
     {
         return Err(format!(
-            "{}: a wasi:http component serves HTTP triggers only, but it has `{other}`: build it as a command (fn main) to use timers or watches",
+            "{}: a wasi:http component serves HTTP triggers only, but it has `{other}`: build it as a command (fn main) to use timers, watches or queues",
             spec.module.display()
         )
         .into());
@@ -329,6 +332,29 @@ impl Registry {
         // Most specific first, so the first match wins.
         self.routes
             .sort_by_key(|r| std::cmp::Reverse(r.route.specificity()));
+    }
+
+    /// Builds the queue table: one function per queue; a second that listens to a queue is
+    /// refused (in name order), naming both.
+    fn build_queues(&mut self) {
+        for (name, function) in &self.functions {
+            for trigger in &function.spec.triggers {
+                let Trigger::Queue(queue) = trigger else {
+                    continue;
+                };
+                if let Some(owner) = self.queues.get(&queue.name) {
+                    self.problems.push(LoadProblem {
+                        function: name.clone(),
+                        message: format!(
+                            "queue `{}` is listened to by both `{}` and `{name}`: one function per queue, so give one of them another queue; `{}` keeps it",
+                            queue.name, owner.spec.name, owner.spec.name
+                        ),
+                    });
+                    continue;
+                }
+                self.queues.insert(queue.name.clone(), function.clone());
+            }
+        }
     }
 
     /// The routes matching `path`, most specific first.

@@ -106,6 +106,8 @@ pub enum Reason {
     File,
     Manual,
     Retry,
+    /// A message posted to the function's queue.
+    Message,
 }
 
 impl State {
@@ -135,6 +137,7 @@ named!(Reason {
     File = "file",
     Manual = "manual",
     Retry = "retry",
+    Message = "message",
 });
 
 /// Durable work to record; once `enqueue` returns, it will run.

@@ -86,7 +86,8 @@ fn start(rt: &Runtime, context: &Context, function: &Arc<Function>, stop: &Cance
                 rt.tasks
                     .spawn(watch::run(context, function, watch.clone(), stop));
             }
-            Trigger::Http(_) => {}
+            // Requests and messages come through the HTTP front and the API.
+            Trigger::Http(_) | Trigger::Queue(_) => {}
         }
     }
 }

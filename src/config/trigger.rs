@@ -1,4 +1,4 @@
-//! Triggers as configured: each kind's settings (`http`, timers, `watch`), read from its
+//! Triggers as configured: each kind's settings (`http`, timers, `watch`, `queue`), read from its
 //! table in `triggers = [...]`, and the kind an invocation records (`JOBHOST_TRIGGER`).
 //!
 //! A new trigger kind is one settings struct here with its `KEYS` and `parse`, one variant
@@ -20,6 +20,7 @@ pub enum Trigger {
     Http(HttpTrigger),
     Timer(TimerTrigger),
     Watch(WatchTrigger),
+    Queue(QueueTrigger),
 }
 
 /// What fired an invocation: `JOBHOST_TRIGGER` and the record's `trigger`.
@@ -29,6 +30,7 @@ pub enum TriggerKind {
     Timer,
     File,
     Manual,
+    Queue,
 }
 
 named!(TriggerKind {
@@ -36,7 +38,15 @@ named!(TriggerKind {
     Timer = "timer",
     File = "file",
     Manual = "manual",
+    Queue = "queue",
 });
+
+/// A named queue: each message posted to it (`POST /_jobhost/queues/NAME`, `jobhost
+/// enqueue`) is one durable invocation of the one function that listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueTrigger {
+    pub name: String,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpTrigger {
@@ -153,6 +163,7 @@ impl Trigger {
             Trigger::Http(_) => TriggerKind::Http,
             Trigger::Timer(_) => TriggerKind::Timer,
             Trigger::Watch(_) => TriggerKind::File,
+            Trigger::Queue(_) => TriggerKind::Queue,
         }
     }
 
@@ -216,6 +227,7 @@ impl Trigger {
             "watch" => {
                 WatchTrigger::parse(value.try_into().map_err(message)?, root).map(Trigger::Watch)
             }
+            "queue" => QueueTrigger::parse(value.try_into().map_err(message)?).map(Trigger::Queue),
             _ => TimerTrigger::parse(value.try_into().map_err(message)?).map(Trigger::Timer),
         }
     }
@@ -226,7 +238,38 @@ const KINDS: &[(&[&str], &[&str])] = &[
     (&["http"], HttpTrigger::KEYS),
     (&["cron", "every", "at"], TimerTrigger::KEYS),
     (&["watch"], WatchTrigger::KEYS),
+    (&["queue"], QueueTrigger::KEYS),
 ];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    queue: String,
+}
+
+impl QueueTrigger {
+    const KEYS: &[&str] = &["queue"];
+
+    fn parse(raw: RawQueue) -> Result<QueueTrigger, String> {
+        check_queue_name(&raw.queue)?;
+        Ok(QueueTrigger { name: raw.queue })
+    }
+}
+
+/// A queue's name goes in a URL path and a log line: letters, digits, `.`, `_` and `-`.
+fn check_queue_name(name: &str) -> Result<(), String> {
+    let fits = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if fits {
+        Ok(())
+    } else {
+        Err(format!(
+            "queue name {name:?} is not one: use 1 to 64 letters, digits, '.', '_' or '-', such as \"emails\""
+        ))
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -380,6 +423,7 @@ impl fmt::Display for Trigger {
             }
             Trigger::Timer(t) => write!(f, "timer {}", t.schedule.key()),
             Trigger::Watch(w) => write!(f, "watch {}", w.folder.display()),
+            Trigger::Queue(q) => write!(f, "queue {}", q.name),
         }
     }
 }
@@ -402,9 +446,15 @@ mod tests {
                 Ok("timer every 30000ms"),
             ),
             (r#"{ watch = "inbox" }"#, Ok("watch /project/inbox")),
+            (r#"{ queue = "emails" }"#, Ok("queue emails")),
+            (r#"{ queue = "a/b" }"#, Err("queue name \"a/b\" is not one")),
+            (
+                r#"{ queue = "mail", pattern = "*" }"#,
+                Err("pattern does not apply to a queue trigger"),
+            ),
             (
                 r#"{ methods = ["GET"] }"#,
-                Err("exactly one of http, cron, every, at, watch (found none)"),
+                Err("exactly one of http, cron, every, at, watch, queue (found none)"),
             ),
             (
                 r#"{ cron = "* * * * *", every = "1s" }"#,

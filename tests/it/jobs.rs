@@ -134,3 +134,141 @@ fn jobhost_cancel_from_the_cli_reaches_the_host_that_runs_it() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
 }
+
+/// `probe` listening on the queue `mail`.
+fn mail_project() -> Project {
+    let project = Project::new(
+        r#"
+[functions.mailer]
+module = "probe.wasm"
+triggers = [{ queue = "mail" }]
+"#,
+    );
+    project.function("probe", &probe(P1));
+    project
+}
+
+#[test]
+fn twenty_queue_messages_run_exactly_once_each() {
+    let project = mail_project();
+    let host = project.start();
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        let answer = host.post("/_jobhost/queues/mail", &format!("echo message {n}"));
+        assert_eq!(answer.status, 202, "{}", answer.body);
+        let id = answer.header("x-jobhost-invocation-id").unwrap();
+        assert_eq!(
+            answer.header("location"),
+            Some(format!("/_jobhost/invocations/{id}").as_str())
+        );
+        ids.push((id.to_string(), format!("message {n}")));
+    }
+    // The CLI posts beside the running host, the message as an argument or on stdin.
+    for n in 10..20 {
+        let mut cli = project.jobhost();
+        let output = if n % 2 == 0 {
+            cli.args(["enqueue", "mail", &format!("echo message {n}")])
+                .output()
+                .unwrap()
+        } else {
+            use std::io::Write;
+            let mut child = cli
+                .args(["enqueue", "mail", "-"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            write!(stdin, "echo message {n}").unwrap();
+            drop(stdin);
+            child.wait_with_output().unwrap()
+        };
+        assert!(output.status.success(), "{output:?}");
+        let id = String::from_utf8(output.stdout).unwrap().trim().to_string();
+        ids.push((id, format!("message {n}")));
+    }
+    for (id, said) in &ids {
+        let record = host.wait_for_record(id, Duration::from_secs(60), |r| state(r) == "succeeded");
+        assert_eq!(
+            (&record["function"], &record["trigger"], &record["reason"]),
+            (
+                &serde_json::json!("mailer"),
+                &serde_json::json!("queue"),
+                &serde_json::json!("message")
+            ),
+            "{record}"
+        );
+        assert_eq!(record["attempt"], 1, "{record}");
+        assert!(
+            record["stdout"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("{said}\n")),
+            "{record}"
+        );
+    }
+    let listed = host.json("/_jobhost/invocations?function=mailer&limit=1000");
+    assert_eq!(listed.as_array().unwrap().len(), 20, "{listed}");
+    // The guest is told which queue it serves.
+    let env = host.post("/_jobhost/queues/mail", "env");
+    let id = env.header("x-jobhost-invocation-id").unwrap().to_string();
+    let record = host.wait_for_record(&id, Duration::from_secs(60), |r| state(r) == "succeeded");
+    let stdout = record["stdout"].as_str().unwrap();
+    assert!(stdout.contains("JOBHOST_QUEUE=mail"), "{stdout}");
+    assert!(stdout.contains("JOBHOST_TRIGGER=queue"), "{stdout}");
+}
+
+#[test]
+fn a_queue_nobody_listens_to_is_named_and_two_listeners_are_refused() {
+    let project = mail_project();
+    let host = project.start();
+    let answer = host.post("/_jobhost/queues/nobody", "echo hi");
+    assert_eq!(answer.status, 404, "{}", answer.body);
+    assert!(
+        error_text(&answer.body).contains("no loaded function listens on queue `nobody`"),
+        "{}",
+        answer.body
+    );
+    let output = project
+        .jobhost()
+        .args(["enqueue", "nobody", "hi"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("no function listens on queue `nobody`"),
+        "{said}"
+    );
+    // A bad delay is named, as the API names it.
+    let output = project
+        .jobhost()
+        .args(["enqueue", "mail", "hi", "--delay", "soon"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("--delay \"soon\" is not a duration"),
+        "{said}"
+    );
+    drop(host);
+    // A second function on the same queue: `check` names both.
+    let clash = Project::new(
+        r#"
+[functions.a]
+module = "probe.wasm"
+triggers = [{ queue = "mail" }]
+[functions.b]
+module = "probe.wasm"
+triggers = [{ queue = "mail" }]
+"#,
+    );
+    clash.function("probe", &probe(P1));
+    let output = clash.jobhost().arg("check").output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let said = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("queue `mail` is listened to by both `a` and `b`"),
+        "{said}"
+    );
+}
