@@ -131,11 +131,20 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
             }
         }
-        (Method::GET, ["invocations", id]) => match rt.store.history.get(id).await {
-            Ok(Some(record)) => json(StatusCode::OK, &record),
-            Ok(None) => error(StatusCode::NOT_FOUND, format!("no invocation {id}")),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
-        },
+        (Method::GET, ["invocations", id]) => {
+            let found = match rt.store.history.get(id).await {
+                Ok(Some(mut record)) => rt.store.history.children(id).await.map(|children| {
+                    record.children = Some(children);
+                    Some(record)
+                }),
+                other => other,
+            };
+            match found {
+                Ok(Some(record)) => json(StatusCode::OK, &record),
+                Ok(None) => error(StatusCode::NOT_FOUND, format!("no invocation {id}")),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+            }
+        }
         (Method::POST, ["invocations", id, "retry"]) => match rt.dispatch.retry(id).await {
             Ok(record) => json(StatusCode::ACCEPTED, &record),
             Err(e @ RetryError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),

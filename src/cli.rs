@@ -63,7 +63,7 @@ enum Command {
         /// queued, scheduled, running, succeeded, failed, dead, skipped or cancelled.
         #[arg(long)]
         status: Option<String>,
-        /// http, timer, file or manual.
+        /// http, timer, file, manual, queue or chain.
         #[arg(long)]
         trigger: Option<String>,
         #[arg(long, default_value_t = 100)]
@@ -214,9 +214,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs { id, json } => {
             let config = load(&path)?;
             let store = runtime.block_on(Store::open_beside_host(&config.host))?;
-            let Some(record) = runtime.block_on(store.history.get(&id))? else {
+            let Some(mut record) = runtime.block_on(store.history.get(&id))? else {
                 bail!("no invocation {id} in {}", store.name);
             };
+            record.children = Some(runtime.block_on(store.history.children(&id))?);
             print::record(&record, json)?;
             Ok(ExitCode::SUCCESS)
         }

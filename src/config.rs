@@ -8,6 +8,7 @@
 //! - `trigger`, `route`: the trigger kinds and HTTP routes;
 //! - `function`: each function's spec from `runtime.toml` and its sidecar.
 
+mod chain;
 mod function;
 mod raw;
 mod route;

@@ -18,11 +18,11 @@ use tracing::Instrument;
 
 use crate::config::{DirMount, FunctionSpec, Retry, TriggerKind};
 use crate::metrics;
-use crate::registry::Function;
+use crate::registry::{Function, Registry};
 use crate::sandbox::{Body, Failure, HttpServed, IncomingBody, Outcome, Run, Sandbox};
 use crate::store::{
-    CancelError, Cancelled, Claimed, Enqueued, History, HostId, Lease, NewInvocation, Next, Output,
-    Reason, Record, RetryError, State, Store, SyncRecord, now_ms,
+    CancelError, Cancelled, Chain, Claimed, Enqueued, History, HostId, Lease, NewInvocation, Next,
+    Output, Reason, Record, RetryError, State, Store, SyncRecord, now_ms,
 };
 
 /// How long a cancel waits for a run here to stop and its result to be stored.
@@ -72,6 +72,56 @@ pub fn new_invocation(
         vars,
         timer: None,
         input_dir: None,
+        parent_id: None,
+        depth: 0,
+    }
+}
+
+/// What a finished background run of `function` starts (its `on_success` functions with
+/// its stdout, or its `on_failure` handler with its record), for the store to queue with
+/// its result. The children's specs are taken from `registry`; one not loaded now is
+/// queued with the parent's attempts and waits until it is.
+fn chain(
+    registry: &Registry,
+    function: &Function,
+    parent: &str,
+    depth: u32,
+    outcome: &Outcome,
+    next: Next,
+) -> Chain {
+    let child = |name: &str, reason: Reason, payload: Bytes| {
+        let vars = vec![("JOBHOST_PARENT_ID".to_string(), parent.to_string())];
+        let mut new = match registry.functions.get(name) {
+            Some(f) => new_invocation(&f.spec, TriggerKind::Chain, reason, payload, vars),
+            None => {
+                tracing::warn!(
+                    "`{name}`, next in the chain, is not loaded now: its invocation waits until it is"
+                );
+                let mut new =
+                    new_invocation(&function.spec, TriggerKind::Chain, reason, payload, vars);
+                new.function = name.to_string();
+                new.priority = 0;
+                new
+            }
+        };
+        new.parent_id = Some(parent.to_string());
+        new.depth = depth.saturating_add(1);
+        new
+    };
+    match next {
+        Next::Succeeded => Chain {
+            on_success: (function.spec.on_success.iter())
+                .map(|name| child(name, Reason::OnSuccess, outcome.stdout.clone()))
+                .collect(),
+            on_failure: None,
+        },
+        // The store fills in the record as the payload.
+        Next::Dead => Chain {
+            on_success: Vec::new(),
+            on_failure: (function.spec.on_failure.as_deref())
+                .map(|name| child(name, Reason::OnFailure, Bytes::new())),
+        },
+        Next::RetryAt(_) | Next::Cancelled => Chain::default(),
     }
 }
 
@@ -481,11 +531,13 @@ impl Dispatcher {
     /// refuses every write until the host stops leaves it for the next start to recover.
     pub async fn run_claimed(
         self: Arc<Self>,
+        registry: Arc<Registry>,
         function: Arc<Function>,
         claimed: Claimed,
         permit: Permit,
     ) {
         let lease = claimed.lease;
+        let depth = claimed.depth;
         let trigger_text = match &claimed.trigger {
             Ok(kind) => kind.as_str().to_string(),
             Err(unknown) => unknown.clone(),
@@ -553,7 +605,8 @@ impl Dispatcher {
                     (outcome, next)
                 }
             };
-            self.finish(&lease, &outcome, next).await;
+            let chain = chain(&registry, &function, &lease.id, depth, &outcome, next);
+            self.finish(&lease, &outcome, next, chain).await;
         }
         .instrument(span)
         .await;
@@ -590,11 +643,14 @@ impl Dispatcher {
     /// Stores the result. A store that fails is tried again, backing off up to a few
     /// seconds, until it takes the result or the host stops (then the next start runs the
     /// invocation again): a row left `running` would wait for that.
-    async fn finish(&self, lease: &Lease, outcome: &Outcome, next: Next) {
+    async fn finish(&self, lease: &Lease, outcome: &Outcome, next: Next, chain: Chain) {
         let mut wait = Duration::from_millis(100);
         let mut said = false;
         loop {
-            match self.store.queue.finish(lease, output(outcome), next).await {
+            let result = (self.store.queue)
+                .finish(lease, output(outcome), next, chain.clone())
+                .await;
+            match result {
                 Ok(true) => {
                     if said {
                         tracing::info!("the result is stored");

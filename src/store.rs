@@ -108,6 +108,10 @@ pub enum Reason {
     Retry,
     /// A message posted to the function's queue.
     Message,
+    /// The parent succeeded (its `on_success`).
+    OnSuccess,
+    /// The parent is dead (its `on_failure`).
+    OnFailure,
 }
 
 impl State {
@@ -138,6 +142,8 @@ named!(Reason {
     Manual = "manual",
     Retry = "retry",
     Message = "message",
+    OnSuccess = "on_success",
+    OnFailure = "on_failure",
 });
 
 /// Durable work to record; once `enqueue` returns, it will run.
@@ -163,6 +169,21 @@ pub struct NewInvocation {
     pub timer: Option<String>,
     /// The watched folder a file event comes from, mounted read-only at `/input`.
     pub input_dir: Option<PathBuf>,
+    /// The invocation whose chain (`on_success`, `on_failure`) made this one.
+    pub parent_id: Option<String>,
+    /// How many parents it has: 0 for work a trigger or a user made.
+    pub depth: u32,
+}
+
+/// What a finished attempt starts, stored in the transaction that stores its result, so a
+/// crash can neither lose nor double them.
+#[derive(Debug, Clone, Default)]
+pub struct Chain {
+    /// Queued when it ends `succeeded` (each with its payload set by the caller).
+    pub on_success: Vec<NewInvocation>,
+    /// Queued when it ends `dead`; its payload is the record as JSON, filled in by the
+    /// store.
+    pub on_failure: Option<NewInvocation>,
 }
 
 /// The columns of a record, in the order both stores read them. With `excerpt` (the name
@@ -182,7 +203,7 @@ fn columns(excerpt: Option<&str>) -> String {
             None => format!(", {field}, {field}_truncated"),
         };
     }
-    out + ", owner, priority, idempotency_key, cancel_requested"
+    out + ", owner, priority, idempotency_key, cancel_requested, parent_id"
 }
 
 /// A duration in ms as the store keeps it.
@@ -276,6 +297,8 @@ pub struct Claimed {
     pub payload: Bytes,
     pub vars: Vec<(String, String)>,
     pub input_dir: Option<PathBuf>,
+    /// How many parents it has (see [`NewInvocation::depth`]).
+    pub depth: u32,
 }
 
 /// What an attempt produced, as the store keeps it.
@@ -461,6 +484,11 @@ pub struct Record {
     pub idempotency_key: Option<String>,
     /// A user asked to cancel it while it ran; its host interrupts it.
     pub cancel_requested: bool,
+    /// The invocation whose chain made it.
+    pub parent_id: Option<String>,
+    /// The invocations its chain made (in the single-record view only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub children: Option<Vec<String>>,
 }
 
 /// What became of an enqueue.
@@ -525,9 +553,16 @@ pub trait Queue: Send + Sync {
     /// Marks one due invocation running for `owner`, with its next attempt and a new
     /// fence; `None` when it is not due (or a run of its timer is going).
     async fn claim(&self, id: &str, owner: &HostId) -> anyhow::Result<Option<Claimed>>;
-    /// Stores an attempt's result; `false` when the lease is no longer current (the
-    /// result is dropped).
-    async fn finish(&self, lease: &Lease, output: Output, next: Next) -> anyhow::Result<bool>;
+    /// Stores an attempt's result, and queues what its `chain` starts for the state it ends
+    /// in (a run marked for cancel ends `cancelled` and starts nothing), in one
+    /// transaction; `false` when the lease is no longer current (the result is dropped).
+    async fn finish(
+        &self,
+        lease: &Lease,
+        output: Output,
+        next: Next,
+        chain: Chain,
+    ) -> anyhow::Result<bool>;
     /// Puts an invocation interrupted by a graceful shutdown back in the queue without
     /// using its attempt; `false` when the lease is no longer current.
     async fn release(&self, lease: &Lease) -> anyhow::Result<bool>;
@@ -584,6 +619,8 @@ pub trait History: Send + Sync {
     /// Writes every record handed over before (readers call it to see their writes).
     async fn flush(&self) -> anyhow::Result<()>;
     async fn get(&self, id: &str) -> anyhow::Result<Option<Record>>;
+    /// The ids of the invocations `id`'s chain made, oldest first.
+    async fn children(&self, id: &str) -> anyhow::Result<Vec<String>>;
     /// Records newest first, filtered, their output cut to `filter.excerpt`.
     async fn list(&self, filter: &Filter) -> anyhow::Result<Vec<Record>>;
     /// Deletes finished records that ended before `before` (ms); returns how many.

@@ -89,6 +89,12 @@ pub(super) fn record(r: &Record, json: bool) -> anyhow::Result<()> {
         time(r.started_at),
         time(r.finished_at)
     );
+    if let Some(parent) = &r.parent_id {
+        println!("parent: {parent}");
+    }
+    if let Some(children) = r.children.as_ref().filter(|c| !c.is_empty()) {
+        println!("children: {}", children.join(", "));
+    }
     println!("--- stdout{} ---", cut(r.stdout_truncated));
     print!("{}", r.stdout);
     println!("--- stderr{} ---", cut(r.stderr_truncated));

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 use toml::de::DeValue;
 
+use super::chain;
 use super::raw::{RawFunction, RawLimits};
 use super::source::{Problem, Problems, Source};
 use super::trigger::{HttpMode, Trigger};
@@ -29,6 +30,10 @@ pub struct FunctionSpec {
     /// The function's `config` over the shared `[config]`.
     pub config: BTreeMap<String, Setting>,
     pub env: BTreeMap<String, String>,
+    /// Functions queued with this one's stdout as payload when a background run succeeds.
+    pub on_success: Vec<String>,
+    /// The function queued with this one's record as JSON when a background run is `dead`.
+    pub on_failure: Option<String>,
 }
 
 /// A function's table in one file, with the spans of its keys.
@@ -132,7 +137,7 @@ pub fn functions(config: &Config) -> BTreeMap<String, Result<FunctionSpec, Probl
         }
     }
     names.extend(modules);
-    names
+    let mut specs: BTreeMap<String, Result<FunctionSpec, Problems>> = names
         .into_iter()
         .map(|name| {
             let spec = match (sidecars.get(&name), check_function_name(&name)) {
@@ -151,7 +156,26 @@ pub fn functions(config: &Config) -> BTreeMap<String, Result<FunctionSpec, Probl
             };
             (name, spec)
         })
-        .collect()
+        .collect();
+    // Chains name other functions: checked once every function is known.
+    for (name, found) in chain::check(&specs) {
+        let sections = Sections {
+            declared: config.declared.get(&name),
+            sidecar: sidecars.get(&name).and_then(|s| s.as_ref().ok()),
+        };
+        let problems: Vec<Problem> = found
+            .into_iter()
+            .map(|(key, why)| {
+                let full = format!("functions.{name}.{key}");
+                match sections.source_of(key) {
+                    Some((source, span)) => source.problem(Some(span), &full, why),
+                    None => problem_of(&config.path, &why),
+                }
+            })
+            .collect();
+        specs.insert(name, Err(Problems(problems)));
+    }
+    specs
 }
 
 fn problem_of(path: &Path, why: &str) -> Problem {
@@ -323,6 +347,10 @@ pub(crate) fn function_spec(
         dirs,
         config: function_config,
         env: sections.value(|r| r.env.as_ref()).unwrap_or_default(),
+        on_success: sections
+            .value(|r| r.on_success.as_ref())
+            .unwrap_or_default(),
+        on_failure: sections.value(|r| r.on_failure.as_ref()),
     };
     problems.or(spec)
 }
@@ -348,6 +376,50 @@ mod tests {
             .as_ref()
             .expect_err("the function should be refused")
             .to_string()
+    }
+
+    #[test]
+    fn chains_to_unknown_functions_and_cycles_are_refused_with_the_path() {
+        let (_dir, config) = project(&[
+            (
+                "runtime.toml",
+                "[functions.a]\non_success = [\"b\"]\n[functions.b]\non_success = [\"c\"]\n[functions.c]\non_failure = \"a\"\n[functions.d]\non_success = [\"e\", \"nope\"]\n[functions.e]\non_failure = \"e\"\n[functions.f]\non_success = [\"d\"]\n",
+            ),
+            ("functions/g.toml", "on_success = [\"a\"]\n"),
+        ]);
+        let text = problems_of(&config, "a");
+        assert!(
+            text.contains(":2: `functions.a.on_success`: the chain comes back to where it started: a -> b -> c -> a;"),
+            "{text}"
+        );
+        assert!(problems_of(&config, "b").contains("b -> c -> a -> b"));
+        let text = problems_of(&config, "c");
+        assert!(
+            text.contains(":6: `functions.c.on_failure`: the chain comes back to where it started: c -> a -> b -> c"),
+            "{text}"
+        );
+        let text = problems_of(&config, "d");
+        assert!(
+            text.contains(":8: `functions.d.on_success`: `nope` is not a function: name one of a, b, c, d, e, f, g"),
+            "{text}"
+        );
+        assert!(problems_of(&config, "e").contains(
+            "`functions.e.on_failure`: the chain comes back to where it started: e -> e"
+        ));
+        // Leading into a cycle, or to a refused function, is no cycle of its own; a sidecar
+        // is named as the file of its key.
+        let specs = functions(&config);
+        assert_eq!(specs["f"].as_ref().unwrap().on_success, ["d"]);
+        assert!(specs["g"].is_ok());
+        let (_dir, config) = project(&[
+            ("runtime.toml", "[functions.a]\n"),
+            ("functions/g.toml", "\non_success = [\"g\"]\n"),
+        ]);
+        let text = problems_of(&config, "g");
+        assert!(
+            text.contains("functions/g.toml:2: `functions.g.on_success`: the chain comes back"),
+            "{text}"
+        );
     }
 
     #[test]

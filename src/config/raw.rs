@@ -148,6 +148,8 @@ section!(
         dirs: Vec<Spanned<RawDir>>,
         config: BTreeMap<String, Spanned<RawValue>>,
         env: BTreeMap<String, String>,
+        on_success: Vec<String>,
+        on_failure: String,
     }
 );
 

@@ -31,6 +31,8 @@ pub enum TriggerKind {
     File,
     Manual,
     Queue,
+    /// Started by another invocation's `on_success` or `on_failure`.
+    Chain,
 }
 
 named!(TriggerKind {
@@ -39,6 +41,7 @@ named!(TriggerKind {
     File = "file",
     Manual = "manual",
     Queue = "queue",
+    Chain = "chain",
 });
 
 /// A named queue: each message posted to it (`POST /_jobhost/queues/NAME`, `jobhost

@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{
-    CancelError, Cancelled, Enqueued, Filter, Fired, HostId, NewInvocation, Next, Output, Reason,
-    Receipt, RetryError, Slots, State, Store, SyncRecord, TimerFire, Wanted, now_ms,
+    CancelError, Cancelled, Chain, Enqueued, Filter, Fired, HostId, NewInvocation, Next, Output,
+    Reason, Receipt, RetryError, Slots, State, Store, SyncRecord, TimerFire, Wanted, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 
@@ -34,6 +34,7 @@ pub(crate) async fn run<K, F: Future<Output = (Store, K)>>(make: impl Fn() -> F)
     delayed_work_waits_as_scheduled_and_is_claimed_once_due(make().await).await;
     an_idempotency_key_gives_the_first_invocation_again(make().await).await;
     cancel_ends_waiting_work_at_once_and_marks_running_work_for_its_host(make().await).await;
+    a_chain_is_queued_with_the_result_that_starts_it_and_only_then(make().await).await;
 }
 
 /// Each function may take up to `limit` here; `concurrency` as given.
@@ -83,6 +84,8 @@ fn new(id: &str, function: &str) -> NewInvocation {
         vars: vec![("K".to_string(), "V".to_string())],
         timer: None,
         input_dir: None,
+        parent_id: None,
+        depth: 0,
     }
 }
 
@@ -139,7 +142,12 @@ async fn enqueued_work_is_claimed_once_and_finished<K>((store, _keep): (Store, K
     );
     let applied = store
         .queue
-        .finish(&claimed.lease, succeeded(), Next::Succeeded)
+        .finish(
+            &claimed.lease,
+            succeeded(),
+            Next::Succeeded,
+            Chain::default(),
+        )
         .await
         .unwrap();
     assert!(applied);
@@ -162,7 +170,7 @@ async fn a_result_under_an_old_lease_changes_nothing<K>((store, _keep): (Store, 
     assert_eq!(second.attempt, 2);
     let late = store
         .queue
-        .finish(&first.lease, failed(), Next::Dead)
+        .finish(&first.lease, failed(), Next::Dead, Chain::default())
         .await
         .unwrap();
     assert!(!late, "a result under an old lease must be dropped");
@@ -171,7 +179,12 @@ async fn a_result_under_an_old_lease_changes_nothing<K>((store, _keep): (Store, 
     assert!(
         store
             .queue
-            .finish(&second.lease, succeeded(), Next::Succeeded)
+            .finish(
+                &second.lease,
+                succeeded(),
+                Next::Succeeded,
+                Chain::default()
+            )
             .await
             .unwrap()
     );
@@ -194,7 +207,12 @@ async fn a_failed_attempt_waits_for_its_retry_time<K>((store, _keep): (Store, K)
     let at = now_ms() + 60_000;
     store
         .queue
-        .finish(&claimed.lease, failed(), Next::RetryAt(at))
+        .finish(
+            &claimed.lease,
+            failed(),
+            Next::RetryAt(at),
+            Chain::default(),
+        )
         .await
         .unwrap();
     let record = store.history.get("a").await.unwrap().unwrap();
@@ -226,7 +244,7 @@ async fn only_a_dead_invocation_is_retried_with_a_fresh_round<K>((store, _keep):
     let claimed = store.queue.claim("a", &owner()).await.unwrap().unwrap();
     store
         .queue
-        .finish(&claimed.lease, failed(), Next::Dead)
+        .finish(&claimed.lease, failed(), Next::Dead, Chain::default())
         .await
         .unwrap();
     let record = store.queue.retry("a").await.unwrap();
@@ -339,7 +357,12 @@ async fn a_timer_run_is_not_due_nor_claimed_while_another_run_of_it_is_going<K>(
     let later = now_ms() + 60_000;
     store
         .queue
-        .finish(&claimed.lease, failed(), Next::RetryAt(later))
+        .finish(
+            &claimed.lease,
+            failed(),
+            Next::RetryAt(later),
+            Chain::default(),
+        )
         .await
         .unwrap();
     assert!(
@@ -546,7 +569,7 @@ async fn a_list_shows_excerpts_and_one_record_all_it_keeps<K>((store, _keep): (S
     };
     store
         .queue
-        .finish(&claimed.lease, long, Next::Succeeded)
+        .finish(&claimed.lease, long, Next::Succeeded, Chain::default())
         .await
         .unwrap();
     // Not run yet: no output to cut.
@@ -630,7 +653,7 @@ async fn a_silent_hosts_running_work_is_rescued_and_a_live_hosts_is_not<K>(
     assert!(
         !store
             .queue
-            .finish(&lost.lease, succeeded(), Next::Succeeded)
+            .finish(&lost.lease, succeeded(), Next::Succeeded, Chain::default())
             .await
             .unwrap()
     );
@@ -692,7 +715,12 @@ async fn a_functions_concurrency_holds_across_hosts_claiming_at_once<K>(
     let running = claimed.remove(0);
     store
         .queue
-        .finish(&running.lease, succeeded(), Next::Succeeded)
+        .finish(
+            &running.lease,
+            succeeded(),
+            Next::Succeeded,
+            Chain::default(),
+        )
         .await
         .unwrap();
     assert_eq!(claim_due(&store, &b, &single).await.len(), 1);
@@ -842,7 +870,12 @@ async fn cancel_ends_waiting_work_at_once_and_marks_running_work_for_its_host<K>
     let retry_at = now_ms() + 60_000;
     store
         .queue
-        .finish(&claimed.lease, failed(), Next::RetryAt(retry_at))
+        .finish(
+            &claimed.lease,
+            failed(),
+            Next::RetryAt(retry_at),
+            Chain::default(),
+        )
         .await
         .unwrap();
     for id in ["queued", "scheduled", "retrying"] {
@@ -905,7 +938,7 @@ async fn cancel_ends_waiting_work_at_once_and_marks_running_work_for_its_host<K>
         assert!(
             store
                 .queue
-                .finish(&claimed.lease, output, next)
+                .finish(&claimed.lease, output, next, Chain::default())
                 .await
                 .unwrap()
         );
@@ -955,4 +988,96 @@ async fn cancel_ends_waiting_work_at_once_and_marks_running_work_for_its_host<K>
     assert_eq!(store.queue.depth().await.unwrap(), 0);
     // Cancelled records are pruned like any that ended.
     assert!(store.history.prune(now_ms() + 1).await.unwrap() >= 8);
+}
+
+async fn a_chain_is_queued_with_the_result_that_starts_it_and_only_then<K>(
+    (store, _keep): (Store, K),
+) {
+    let child = |id: &str, function: &str, parent: &str| {
+        let mut child = new(id, function);
+        child.trigger = TriggerKind::Chain;
+        child.reason = Reason::OnSuccess;
+        child.parent_id = Some(parent.to_string());
+        child.depth = 1;
+        child
+    };
+    let chain = |parent: &str| Chain {
+        on_success: vec![child("b1", "b", parent), child("c1", "c", parent)],
+        on_failure: Some(child("h1", "h", parent)),
+    };
+    // A success queues the on_success children, with their parent and depth.
+    store.queue.enqueue(new("a", "a")).await.unwrap();
+    let claimed = store.queue.claim("a", &owner()).await.unwrap().unwrap();
+    assert_eq!(claimed.depth, 0);
+    let done = store
+        .queue
+        .finish(&claimed.lease, succeeded(), Next::Succeeded, chain("a"))
+        .await
+        .unwrap();
+    assert!(done);
+    assert_eq!(store.history.children("a").await.unwrap(), ["b1", "c1"]);
+    let b1 = store.history.get("b1").await.unwrap().unwrap();
+    assert_eq!(b1.parent_id.as_deref(), Some("a"));
+    assert_eq!((b1.state, b1.trigger.as_str()), (State::Queued, "chain"));
+    let claimed = store.queue.claim("b1", &owner()).await.unwrap().unwrap();
+    assert_eq!(claimed.depth, 1);
+    // A failure with a retry to come, or a cancel, starts nothing; a late result under an
+    // old lease neither.
+    store.queue.enqueue(new("x", "a")).await.unwrap();
+    let first = store.queue.claim("x", &owner()).await.unwrap().unwrap();
+    let mut again = chain("x");
+    again.on_success[0].id = "b2".to_string();
+    again.on_success[1].id = "c2".to_string();
+    again.on_failure.as_mut().unwrap().id = "h2".to_string();
+    let retry_at = now_ms();
+    store
+        .queue
+        .finish(
+            &first.lease,
+            failed(),
+            Next::RetryAt(retry_at),
+            again.clone(),
+        )
+        .await
+        .unwrap();
+    let second = store.queue.claim("x", &owner()).await.unwrap().unwrap();
+    let stale = store
+        .queue
+        .finish(&first.lease, succeeded(), Next::Succeeded, again.clone())
+        .await
+        .unwrap();
+    assert!(!stale);
+    assert!(store.history.children("x").await.unwrap().is_empty());
+    // Dead: the handler gets the record, as it ended, as JSON.
+    store
+        .queue
+        .finish(&second.lease, failed(), Next::Dead, again)
+        .await
+        .unwrap();
+    assert_eq!(store.history.children("x").await.unwrap(), ["h2"]);
+    let handler = store.queue.claim("h2", &owner()).await.unwrap().unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&handler.payload).unwrap();
+    assert_eq!(
+        (&record["id"], &record["state"], &record["error"]),
+        (
+            &serde_json::json!("x"),
+            &serde_json::json!("dead"),
+            &serde_json::json!("exit 1")
+        ),
+        "{record}"
+    );
+    // Marked for cancel: it ends cancelled and starts nothing, whatever it asked.
+    store.queue.enqueue(new("y", "a")).await.unwrap();
+    let claimed = store.queue.claim("y", &owner()).await.unwrap().unwrap();
+    store.queue.cancel("y").await.unwrap();
+    let mut last = chain("y");
+    last.on_success.clear();
+    last.on_failure.as_mut().unwrap().id = "h3".to_string();
+    store
+        .queue
+        .finish(&claimed.lease, failed(), Next::Dead, last)
+        .await
+        .unwrap();
+    assert_eq!(state_of(&store, "y").await, State::Cancelled);
+    assert!(store.history.children("y").await.unwrap().is_empty());
 }

@@ -39,7 +39,7 @@ use tokio_util::task::AbortOnDropHandle;
 use records::Write;
 
 use super::{
-    CANCELLED, CancelError, Cancelled, Candidate, Claimed, Cluster, Enqueued, Filter, Fired,
+    CANCELLED, CancelError, Cancelled, Candidate, Chain, Claimed, Cluster, Enqueued, Filter, Fired,
     History, HostId, HostView, Lease, NewInvocation, Next, Output, Queue, Receipt, Record,
     Recovered, Rescued, RetryError, Slots, State, SyncRecord, TimerFire, TriggerState, Unreachable,
     Wanted, choose, columns, millis, now_ms,
@@ -128,6 +128,11 @@ const MIGRATIONS: &[&str] = &[
         ON jobhost_invocations (function, idempotency_key) WHERE idempotency_key IS NOT NULL;",
     // 7: a user asked to cancel a running invocation; its host interrupts it.
     "ALTER TABLE jobhost_invocations ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT FALSE;",
+    // 8: chains: the invocation that made one, and how deep in a chain it is.
+    "ALTER TABLE jobhost_invocations ADD COLUMN parent_id TEXT;
+    ALTER TABLE jobhost_invocations ADD COLUMN depth INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobhost_invocations_parent ON jobhost_invocations (parent_id, id)
+        WHERE parent_id IS NOT NULL;",
 ];
 
 /// Now on the server's clock, in ms: what host liveness is measured on, so that hosts'
@@ -167,7 +172,8 @@ const CLAIM: &str = "UPDATE jobhost_invocations SET state = 'running', attempt =
     WHERE id = ANY($1) AND durable AND state IN ('queued', 'failed', 'scheduled') AND run_after <= $3
       AND (timer IS NULL OR NOT EXISTS (SELECT 1 FROM jobhost_invocations AS r
            WHERE r.timer = jobhost_invocations.timer AND r.state = 'running'))
-    RETURNING id, function, trigger, attempt, max_attempt, payload, vars, input_dir, fence";
+    RETURNING id, function, trigger, attempt, max_attempt, payload, vars, input_dir, fence,
+        depth";
 
 /// The whole claim in one statement, for functions with neither a `concurrency` nor
 /// timers: each one's due rows at most its room (`$1`, `$2`) from the claim index, rows
@@ -192,7 +198,7 @@ const CLAIM_SIMPLE: &str = "UPDATE jobhost_invocations AS i SET state = 'running
     ) AS next
     WHERE i.id = next.id
     RETURNING i.id, i.function, i.trigger, i.attempt, i.max_attempt, i.payload, i.vars,
-        i.input_dir, i.fence, i.priority, i.run_after";
+        i.input_dir, i.fence, i.depth, i.priority, i.run_after";
 
 /// Connections one host keeps open at most.
 const POOL_SIZE: usize = 16;
@@ -553,9 +559,9 @@ async fn insert(
             "WITH inserted AS (
                  INSERT INTO jobhost_invocations (id, function, trigger, reason, attempt,
                      max_attempt, attempts, state, durable, payload, vars, created_at, run_after,
-                     timer, finished_at, input_dir, priority, idempotency_key)
+                     timer, finished_at, input_dir, priority, idempotency_key, parent_id, depth)
                  VALUES ($1, $2, $3, $4, 0, $5, $5, $6, TRUE, $7, $8, $9, $14, $10, $11, $12, $13,
-                     $15)
+                     $15, $16, $17)
                  ON CONFLICT DO NOTHING
                  RETURNING state)
              SELECT CASE WHEN state <> 'skipped' THEN pg_notify('jobhost_work', '') END
@@ -576,10 +582,39 @@ async fn insert(
                 &new.priority,
                 &run_after,
                 &new.idempotency_key,
+                &new.parent_id,
+                &i32::try_from(new.depth).unwrap_or(i32::MAX),
             ],
         )
         .await?;
     Ok(inserted.len() == 1)
+}
+
+/// Queues what a finished invocation's chain starts in `state` (see [`Queue::finish`]).
+async fn start_chain(
+    client: &impl GenericClient,
+    id: &str,
+    state: State,
+    chain: Chain,
+) -> anyhow::Result<()> {
+    match state {
+        State::Succeeded => {
+            for child in &chain.on_success {
+                insert(client, child, State::Queued).await?;
+            }
+        }
+        State::Dead => {
+            if let Some(mut handler) = chain.on_failure {
+                let record = get(client, id)
+                    .await?
+                    .context("the record was just updated")?;
+                handler.payload = serde_json::to_vec(&record)?.into();
+                insert(client, &handler, State::Queued).await?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 async fn set_cursor(client: &impl GenericClient, key: &str, at: i64) -> anyhow::Result<()> {
@@ -638,6 +673,8 @@ fn record(r: &Row) -> anyhow::Result<Record> {
         priority: r.try_get(22)?,
         idempotency_key: r.try_get(23)?,
         cancel_requested: r.try_get(24)?,
+        parent_id: r.try_get(25)?,
+        children: None,
     })
 }
 
@@ -672,6 +709,7 @@ fn claimed_row(r: &Row, owner: &HostId) -> anyhow::Result<Claimed> {
         payload: payload.into(),
         vars: serde_json::from_str(&vars).unwrap_or_default(),
         input_dir: r.try_get::<_, Option<String>>(7)?.map(PathBuf::from),
+        depth: u32::try_from(r.try_get::<_, i32>(9)?).unwrap_or(0),
     })
 }
 
@@ -702,7 +740,7 @@ impl PostgresStore {
             .await?;
         let mut claimed = Vec::with_capacity(rows.len());
         for r in &rows {
-            let order: (i32, i64) = (r.try_get(9)?, r.try_get(10)?);
+            let order: (i32, i64) = (r.try_get(10)?, r.try_get(11)?);
             claimed.push((order, claimed_row(r, owner)?));
         }
         // In claim order: highest priority, then oldest due, then oldest id.
@@ -934,12 +972,19 @@ impl Queue for PostgresStore {
         .await
     }
 
-    async fn finish(&self, lease: &Lease, output: Output, next: Next) -> anyhow::Result<bool> {
+    async fn finish(
+        &self,
+        lease: &Lease,
+        output: Output,
+        next: Next,
+        chain: Chain,
+    ) -> anyhow::Result<bool> {
         self.named(async {
             let (state, run_after) = next.state();
-            let client = self.client().await?;
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
             // A run a user cancelled ends `cancelled` unless it succeeded: never retried.
-            let stmt = client
+            let stmt = tx
                 .prepare_cached(
                     "UPDATE jobhost_invocations SET finished_at = $4,
                          duration_ms = $5, exit_code = $6, error = $7, stdout = $8, stderr = $9,
@@ -947,11 +992,12 @@ impl Queue for PostgresStore {
                          run_after = COALESCE($12, run_after),
                          state = CASE WHEN cancel_requested AND $3::text <> 'succeeded'
                                       THEN 'cancelled' ELSE $3::text END
-                     WHERE id = $1 AND state = 'running' AND fence = $2",
+                     WHERE id = $1 AND state = 'running' AND fence = $2
+                     RETURNING state",
                 )
                 .await?;
-            let changed = client
-                .execute(
+            let ended = tx
+                .query_opt(
                     &stmt,
                     &[
                         &lease.id,
@@ -969,7 +1015,12 @@ impl Queue for PostgresStore {
                     ],
                 )
                 .await?;
-            Ok(changed == 1)
+            let Some(ended) = ended else {
+                return Ok(false);
+            };
+            start_chain(&tx, &lease.id, named(&ended, 0, State::parse)?, chain).await?;
+            tx.commit().await?;
+            Ok(true)
         })
         .await
     }
@@ -1381,6 +1432,23 @@ impl History for PostgresStore {
         }
     }
 
+    async fn children(&self, id: &str) -> anyhow::Result<Vec<String>> {
+        self.named(async {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT id FROM jobhost_invocations WHERE parent_id = $1 ORDER BY id",
+                    &[&id],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     async fn get(&self, id: &str) -> anyhow::Result<Option<Record>> {
         self.named(async {
             let client = self.client().await?;
@@ -1739,6 +1807,8 @@ mod tests {
             vars: Vec::new(),
             timer: None,
             input_dir: None,
+            parent_id: None,
+            depth: 0,
         };
         there.enqueue(new).await.unwrap();
         tokio::time::timeout(within, hint.notified())

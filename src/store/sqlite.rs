@@ -22,7 +22,7 @@ use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
-    CANCELLED, CancelError, Cancelled, Candidate, Claimed, Cluster, Enqueued, Filter, Fired,
+    CANCELLED, CancelError, Cancelled, Candidate, Chain, Claimed, Cluster, Enqueued, Filter, Fired,
     History, HostId, HostView, Lease, NewInvocation, Next, Output, Queue, Receipt, Record,
     Recovered, Rescued, RetryError, State, SyncRecord, TimerFire, TriggerState, Wanted, choose,
     columns, millis, now_ms,
@@ -110,6 +110,11 @@ const MIGRATIONS: &[&str] = &[
         ON invocations (function, idempotency_key) WHERE idempotency_key IS NOT NULL;",
     // 9: a user asked to cancel a running invocation; its host interrupts it.
     "ALTER TABLE invocations ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;",
+    // 10: chains: the invocation that made one, and how deep in a chain it is.
+    "ALTER TABLE invocations ADD COLUMN parent_id TEXT;
+    ALTER TABLE invocations ADD COLUMN depth INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX IF NOT EXISTS invocations_parent ON invocations (parent_id, id)
+        WHERE parent_id IS NOT NULL;",
 ];
 
 fn db_path(data_dir: &Path) -> PathBuf {
@@ -213,8 +218,9 @@ fn insert(conn: &Connection, new: &NewInvocation, state: State) -> anyhow::Resul
     let inserted = conn.prepare_cached(
         "INSERT INTO invocations (id, function, trigger, reason, attempt, max_attempt, attempts,
              state, durable, payload, vars, created_at, run_after, timer, finished_at, input_dir,
-             priority, idempotency_key)
-         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?6, 1, ?7, ?8, ?9, ?14, ?10, ?11, ?12, ?13, ?15)
+             priority, idempotency_key, parent_id, depth)
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?6, 1, ?7, ?8, ?9, ?14, ?10, ?11, ?12, ?13, ?15, ?16,
+             ?17)
          ON CONFLICT DO NOTHING",
     )?
     .execute(params![
@@ -234,9 +240,31 @@ fn insert(conn: &Connection, new: &NewInvocation, state: State) -> anyhow::Resul
             .map(|p| p.to_string_lossy().into_owned()),
         new.priority,
         run_after,
-        new.idempotency_key
+        new.idempotency_key,
+        new.parent_id,
+        new.depth
     ])?;
     Ok(inserted == 1)
+}
+
+/// Queues what a finished invocation's chain starts in `state` (see [`Queue::finish`]).
+fn start_chain(conn: &Connection, id: &str, state: State, chain: Chain) -> anyhow::Result<()> {
+    match state {
+        State::Succeeded => {
+            for child in &chain.on_success {
+                insert(conn, child, State::Queued)?;
+            }
+        }
+        State::Dead => {
+            if let Some(mut handler) = chain.on_failure {
+                let record = get(conn, id)?.context("the record was just updated")?;
+                handler.payload = serde_json::to_vec(&record)?.into();
+                insert(conn, &handler, State::Queued)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn set_cursor(conn: &Connection, key: &str, at: i64) -> anyhow::Result<()> {
@@ -340,6 +368,8 @@ fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
         priority: r.get(22)?,
         idempotency_key: r.get(23)?,
         cancel_requested: r.get(24)?,
+        parent_id: r.get(25)?,
+        children: None,
     })
 }
 
@@ -368,7 +398,8 @@ fn claim_row(
            AND run_after <= ?3
            AND (timer IS NULL OR NOT EXISTS (SELECT 1 FROM invocations AS r
                 WHERE r.timer = invocations.timer AND r.state = 'running'))
-         RETURNING function, trigger, attempt, max_attempt, payload, vars, input_dir, fence",
+         RETURNING function, trigger, attempt, max_attempt, payload, vars, input_dir, fence,
+             depth",
     )?;
     let claimed = stmt
         .query_row(params![id, owner.as_str(), now], |r| {
@@ -388,6 +419,7 @@ fn claim_row(
                 payload: payload.into(),
                 vars: serde_json::from_str(&vars).unwrap_or_default(),
                 input_dir: r.get::<_, Option<String>>(6)?.map(PathBuf::from),
+                depth: r.get(8)?,
             })
         })
         .optional()?;
@@ -505,35 +537,52 @@ impl Queue for SqliteStore {
         .await
     }
 
-    async fn finish(&self, lease: &Lease, output: Output, next: Next) -> anyhow::Result<bool> {
+    async fn finish(
+        &self,
+        lease: &Lease,
+        output: Output,
+        next: Next,
+        chain: Chain,
+    ) -> anyhow::Result<bool> {
         let lease = lease.clone();
         self.with(move |conn| {
             let (state, run_after) = next.state();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             // A run a user cancelled ends `cancelled` unless it succeeded: never retried.
-            let changed = conn
+            let ended = tx
                 .prepare_cached(
                     "UPDATE invocations SET finished_at = ?4, duration_ms = ?5, exit_code = ?6,
-                     error = ?7, stdout = ?8, stderr = ?9, stdout_truncated = ?10,
-                     stderr_truncated = ?11, run_after = COALESCE(?12, run_after),
-                     state = CASE WHEN cancel_requested AND ?3 <> 'succeeded' THEN 'cancelled'
-                                  ELSE ?3 END
-                 WHERE id = ?1 AND state = 'running' AND fence = ?2",
+                         error = ?7, stdout = ?8, stderr = ?9, stdout_truncated = ?10,
+                         stderr_truncated = ?11, run_after = COALESCE(?12, run_after),
+                         state = CASE WHEN cancel_requested AND ?3 <> 'succeeded' THEN 'cancelled'
+                                      ELSE ?3 END
+                     WHERE id = ?1 AND state = 'running' AND fence = ?2
+                     RETURNING state",
                 )?
-                .execute(params![
-                    lease.id,
-                    lease.fence,
-                    state.as_str(),
-                    now_ms(),
-                    output.duration.as_millis() as i64,
-                    output.exit_code,
-                    output.error,
-                    output.stdout.as_ref(),
-                    output.stderr.as_ref(),
-                    output.stdout_truncated,
-                    output.stderr_truncated,
-                    run_after
-                ])?;
-            Ok(changed == 1)
+                .query_row(
+                    params![
+                        lease.id,
+                        lease.fence,
+                        state.as_str(),
+                        now_ms(),
+                        output.duration.as_millis() as i64,
+                        output.exit_code,
+                        output.error,
+                        output.stdout.as_ref(),
+                        output.stderr.as_ref(),
+                        output.stdout_truncated,
+                        output.stderr_truncated,
+                        run_after
+                    ],
+                    |r| named(r, 0, State::parse),
+                )
+                .optional()?;
+            let Some(ended) = ended else {
+                return Ok(false);
+            };
+            start_chain(&tx, &lease.id, ended, chain)?;
+            tx.commit()?;
+            Ok(true)
         })
         .await
     }
@@ -851,6 +900,17 @@ impl History for SqliteStore {
             .context("the records writer failed")
     }
 
+    async fn children(&self, id: &str) -> anyhow::Result<Vec<String>> {
+        let id = id.to_string();
+        self.with(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT id FROM invocations WHERE parent_id = ?1 ORDER BY id")?;
+            let ids = stmt.query_map(params![id], |r| r.get(0))?;
+            Ok(ids.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     async fn get(&self, id: &str) -> anyhow::Result<Option<Record>> {
         let id = id.to_string();
         self.with(move |conn| get(conn, &id)).await
@@ -1075,6 +1135,8 @@ mod tests {
             vars: Vec::new(),
             timer: None,
             input_dir: None,
+            parent_id: None,
+            depth: 0,
         };
         let message = format!("{:#}", store.enqueue(new).await.unwrap_err());
         assert!(message.contains("jobhost.db"), "{message}");

@@ -272,3 +272,103 @@ triggers = [{ queue = "mail" }]
         "{said}"
     );
 }
+
+#[test]
+fn a_chain_hands_each_steps_stdout_on_and_on_failure_runs_once_per_dead_invocation() {
+    let project = Project::new(
+        r#"
+[defaults]
+retry = { attempts = 2, initial = "100ms", max = "1s" }
+[functions.a]
+module = "probe.wasm"
+triggers = []
+on_success = ["b"]
+on_failure = "handler"
+[functions.b]
+module = "probe.wasm"
+triggers = []
+on_success = ["c"]
+[functions.c]
+module = "probe.wasm"
+triggers = []
+[functions.handler]
+module = "probe.wasm"
+triggers = []
+env = { PROBE_EVENT = "env" }
+"#,
+    );
+    project.function("probe", &probe(P1));
+    let host = project.start();
+    let payload = "relay through three steps\nand a second line";
+    let a = host.invoke("a", payload);
+    let step = |parent: &str, function: &str| -> serde_json::Value {
+        let record = host.wait_for_record(parent, Duration::from_secs(60), |r| {
+            state(r) == "succeeded" && r["children"].as_array().is_some_and(|c| !c.is_empty())
+        });
+        let children = record["children"].as_array().unwrap();
+        assert_eq!(children.len(), 1, "{record}");
+        let child = children[0].as_str().unwrap();
+        let record =
+            host.wait_for_record(child, Duration::from_secs(60), |r| state(r) == "succeeded");
+        assert_eq!(record["function"], function, "{record}");
+        assert_eq!(record["parent_id"], parent, "{record}");
+        assert_eq!(
+            (&record["trigger"], &record["reason"]),
+            (
+                &serde_json::json!("chain"),
+                &serde_json::json!("on_success")
+            ),
+        );
+        record
+    };
+    let b = step(&a, "b");
+    let c = step(b["id"].as_str().unwrap(), "c");
+    assert_eq!(c["stdout"], payload, "{c}");
+    assert_eq!(c["payload"], payload, "{c}");
+    assert_eq!(
+        host.json(&format!(
+            "/_jobhost/invocations/{}",
+            c["id"].as_str().unwrap()
+        ))["children"],
+        serde_json::json!([])
+    );
+    // Every attempt of a fails; once it is dead, the handler runs once with its record.
+    let dead = host.invoke("a", "exit 3");
+    let record = host.wait_for_record(&dead, Duration::from_secs(60), |r| {
+        state(r) == "dead" && r["children"].as_array().is_some_and(|c| !c.is_empty())
+    });
+    assert_eq!(record["attempt"], 2, "{record}");
+    let children = record["children"].as_array().unwrap();
+    assert_eq!(
+        children.len(),
+        1,
+        "one handler run for both attempts: {record}"
+    );
+    let handler = host.wait_for_record(
+        children[0].as_str().unwrap(),
+        Duration::from_secs(60),
+        |r| state(r) == "succeeded",
+    );
+    assert_eq!(handler["reason"], "on_failure", "{handler}");
+    let told: serde_json::Value =
+        serde_json::from_str(handler["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (&told["id"], &told["state"], &told["error"]),
+        (
+            &serde_json::json!(dead),
+            &serde_json::json!("dead"),
+            &serde_json::json!("exit 3")
+        ),
+        "{told}"
+    );
+    let env = handler["stdout"].as_str().unwrap();
+    assert!(env.contains(&format!("JOBHOST_PARENT_ID={dead}")), "{env}");
+    assert!(env.contains("JOBHOST_TRIGGER=chain"), "{env}");
+    // `jobhost logs` names the parent and the children.
+    let output = project.jobhost().args(["logs", &a]).output().unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        said.contains(&format!("children: {}", b["id"].as_str().unwrap())),
+        "{said}"
+    );
+}

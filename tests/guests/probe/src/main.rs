@@ -4,7 +4,7 @@
 //! and attempt), `mark MS PATH` (sleep, then append the id and attempt to PATH), `stamp
 //! PATH` (append the time in ms to PATH, then fail), `input` (read the
 //! file of a watch event), `raw TEXT` (TEXT alone, `\n` as a line break: headers of the
-//! test's choosing). Every other answer starts with a CGI header block. An event (JSON on stdin, from a timer or a watch) runs the
+//! test's choosing), `relay ...` (the whole input as it came). Every other answer starts with a CGI header block. An event (JSON on stdin, from a timer or a watch) runs the
 //! command in the function's `PROBE_EVENT` variable, `env` by default.
 
 use std::io::{Read, Write};
@@ -22,6 +22,11 @@ fn main() {
     let mut out = std::io::stdout().lock();
     if command == "raw" {
         let _ = write!(out, "{}", arg.replace("\\n", "\n"));
+        return;
+    }
+    if command == "relay" {
+        // The whole input, as it came: a chain of relays hands it on unchanged.
+        let _ = write!(out, "{input}");
         return;
     }
     let _ = write!(out, "Content-Type: text/plain\n\n");
