@@ -26,6 +26,7 @@ fn run<'a>(limits: &'a Limits) -> Run<'a> {
         config: jobhost::sandbox::GuestConfig::default(),
         program: "bench",
         cancel: None,
+        job: jobhost::sandbox::JobLink::default(),
     }
 }
 

@@ -358,6 +358,7 @@ async fn invoke(config: &Config, name: &str, payload: Bytes) -> anyhow::Result<E
         );
     }
     let (sandbox, registry) = load_functions(config, &specs, Some(name))?;
+    let registry = Arc::new(registry);
     let Some(function) = registry.functions.get(name) else {
         let why = registry.problems.first().map(|p| p.message.as_str());
         bail!(
@@ -378,7 +379,10 @@ async fn invoke(config: &Config, name: &str, payload: Bytes) -> anyhow::Result<E
         record_excerpt: config.host.record_excerpt,
         hard_stop: CancellationToken::new(),
         tasks: TaskTracker::new(),
+        max_chain_depth: config.host.max_chain_depth,
     }));
+    // What its guest may `enqueue` to: the one function loaded here.
+    dispatch.swap(registry.clone());
     let permit = dispatch
         .admit(function)
         .map_err(|busy| anyhow::anyhow!("{busy}"))?;

@@ -81,6 +81,9 @@ pub struct HostSettings {
     pub heartbeat: Duration,
     /// A host silent this long is taken for dead: its running work runs again elsewhere.
     pub lease: Duration,
+    /// How many steps a chain of guest `enqueue`s (and `on_success`) may take; deeper,
+    /// an enqueue fails with "chain too deep".
+    pub max_chain_depth: u32,
 }
 
 /// Where the host keeps invocations, timer cursors and watch receipts.
@@ -133,6 +136,7 @@ const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_BODY_MEMORY: u64 = 256 << 20;
 const DEFAULT_MAX_MODULE_SIZE: u64 = 256 << 20;
+const DEFAULT_MAX_CHAIN_DEPTH: u32 = 100;
 const DEFAULT_RECORD_EXCERPT: usize = 4 << 10;
 const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
@@ -433,6 +437,7 @@ fn host_settings(
         store,
         heartbeat: raw.heartbeat.map_or(DEFAULT_HEARTBEAT, |d| d.0),
         lease: raw.lease.map_or(DEFAULT_LEASE, |d| d.0),
+        max_chain_depth: raw.max_chain_depth.unwrap_or(DEFAULT_MAX_CHAIN_DEPTH),
     }
 }
 

@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,10 +20,13 @@ use tracing::Instrument;
 use crate::config::{DirMount, FunctionSpec, Retry, TriggerKind};
 use crate::metrics;
 use crate::registry::{Function, Registry};
-use crate::sandbox::{Body, Failure, HttpServed, IncomingBody, Outcome, Run, Sandbox};
+use crate::sandbox::{
+    Body, EnqueueOptions, Failure, HttpServed, IncomingBody, Job, JobLink, Outcome, Run, Sandbox,
+    Shape,
+};
 use crate::store::{
-    CancelError, Cancelled, Chain, Claimed, Enqueued, History, HostId, Lease, NewInvocation, Next,
-    Output, Reason, Record, RetryError, State, Store, SyncRecord, now_ms,
+    CancelError, Cancelled, Chain, Claimed, Enqueued, History, HostId, LATEST, Lease,
+    NewInvocation, Next, Output, Reason, Record, RetryError, State, Store, SyncRecord, now_ms,
 };
 
 /// How long a cancel waits for a run here to stop and its result to be stored.
@@ -142,7 +146,12 @@ pub struct Dispatcher {
     /// Wakes the queue worker: new durable work, or a background run ended. (A slot freed
     /// by a synchronous call is found by the worker's next poll, within a second: waking it
     /// for every request would cost a look at the store per request.)
-    wake: Notify,
+    wake: Arc<Notify>,
+    /// The functions as they are now (swapped whole on reload): what chains and guests'
+    /// `enqueue` name.
+    functions: Arc<RwLock<Arc<Registry>>>,
+    /// `[host] max_chain_depth`.
+    max_chain_depth: u32,
     /// Cancelled when the shutdown grace has passed: running invocations are interrupted.
     hard_stop: CancellationToken,
     tasks: TaskTracker,
@@ -187,6 +196,8 @@ pub struct Parts {
     pub record_excerpt: usize,
     pub hard_stop: CancellationToken,
     pub tasks: TaskTracker,
+    /// `[host] max_chain_depth`.
+    pub max_chain_depth: u32,
 }
 
 /// The right to run one invocation now, within both limits.
@@ -254,13 +265,17 @@ struct Invocation {
     input: Option<PathBuf>,
     /// A user's cancel (background work only).
     cancel: Option<CancellationToken>,
+    /// What its `jobhost:job` calls do.
+    job: JobLink,
 }
 
 impl Invocation {
-    /// A synchronous call's one attempt.
-    fn sync(call: Call<'_>) -> Invocation {
+    /// A synchronous call's one attempt: it may `enqueue`, but keeps no checkpoint.
+    fn sync(call: Call<'_>, dispatch: &Dispatcher) -> Invocation {
+        let id = new_id();
         Invocation {
-            id: new_id(),
+            job: dispatch.job(&id, 0, None),
+            id,
             function: call.function.clone(),
             trigger: call.trigger,
             attempt: 1,
@@ -314,6 +329,7 @@ impl Invocation {
             config: self.function.config.clone(),
             program: &self.function.spec.name,
             cancel: self.cancel.clone(),
+            job: self.job.clone(),
         }
     }
 }
@@ -336,7 +352,9 @@ impl Dispatcher {
             owner: parts.owner,
             permits: Arc::new(Semaphore::new(parts.max_concurrency)),
             max_concurrency: parts.max_concurrency,
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
+            functions: Arc::new(RwLock::new(Arc::new(Registry::default()))),
+            max_chain_depth: parts.max_chain_depth,
             hard_stop: parts.hard_stop,
             tasks: parts.tasks,
             running: Mutex::new(HashMap::new()),
@@ -380,6 +398,36 @@ impl Dispatcher {
     /// Invocations running now.
     pub fn running(&self) -> usize {
         self.max_concurrency - self.permits.available_permits()
+    }
+
+    /// The functions as they are now. A request or a run keeps the snapshot it started
+    /// with, so it finishes on that version.
+    pub fn functions(&self) -> Arc<Registry> {
+        self.functions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Makes `next` the functions; returns the ones before.
+    pub fn swap(&self, next: Arc<Registry>) -> Arc<Registry> {
+        let mut functions = self.functions.write().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *functions, next)
+    }
+
+    /// The `jobhost:job` of invocation `id`, `depth` steps down a chain; with the `lease`
+    /// of a background attempt, it keeps checkpoints and progress.
+    fn job(&self, id: &str, depth: u32, lease: Option<Lease>) -> JobLink {
+        JobLink(Some(Arc::new(GuestJob {
+            store: self.store.clone(),
+            functions: self.functions.clone(),
+            wake: self.wake.clone(),
+            parent: id.to_string(),
+            depth,
+            lease,
+            enqueued: AtomicU32::new(0),
+            max_chain_depth: self.max_chain_depth,
+        })))
     }
 
     /// Wakes the queue worker: durable work was written, or a background run ended.
@@ -468,7 +516,7 @@ impl Dispatcher {
     /// caller decides).
     pub async fn run_sync(&self, call: Call<'_>, permit: Permit) -> (String, Outcome) {
         let echo = call.echo;
-        let invocation = Invocation::sync(call);
+        let invocation = Invocation::sync(call, self);
         let started_at = now_ms();
         let span = invocation.span();
         let outcome = self
@@ -491,7 +539,7 @@ impl Dispatcher {
         permit: Permit,
     ) -> (String, Served) {
         let echo = call.echo;
-        let invocation = Invocation::sync(call);
+        let invocation = Invocation::sync(call, self);
         let started_at = now_ms();
         let span = invocation.span();
         let served = self
@@ -531,7 +579,6 @@ impl Dispatcher {
     /// refuses every write until the host stops leaves it for the next start to recover.
     pub async fn run_claimed(
         self: Arc<Self>,
-        registry: Arc<Registry>,
         function: Arc<Function>,
         claimed: Claimed,
         permit: Permit,
@@ -573,6 +620,7 @@ impl Dispatcher {
                         payload: claimed.payload,
                         input: claimed.input_dir,
                         cancel: Some(cancel),
+                        job: self.job(&lease.id, depth, Some(lease.clone())),
                     };
                     let Some(outcome) = self.run_in_task(invocation).await else {
                         // Interrupted by shutdown: back to the queue, the attempt not used.
@@ -605,7 +653,7 @@ impl Dispatcher {
                     (outcome, next)
                 }
             };
-            let chain = chain(&registry, &function, &lease.id, depth, &outcome, next);
+            let chain = chain(&self.functions(), &function, &lease.id, depth, &outcome, next);
             self.finish(&lease, &outcome, next, chain).await;
         }
         .instrument(span)
@@ -692,6 +740,175 @@ fn output(outcome: &Outcome) -> Output {
         stdout_truncated: outcome.stdout_truncated,
         stderr_truncated: outcome.stderr_truncated,
         duration: outcome.duration,
+    }
+}
+
+/// The largest payload a guest's `enqueue` takes.
+pub const MAX_ENQUEUE_PAYLOAD: usize = 10 << 20;
+/// The largest checkpoint kept.
+pub const MAX_CHECKPOINT: usize = 1 << 20;
+/// The longest progress message kept.
+const MAX_PROGRESS_MESSAGE: usize = 1 << 10;
+
+/// What one run's `jobhost:job` calls do: an `enqueue` makes a child of the run (queued
+/// under an idempotency key, so an attempt that runs again does not queue it twice);
+/// checkpoints and progress are kept for a background attempt, under its lease.
+struct GuestJob {
+    store: Store,
+    functions: Arc<RwLock<Arc<Registry>>>,
+    wake: Arc<Notify>,
+    /// The running invocation's id: the children's parent.
+    parent: String,
+    depth: u32,
+    lease: Option<Lease>,
+    /// Enqueues so far in this run: the ordinal in each child's default key.
+    enqueued: AtomicU32,
+    max_chain_depth: u32,
+}
+
+impl GuestJob {
+    fn lease(&self, what: &str) -> Result<&Lease, String> {
+        self.lease.as_ref().ok_or_else(|| {
+            format!("{what} kept for background invocations only; this one answers its caller")
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Job for GuestJob {
+    async fn enqueue(
+        &self,
+        target: &str,
+        payload: Vec<u8>,
+        options: EnqueueOptions,
+    ) -> Result<String, String> {
+        let ordinal = self.enqueued.fetch_add(1, Ordering::Relaxed);
+        let registry = self
+            .functions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (function, trigger, reason, mut vars) = match target.strip_prefix("queue:") {
+            Some(queue) => {
+                let function = registry.queues.get(queue).ok_or_else(|| {
+                    format!("no loaded function listens on queue `{queue}`; nothing was queued")
+                })?;
+                let vars = vec![("JOBHOST_QUEUE".to_string(), queue.to_string())];
+                (function, TriggerKind::Queue, Reason::Message, vars)
+            }
+            None => {
+                let function = registry.functions.get(target).ok_or_else(|| {
+                    format!("no function named `{target}` is loaded; nothing was queued")
+                })?;
+                (function, TriggerKind::Chain, Reason::Enqueue, Vec::new())
+            }
+        };
+        if function.prepared.shape == Shape::Http {
+            return Err(format!(
+                "`{}` is a wasi:http component: it answers HTTP requests, and cannot run queued work",
+                function.spec.name
+            ));
+        }
+        if payload.len() > MAX_ENQUEUE_PAYLOAD {
+            return Err(format!(
+                "the payload is {} bytes, over {MAX_ENQUEUE_PAYLOAD}; nothing was queued",
+                payload.len()
+            ));
+        }
+        let depth = self.depth.saturating_add(1);
+        if depth > self.max_chain_depth {
+            tracing::warn!(
+                target = %target,
+                "chain too deep: an enqueue would make step {depth} of a chain, past [host] max_chain_depth = {}; refused",
+                self.max_chain_depth
+            );
+            return Err(format!(
+                "chain too deep: this would be step {depth} of a chain, past [host] max_chain_depth = {}",
+                self.max_chain_depth
+            ));
+        }
+        let chosen = options.idempotency_key.is_some();
+        let key = match options.idempotency_key {
+            Some(key) => {
+                check_idempotency_key(&key).map_err(|why| format!("the idempotency key {why}"))?;
+                key
+            }
+            None => format!("{}:{ordinal}", self.parent),
+        };
+        vars.push(("JOBHOST_PARENT_ID".to_string(), self.parent.clone()));
+        let mut new = new_invocation(&function.spec, trigger, reason, payload.into(), vars);
+        new.priority = options.priority.unwrap_or(function.spec.priority);
+        new.run_after = options.delay_ms.filter(|d| *d > 0).map(|d| {
+            now_ms()
+                .saturating_add(i64::try_from(d).unwrap_or(i64::MAX))
+                .min(LATEST)
+        });
+        new.idempotency_key = Some(key.clone());
+        new.parent_id = Some(self.parent.clone());
+        new.depth = depth;
+        match self.store.queue.enqueue(new).await {
+            Ok(Enqueued::New(id)) => {
+                self.wake.notify_one();
+                Ok(id)
+            }
+            Ok(Enqueued::Existing { id, same_payload }) if same_payload || !chosen => Ok(id),
+            Ok(Enqueued::Existing { id, .. }) => Err(format!(
+                "the idempotency key {key:?} was used for invocation {id} with another payload; nothing was queued"
+            )),
+            Err(e) => Err(format!("cannot queue it: {e:#}")),
+        }
+    }
+
+    async fn checkpoint_save(&self, data: Vec<u8>) -> Result<(), String> {
+        let lease = self.lease("checkpoints are")?;
+        if data.len() > MAX_CHECKPOINT {
+            return Err(format!(
+                "the checkpoint is {} bytes, over {MAX_CHECKPOINT} (1 MiB); the previous one is kept",
+                data.len()
+            ));
+        }
+        match self.store.queue.save_checkpoint(lease, data.into()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(
+                "this attempt is no longer the invocation's (it was taken over); nothing was saved"
+                    .to_string(),
+            ),
+            Err(e) => Err(format!("cannot save the checkpoint: {e:#}")),
+        }
+    }
+
+    async fn checkpoint_load(&self) -> Option<Vec<u8>> {
+        self.lease.as_ref()?;
+        match self.store.queue.checkpoint(&self.parent).await {
+            Ok(data) => data.map(|d| d.to_vec()),
+            Err(e) => {
+                tracing::warn!("cannot read the checkpoint: {e:#}");
+                None
+            }
+        }
+    }
+
+    async fn set_progress(&self, percent: u8, mut message: String) -> Result<(), String> {
+        let lease = self.lease("progress is")?;
+        if percent > 100 {
+            return Err(format!("progress {percent} is over 100 (percent)"));
+        }
+        if message.len() > MAX_PROGRESS_MESSAGE {
+            let mut end = MAX_PROGRESS_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        match self
+            .store
+            .queue
+            .set_progress(lease, percent, &message)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("cannot record the progress: {e:#}")),
+        }
     }
 }
 

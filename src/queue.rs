@@ -111,12 +111,11 @@ async fn start_due(rt: &Runtime) -> anyhow::Result<()> {
             .map(|f| (f, rt.dispatch.admit(f)));
         match admitted {
             Some((function, Ok(permit))) => {
-                rt.tasks.spawn(rt.dispatch.clone().run_claimed(
-                    functions.clone(),
-                    function.clone(),
-                    claimed,
-                    permit,
-                ));
+                rt.tasks.spawn(
+                    rt.dispatch
+                        .clone()
+                        .run_claimed(function.clone(), claimed, permit),
+                );
             }
             // A synchronous request took the slot since it was counted: the invocation
             // goes back to the queue with its attempt, for the next look.

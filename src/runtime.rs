@@ -3,7 +3,7 @@
 //! `serve`; the HTTP front, the API, the queue worker, reload and the triggers receive it
 //! (or the part of it they need), never the code that started them.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,7 +18,6 @@ pub struct Runtime {
     /// The `[host]` settings the host started with (they hold until a restart), with
     /// `listen` the address as bound.
     pub host: HostSettings,
-    functions: RwLock<Arc<Registry>>,
     pub dispatch: Arc<Dispatcher>,
     pub store: Store,
     /// The budget for request bodies held in memory (`max_body_memory`).
@@ -41,7 +40,6 @@ impl Runtime {
         Runtime {
             bodies: Budget::new(host.max_body_memory),
             host,
-            functions: RwLock::new(Arc::new(Registry::default())),
             dispatch,
             store,
             accept,
@@ -52,15 +50,11 @@ impl Runtime {
     /// The functions as they are now. A request or a run keeps the snapshot it started
     /// with, so it finishes on that version.
     pub fn functions(&self) -> Arc<Registry> {
-        self.functions
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.dispatch.functions()
     }
 
     /// Makes `next` the functions; returns the ones before.
     pub fn swap(&self, next: Arc<Registry>) -> Arc<Registry> {
-        let mut functions = self.functions.write().unwrap_or_else(|e| e.into_inner());
-        std::mem::replace(&mut *functions, next)
+        self.dispatch.swap(next)
     }
 }

@@ -5,6 +5,7 @@
 
 mod capture;
 mod imports;
+mod job;
 mod response;
 
 use std::fmt;
@@ -35,6 +36,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 use crate::config::{DirMount, Limits};
 use capture::Capture;
 pub use imports::GuestConfig;
+pub use job::{EnqueueOptions, Job, JobLink};
 use response::Response;
 
 /// How often the epoch advances; a guest past its deadline stops within one tick.
@@ -113,6 +115,8 @@ pub struct Run<'a> {
     /// Cancelled when a user cancels the invocation: the guest is stopped at once (at its
     /// next epoch tick, or in a host call it waits in) and the run ends `cancelled`.
     pub cancel: Option<CancellationToken>,
+    /// What the guest's `jobhost:job` calls do.
+    pub job: JobLink,
 }
 
 /// Why an invocation failed. The `Display` text is the reason stored and shown to users.
@@ -291,12 +295,14 @@ pub(crate) struct ComponentState {
     config: GuestConfig,
     hooks: NoOutgoing,
     guard: Guard,
+    job: JobLink,
 }
 
 pub(crate) struct ModuleState {
     wasi: WasiP1Ctx,
     config: GuestConfig,
     guard: Guard,
+    job: JobLink,
 }
 
 impl Guarded for ComponentState {
@@ -390,12 +396,14 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut component_linker)?;
         imports::add_config_to_component_linker(&mut component_linker)?;
+        job::add_to_component_linker(&mut component_linker)?;
 
         let mut module_linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut ModuleState| {
             &mut s.wasi
         })?;
         imports::add_config_to_module_linker(&mut module_linker)?;
+        job::add_to_module_linker(&mut module_linker)?;
         // wasmtime-wasi turns a preview 1 exit status of 126 or more into a trap that loses
         // the status; a guest's status is its own to choose, so it is reported as it is.
         module_linker.allow_shadowing(true);
@@ -678,6 +686,7 @@ impl Sandbox {
                 wasi: builder.build_p1(),
                 config: run.config.clone(),
                 guard: guard(run.limits),
+                job: run.job.clone(),
             };
             self.new_store(state, run.limits)
         });
@@ -896,6 +905,7 @@ fn component_state(
         config: run.config.clone(),
         hooks: NoOutgoing,
         guard: guard(run.limits),
+        job: run.job.clone(),
     })
 }
 

@@ -90,6 +90,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         record_excerpt: config.host.record_excerpt,
         hard_stop: hard_stop.clone(),
         tasks: tasks.clone(),
+        max_chain_depth: config.host.max_chain_depth,
     }));
     // The address as bound (port 0 becomes the port the system chose): what the API checks
     // requests against, and the `Host` a wasi:http guest sees when a client sends none.

@@ -112,6 +112,8 @@ pub enum Reason {
     OnSuccess,
     /// The parent is dead (its `on_failure`).
     OnFailure,
+    /// Another invocation's guest queued it (`jobhost:job` `enqueue`).
+    Enqueue,
 }
 
 impl State {
@@ -144,6 +146,7 @@ named!(Reason {
     Message = "message",
     OnSuccess = "on_success",
     OnFailure = "on_failure",
+    Enqueue = "enqueue",
 });
 
 /// Durable work to record; once `enqueue` returns, it will run.
@@ -203,7 +206,25 @@ fn columns(excerpt: Option<&str>) -> String {
             None => format!(", {field}, {field}_truncated"),
         };
     }
-    out + ", owner, priority, idempotency_key, cancel_requested, parent_id"
+    out + ", owner, priority, idempotency_key, cancel_requested, parent_id, progress,
+        progress_message"
+}
+
+/// How far a running invocation says it has come.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Progress {
+    pub percent: u8,
+    pub message: String,
+}
+
+impl Progress {
+    /// From the stored columns: none until the guest said something.
+    fn stored(percent: Option<i32>, message: Option<String>) -> Option<Progress> {
+        Some(Progress {
+            percent: u8::try_from(percent?).unwrap_or(100),
+            message: message.unwrap_or_default(),
+        })
+    }
 }
 
 /// A duration in ms as the store keeps it.
@@ -486,6 +507,8 @@ pub struct Record {
     pub cancel_requested: bool,
     /// The invocation whose chain made it.
     pub parent_id: Option<String>,
+    /// What the guest last said of how far it has come (`set-progress`).
+    pub progress: Option<Progress>,
     /// The invocations its chain made (in the single-record view only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub children: Option<Vec<String>>,
@@ -578,6 +601,15 @@ pub trait Queue: Send + Sync {
     async fn cancel(&self, id: &str) -> Result<Cancelled, CancelError>;
     /// Which of `running` (ids this host runs) a user asked to cancel.
     async fn cancels(&self, running: &[String]) -> anyhow::Result<Vec<String>>;
+    /// Keeps a running attempt's checkpoint in place of the one before; `false` when the
+    /// lease is no longer current (nothing changes). A success clears it.
+    async fn save_checkpoint(&self, lease: &Lease, data: Bytes) -> anyhow::Result<bool>;
+    /// The last checkpoint an invocation saved, in any attempt.
+    async fn checkpoint(&self, id: &str) -> anyhow::Result<Option<Bytes>>;
+    /// Records how far a running attempt has come; `false` when the lease is no longer
+    /// current.
+    async fn set_progress(&self, lease: &Lease, percent: u8, message: &str)
+    -> anyhow::Result<bool>;
 }
 
 /// What triggers remember, each changed together with the invocation it fires.

@@ -73,6 +73,7 @@ section!(RawHost {
     store: Spanned<RawStore>,
     heartbeat: Dur,
     lease: Dur,
+    max_chain_depth: u32,
 });
 
 /// `store = "sqlite"` or `store = { postgres = "postgres://..." }` (the URL may come from

@@ -35,6 +35,7 @@ pub(crate) async fn run<K, F: Future<Output = (Store, K)>>(make: impl Fn() -> F)
     an_idempotency_key_gives_the_first_invocation_again(make().await).await;
     cancel_ends_waiting_work_at_once_and_marks_running_work_for_its_host(make().await).await;
     a_chain_is_queued_with_the_result_that_starts_it_and_only_then(make().await).await;
+    a_checkpoint_outlives_its_attempt_and_only_the_current_attempt_writes(make().await).await;
 }
 
 /// Each function may take up to `limit` here; `concurrency` as given.
@@ -1080,4 +1081,66 @@ async fn a_chain_is_queued_with_the_result_that_starts_it_and_only_then<K>(
         .unwrap();
     assert_eq!(state_of(&store, "y").await, State::Cancelled);
     assert!(store.history.children("y").await.unwrap().is_empty());
+}
+
+async fn a_checkpoint_outlives_its_attempt_and_only_the_current_attempt_writes<K>(
+    (store, _keep): (Store, K),
+) {
+    let q = &store.queue;
+    q.enqueue(new("a", "f")).await.unwrap();
+    assert_eq!(q.checkpoint("a").await.unwrap(), None);
+    let first = q.claim("a", &owner()).await.unwrap().unwrap();
+    let saved = q
+        .save_checkpoint(&first.lease, Bytes::from_static(b"step 3"))
+        .await;
+    assert!(saved.unwrap());
+    assert!(
+        q.set_progress(&first.lease, 30, "three of ten")
+            .await
+            .unwrap()
+    );
+    let record = store.history.get("a").await.unwrap().unwrap();
+    let progress = record.progress.expect("the progress is kept");
+    assert_eq!(
+        (progress.percent, progress.message.as_str()),
+        (30, "three of ten")
+    );
+    // Through a failure, a shutdown's release and a crash, the next attempt reads it.
+    let at = now_ms();
+    q.finish(&first.lease, failed(), Next::RetryAt(at), Chain::default())
+        .await
+        .unwrap();
+    let second = q.claim("a", &owner()).await.unwrap().unwrap();
+    assert_eq!(
+        q.checkpoint("a").await.unwrap().as_deref(),
+        Some(&b"step 3"[..])
+    );
+    q.release(&second.lease).await.unwrap();
+    let third = q.claim("a", &owner()).await.unwrap().unwrap();
+    q.recover(&owner()).await.unwrap();
+    assert_eq!(
+        q.checkpoint("a").await.unwrap().as_deref(),
+        Some(&b"step 3"[..])
+    );
+    // An attempt that lost its lease writes nothing.
+    let stale = q
+        .save_checkpoint(&third.lease, Bytes::from_static(b"stale"))
+        .await;
+    assert!(!stale.unwrap());
+    assert!(!q.set_progress(&first.lease, 99, "stale").await.unwrap());
+    let fourth = q.claim("a", &owner()).await.unwrap().unwrap();
+    assert_eq!(
+        q.checkpoint("a").await.unwrap().as_deref(),
+        Some(&b"step 3"[..])
+    );
+    // A success has no more use for it.
+    q.finish(
+        &fourth.lease,
+        succeeded(),
+        Next::Succeeded,
+        Chain::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(q.checkpoint("a").await.unwrap(), None);
 }

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use async_trait::async_trait;
+use bytes::Bytes;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_postgres::config::SslMode;
@@ -40,9 +41,9 @@ use records::Write;
 
 use super::{
     CANCELLED, CancelError, Cancelled, Candidate, Chain, Claimed, Cluster, Enqueued, Filter, Fired,
-    History, HostId, HostView, Lease, NewInvocation, Next, Output, Queue, Receipt, Record,
-    Recovered, Rescued, RetryError, Slots, State, SyncRecord, TimerFire, TriggerState, Unreachable,
-    Wanted, choose, columns, millis, now_ms,
+    History, HostId, HostView, Lease, NewInvocation, Next, Output, Progress, Queue, Receipt,
+    Record, Recovered, Rescued, RetryError, Slots, State, SyncRecord, TimerFire, TriggerState,
+    Unreachable, Wanted, choose, columns, millis, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 
@@ -133,6 +134,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobhost_invocations ADD COLUMN depth INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX jobhost_invocations_parent ON jobhost_invocations (parent_id, id)
         WHERE parent_id IS NOT NULL;",
+    // 9: a running invocation's checkpoint and what it says of its progress.
+    "ALTER TABLE jobhost_invocations ADD COLUMN checkpoint BYTEA;
+    ALTER TABLE jobhost_invocations ADD COLUMN progress INTEGER;
+    ALTER TABLE jobhost_invocations ADD COLUMN progress_message TEXT;",
 ];
 
 /// Now on the server's clock, in ms: what host liveness is measured on, so that hosts'
@@ -674,6 +679,7 @@ fn record(r: &Row) -> anyhow::Result<Record> {
         idempotency_key: r.try_get(23)?,
         cancel_requested: r.try_get(24)?,
         parent_id: r.try_get(25)?,
+        progress: Progress::stored(r.try_get(26)?, r.try_get(27)?),
         children: None,
     })
 }
@@ -991,7 +997,9 @@ impl Queue for PostgresStore {
                          stdout_truncated = $10, stderr_truncated = $11,
                          run_after = COALESCE($12, run_after),
                          state = CASE WHEN cancel_requested AND $3::text <> 'succeeded'
-                                      THEN 'cancelled' ELSE $3::text END
+                                      THEN 'cancelled' ELSE $3::text END,
+                         checkpoint = CASE WHEN $3::text = 'succeeded' THEN NULL
+                                           ELSE checkpoint END
                      WHERE id = $1 AND state = 'running' AND fence = $2
                      RETURNING state",
                 )
@@ -1171,6 +1179,60 @@ impl Queue for PostgresStore {
             })
             .await;
         result.map_err(CancelError::Store)?
+    }
+
+    async fn save_checkpoint(&self, lease: &Lease, data: Bytes) -> anyhow::Result<bool> {
+        self.named(async {
+            let client = self.client().await?;
+            let changed = client
+                .execute(
+                    "UPDATE jobhost_invocations SET checkpoint = $3
+                     WHERE id = $1 AND state = 'running' AND fence = $2",
+                    &[&lease.id, &lease.fence, &data.as_ref()],
+                )
+                .await?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn checkpoint(&self, id: &str) -> anyhow::Result<Option<Bytes>> {
+        self.named(async {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT checkpoint FROM jobhost_invocations WHERE id = $1",
+                    &[&id],
+                )
+                .await?;
+            let data: Option<Vec<u8>> = match row {
+                Some(row) => row.try_get(0)?,
+                None => None,
+            };
+            Ok(data.map(Bytes::from))
+        })
+        .await
+    }
+
+    async fn set_progress(
+        &self,
+        lease: &Lease,
+        percent: u8,
+        message: &str,
+    ) -> anyhow::Result<bool> {
+        self.named(async {
+            let client = self.client().await?;
+            let message = records::without_nul(message);
+            let changed = client
+                .execute(
+                    "UPDATE jobhost_invocations SET progress = $3, progress_message = $4
+                     WHERE id = $1 AND state = 'running' AND fence = $2",
+                    &[&lease.id, &lease.fence, &i32::from(percent), &message],
+                )
+                .await?;
+            Ok(changed == 1)
+        })
+        .await
     }
 
     async fn cancels(&self, running: &[String]) -> anyhow::Result<Vec<String>> {

@@ -18,14 +18,15 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use async_trait::async_trait;
+use bytes::Bytes;
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
     CANCELLED, CancelError, Cancelled, Candidate, Chain, Claimed, Cluster, Enqueued, Filter, Fired,
-    History, HostId, HostView, Lease, NewInvocation, Next, Output, Queue, Receipt, Record,
-    Recovered, Rescued, RetryError, State, SyncRecord, TimerFire, TriggerState, Wanted, choose,
-    columns, millis, now_ms,
+    History, HostId, HostView, Lease, NewInvocation, Next, Output, Progress, Queue, Receipt,
+    Record, Recovered, Rescued, RetryError, State, SyncRecord, TimerFire, TriggerState, Wanted,
+    choose, columns, millis, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 use batch::Batcher;
@@ -115,6 +116,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE invocations ADD COLUMN depth INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX IF NOT EXISTS invocations_parent ON invocations (parent_id, id)
         WHERE parent_id IS NOT NULL;",
+    // 11: a running invocation's checkpoint and what it says of its progress.
+    "ALTER TABLE invocations ADD COLUMN checkpoint BLOB;
+    ALTER TABLE invocations ADD COLUMN progress INTEGER;
+    ALTER TABLE invocations ADD COLUMN progress_message TEXT;",
 ];
 
 fn db_path(data_dir: &Path) -> PathBuf {
@@ -369,6 +374,7 @@ fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
         idempotency_key: r.get(23)?,
         cancel_requested: r.get(24)?,
         parent_id: r.get(25)?,
+        progress: Progress::stored(r.get(26)?, r.get(27)?),
         children: None,
     })
 }
@@ -555,7 +561,8 @@ impl Queue for SqliteStore {
                          error = ?7, stdout = ?8, stderr = ?9, stdout_truncated = ?10,
                          stderr_truncated = ?11, run_after = COALESCE(?12, run_after),
                          state = CASE WHEN cancel_requested AND ?3 <> 'succeeded' THEN 'cancelled'
-                                      ELSE ?3 END
+                                      ELSE ?3 END,
+                         checkpoint = CASE WHEN ?3 = 'succeeded' THEN NULL ELSE checkpoint END
                      WHERE id = ?1 AND state = 'running' AND fence = ?2
                      RETURNING state",
                 )?
@@ -701,6 +708,51 @@ impl Queue for SqliteStore {
             })
             .await;
         result.map_err(CancelError::Store)?
+    }
+
+    async fn save_checkpoint(&self, lease: &Lease, data: Bytes) -> anyhow::Result<bool> {
+        let lease = lease.clone();
+        self.with(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE invocations SET checkpoint = ?3
+                     WHERE id = ?1 AND state = 'running' AND fence = ?2",
+                )?
+                .execute(params![lease.id, lease.fence, data.as_ref()])?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn checkpoint(&self, id: &str) -> anyhow::Result<Option<Bytes>> {
+        let id = id.to_string();
+        self.with(move |conn| {
+            let data: Option<Option<Vec<u8>>> = conn
+                .prepare_cached("SELECT checkpoint FROM invocations WHERE id = ?1")?
+                .query_row(params![id], |r| r.get(0))
+                .optional()?;
+            Ok(data.flatten().map(Bytes::from))
+        })
+        .await
+    }
+
+    async fn set_progress(
+        &self,
+        lease: &Lease,
+        percent: u8,
+        message: &str,
+    ) -> anyhow::Result<bool> {
+        let (lease, message) = (lease.clone(), message.to_string());
+        self.with(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE invocations SET progress = ?3, progress_message = ?4
+                     WHERE id = ?1 AND state = 'running' AND fence = ?2",
+                )?
+                .execute(params![lease.id, lease.fence, percent, message])?;
+            Ok(changed == 1)
+        })
+        .await
     }
 
     async fn cancels(&self, running: &[String]) -> anyhow::Result<Vec<String>> {

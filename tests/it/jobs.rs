@@ -372,3 +372,182 @@ env = { PROBE_EVENT = "env" }
         "{said}"
     );
 }
+
+/// A parent and a child function on `probe` built for `target`.
+fn family(target: &str, host: &str) -> Project {
+    let project = Project::new(&format!(
+        r#"
+[host]
+{host}
+[defaults]
+timeout = "120s"
+retry = {{ attempts = 2, initial = "100ms", max = "1s" }}
+[functions.parent]
+module = "probe.wasm"
+triggers = []
+[functions.child]
+module = "probe.wasm"
+triggers = []
+"#
+    ));
+    project.function("probe", &probe(target));
+    project
+}
+
+#[test]
+fn a_guests_ten_enqueues_then_a_trap_and_a_retry_make_exactly_ten_children() {
+    for target in [P1, P2] {
+        let project = family(target, "");
+        let host = project.start();
+        let parent = host.invoke("parent", "fanout 10 child echo from the parent");
+        let record = host.wait_for_record(&parent, Duration::from_secs(60), |r| {
+            state(r) == "succeeded"
+        });
+        assert_eq!(record["attempt"], 2, "{target}: {record}");
+        let children = record["children"].as_array().unwrap();
+        assert_eq!(children.len(), 10, "{target}: {record}");
+        // The retry's enqueues named the same children as the first attempt's.
+        let stdout = record["stdout"].as_str().unwrap();
+        for child in children {
+            let id = child.as_str().unwrap();
+            assert!(stdout.contains(&format!("queued {id}")), "{stdout}");
+            let child =
+                host.wait_for_record(id, Duration::from_secs(60), |r| state(r) == "succeeded");
+            assert_eq!(
+                (&child["parent_id"], &child["reason"], &child["trigger"]),
+                (
+                    &serde_json::json!(parent),
+                    &serde_json::json!("enqueue"),
+                    &serde_json::json!("chain")
+                ),
+                "{target}: {child}"
+            );
+            assert!(
+                child["stdout"]
+                    .as_str()
+                    .unwrap()
+                    .contains("from the parent")
+            );
+        }
+        let listed = host.json("/_jobhost/invocations?function=child&limit=1000");
+        assert_eq!(listed.as_array().unwrap().len(), 10, "{target}: {listed}");
+    }
+}
+
+#[test]
+fn a_guests_bad_enqueues_and_checkpoints_get_clear_errors_and_change_nothing() {
+    let project = family(P1, "max_chain_depth = 3");
+    let host = project.start();
+    let said = |payload: &str| -> String {
+        let id = host.invoke("parent", payload);
+        let record =
+            host.wait_for_record(&id, Duration::from_secs(60), |r| state(r) == "succeeded");
+        record["stdout"].as_str().unwrap().to_string()
+    };
+    let out = said("enqueue nope - 0 x");
+    assert!(
+        out.contains("enqueue failed: no function named `nope` is loaded; nothing was queued"),
+        "{out}"
+    );
+    let out = said("enqueue queue:nobody - 0 x");
+    assert!(
+        out.contains("no loaded function listens on queue `nobody`"),
+        "{out}"
+    );
+    // A key the guest chose, used again with another payload, is refused.
+    assert!(said("enqueue child k1 3600000 one").contains("queued"));
+    let out = said("enqueue child k1 3600000 two");
+    assert!(
+        out.contains("the idempotency key \"k1\" was used for invocation"),
+        "{out}"
+    );
+    let delayed = host.json("/_jobhost/invocations?function=child&state=scheduled");
+    assert_eq!(delayed.as_array().unwrap().len(), 1, "{delayed}");
+    // Over 1 MiB: refused, the old checkpoint kept.
+    let out = said("checkpoint 1048577");
+    assert!(
+        out.contains("not saved: the checkpoint is 1048577 bytes, over 1048576 (1 MiB)"),
+        "{out}"
+    );
+    assert!(out.contains("kept 0"), "{out}");
+    // A guest that queues itself forever stops at max_chain_depth.
+    let first = host.invoke("parent", "again");
+    let mut id = first;
+    let mut steps = 0;
+    let last = loop {
+        let record =
+            host.wait_for_record(&id, Duration::from_secs(60), |r| state(r) == "succeeded");
+        steps += 1;
+        let stdout = record["stdout"].as_str().unwrap();
+        match stdout.lines().find_map(|l| l.strip_prefix("queued ")) {
+            Some(next) => id = next.to_string(),
+            None => break record,
+        }
+    };
+    assert_eq!(steps, 4, "the first and three steps of its chain: {last}");
+    assert!(
+        last["stdout"].as_str().unwrap().contains(
+            "enqueue failed: chain too deep: this would be step 4 of a chain, past [host] max_chain_depth = 3"
+        ),
+        "{last}"
+    );
+    // A synchronous call keeps no checkpoint.
+    let output = project
+        .jobhost()
+        .args(["invoke", "parent", "--data", "checkpoint 10"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        out.contains("not saved: checkpoints are kept for background invocations only"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_counting_guest_resumes_from_its_last_checkpoint_after_kill_9_and_after_sigterm() {
+    for stop in ["kill -9", "SIGTERM"] {
+        let project = family(P1, "shutdown_timeout = \"300ms\"");
+        let host = project.start();
+        let id = host.invoke("parent", "count 30 100");
+        // Well into the count, by what the guest says of its progress.
+        let record = host.wait_for_record(&id, Duration::from_secs(60), |r| {
+            r["progress"]["percent"].as_u64().is_some_and(|p| p >= 30)
+        });
+        assert!(
+            record["progress"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("counted "),
+            "{record}"
+        );
+        if stop == "kill -9" {
+            host.kill9();
+        } else {
+            let (status, _) = host.sigterm(Duration::from_secs(30));
+            assert!(status.success(), "{status}");
+        }
+        let host = project.start();
+        let record =
+            host.wait_for_record(&id, Duration::from_secs(60), |r| state(r) == "succeeded");
+        let stdout = record["stdout"].as_str().unwrap();
+        let from: u64 = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("resumed at "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            from >= 9,
+            "{stop}: resumed from {from}, not from its checkpoint: {record}"
+        );
+        assert!(
+            stdout.contains(&format!("counted from {from} to 30")),
+            "{stdout}"
+        );
+        assert_eq!(record["progress"]["percent"], 100, "{record}");
+        // A kill uses the attempt; a graceful stop gives it back.
+        let attempt = if stop == "kill -9" { 2 } else { 1 };
+        assert_eq!(record["attempt"], attempt, "{stop}: {record}");
+    }
+}

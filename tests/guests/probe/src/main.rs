@@ -2,7 +2,10 @@
 //! `env`, `read PATH`, `write PATH`, `alloc MIB`, `loop`, `sleep MS`, `panic`, `exit N`,
 //! `flood BYTES`, `echo TEXT`, `config KEY`, `job MS` (sleep, then print the invocation id
 //! and attempt), `mark MS PATH` (sleep, then append the id and attempt to PATH), `stamp
-//! PATH` (append the time in ms to PATH, then fail), `input` (read the
+//! PATH` (append the time in ms to PATH, then fail), `fanout N TARGET PAYLOAD` (queue N
+//! children through jobhost:job, then trap on the first attempt), `enqueue TARGET KEY
+//! DELAY_MS PAYLOAD`, `again` (queue itself), `count N MS` (count from the last checkpoint,
+//! saving one and the progress at each step), `checkpoint BYTES`, `input` (read the
 //! file of a watch event), `raw TEXT` (TEXT alone, `\n` as a line break: headers of the
 //! test's choosing), `relay ...` (the whole input as it came). Every other answer starts with a CGI header block. An event (JSON on stdin, from a timer or a watch) runs the
 //! command in the function's `PROBE_EVENT` variable, `env` by default.
@@ -139,6 +142,86 @@ fn main() {
         "echo" => {
             let _ = writeln!(out, "{arg}");
         }
+        "fanout" => {
+            // `fanout N TARGET PAYLOAD`: queue N children, then trap on the first attempt.
+            let mut parts = arg.splitn(3, ' ');
+            let n: usize = parts.next().unwrap().parse().expect("fanout takes N");
+            let target = parts.next().expect("fanout takes a target");
+            let payload = parts.next().unwrap_or("");
+            for _ in 0..n {
+                match job::enqueue(target, payload.as_bytes(), None, 0) {
+                    Ok(id) => {
+                        let _ = writeln!(out, "queued {id}");
+                    }
+                    Err(why) => fail(&format!("enqueue failed: {why}")),
+                }
+            }
+            if std::env::var("JOBHOST_ATTEMPT").as_deref() == Ok("1") {
+                let _ = out.flush();
+                panic!("failing after the enqueues, on purpose");
+            }
+        }
+        "enqueue" => {
+            // `enqueue TARGET KEY DELAY_MS PAYLOAD`: one child; KEY `-` for the default.
+            let mut parts = arg.splitn(4, ' ');
+            let target = parts.next().unwrap();
+            let key = parts.next().filter(|k| *k != "-");
+            let delay: u64 = parts.next().map_or(0, |d| d.parse().unwrap());
+            let payload = parts.next().unwrap_or("");
+            match job::enqueue(target, payload.as_bytes(), key, delay) {
+                Ok(id) => {
+                    let _ = writeln!(out, "queued {id}");
+                }
+                Err(why) => {
+                    let _ = writeln!(out, "enqueue failed: {why}");
+                }
+            }
+        }
+        "again" => {
+            // Queues itself with the same input: a chain that would never end.
+            let me = std::env::var("JOBHOST_FUNCTION").unwrap();
+            match job::enqueue(&me, input.as_bytes(), None, 0) {
+                Ok(id) => {
+                    let _ = writeln!(out, "queued {id}");
+                }
+                Err(why) => {
+                    let _ = writeln!(out, "enqueue failed: {why}");
+                }
+            }
+        }
+        "count" => {
+            // `count N MS`: count to N from the last checkpoint, a step every MS.
+            let (n, ms) = arg.split_once(' ').expect("count takes N and MS");
+            let n: u64 = n.parse().unwrap();
+            let ms: u64 = ms.parse().unwrap();
+            let from: u64 = job::checkpoint_load()
+                .and_then(|c| String::from_utf8(c).ok()?.parse().ok())
+                .unwrap_or(0);
+            let _ = writeln!(out, "resumed at {from}");
+            for i in from..n {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                if let Err(why) = job::checkpoint_save((i + 1).to_string().as_bytes()) {
+                    fail(&format!("checkpoint failed: {why}"));
+                }
+                let percent = ((i + 1) * 100 / n) as u8;
+                let _ = job::set_progress(percent, &format!("counted {} of {n}", i + 1));
+            }
+            let _ = writeln!(out, "counted from {from} to {n}");
+        }
+        "checkpoint" => {
+            // `checkpoint BYTES`: save that many bytes; say what the host answered.
+            let bytes: usize = arg.parse().unwrap();
+            match job::checkpoint_save(&vec![b'c'; bytes]) {
+                Ok(()) => {
+                    let _ = writeln!(out, "saved {bytes}");
+                }
+                Err(why) => {
+                    let _ = writeln!(out, "not saved: {why}");
+                }
+            }
+            let kept = job::checkpoint_load().map_or(0, |c| c.len());
+            let _ = writeln!(out, "kept {kept}");
+        }
         other => fail(&format!("unknown command {other:?}")),
     }
 }
@@ -190,5 +273,141 @@ mod config {
         let len = usize::try_from(len).ok()?;
         buf.truncate(len.min(buf.len()));
         String::from_utf8(buf).ok()
+    }
+}
+
+/// `jobhost:job`, through the repository's own WIT for a component.
+#[cfg(target_env = "p2")]
+mod job {
+    wit_bindgen::generate!({
+        path: "../../../wit",
+        world: "jobhost:job/imports",
+    });
+
+    use jobhost::job::job as host;
+
+    pub fn enqueue(
+        target: &str,
+        payload: &[u8],
+        key: Option<&str>,
+        delay_ms: u64,
+    ) -> Result<String, String> {
+        let options = host::EnqueueOptions {
+            delay_ms: (delay_ms > 0).then_some(delay_ms),
+            priority: None,
+            idempotency_key: key.map(str::to_string),
+        };
+        host::enqueue(target, payload, &options)
+    }
+
+    pub fn checkpoint_save(data: &[u8]) -> Result<(), String> {
+        host::checkpoint_save(data)
+    }
+
+    pub fn checkpoint_load() -> Option<Vec<u8>> {
+        host::checkpoint_load()
+    }
+
+    pub fn set_progress(percent: u8, message: &str) -> Result<(), String> {
+        host::set_progress(percent, message)
+    }
+}
+
+/// `jobhost:job` as the core functions of module `jobhost`, as the README documents them.
+#[cfg(not(target_env = "p2"))]
+mod job {
+    #[link(wasm_import_module = "jobhost")]
+    unsafe extern "C" {
+        #[link_name = "enqueue"]
+        fn enqueue_raw(
+            target_ptr: *const u8,
+            target_len: i32,
+            payload_ptr: *const u8,
+            payload_len: i32,
+            delay_ms: i64,
+            priority: i32,
+            has_priority: i32,
+            key_ptr: *const u8,
+            key_len: i32,
+            out_ptr: *mut u8,
+            out_len: i32,
+        ) -> i32;
+        #[link_name = "checkpoint_save"]
+        fn checkpoint_save_raw(ptr: *const u8, len: i32, err_ptr: *mut u8, err_len: i32) -> i32;
+        #[link_name = "checkpoint_load"]
+        fn checkpoint_load_raw(ptr: *mut u8, len: i32) -> i32;
+        #[link_name = "set_progress"]
+        fn set_progress_raw(percent: i32, ptr: *const u8, len: i32) -> i32;
+    }
+
+    /// The text in `buf` that the host said is `n` bytes long (cut to the buffer).
+    fn text(buf: &[u8], n: i32) -> String {
+        let n = (n.unsigned_abs() as usize).min(buf.len());
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    pub fn enqueue(
+        target: &str,
+        payload: &[u8],
+        key: Option<&str>,
+        delay_ms: u64,
+    ) -> Result<String, String> {
+        let key = key.unwrap_or("");
+        let mut out = vec![0u8; 1024];
+        // SAFETY: the host reads the given ranges and writes at most `out.len()` bytes.
+        let n = unsafe {
+            enqueue_raw(
+                target.as_ptr(),
+                target.len() as i32,
+                payload.as_ptr(),
+                payload.len() as i32,
+                delay_ms as i64,
+                0,
+                0,
+                key.as_ptr(),
+                key.len() as i32,
+                out.as_mut_ptr(),
+                out.len() as i32,
+            )
+        };
+        if n >= 0 {
+            Ok(text(&out, n))
+        } else {
+            Err(text(&out, n))
+        }
+    }
+
+    pub fn checkpoint_save(data: &[u8]) -> Result<(), String> {
+        let mut err = vec![0u8; 1024];
+        // SAFETY: as above.
+        let n = unsafe {
+            checkpoint_save_raw(
+                data.as_ptr(),
+                data.len() as i32,
+                err.as_mut_ptr(),
+                err.len() as i32,
+            )
+        };
+        if n >= 0 { Ok(()) } else { Err(text(&err, n)) }
+    }
+
+    pub fn checkpoint_load() -> Option<Vec<u8>> {
+        // SAFETY: a zero-length buffer: the host only says the length.
+        let n = unsafe { checkpoint_load_raw(std::ptr::null_mut(), 0) };
+        let len = usize::try_from(n).ok()?;
+        let mut buf = vec![0u8; len];
+        // SAFETY: the host writes at most `buf.len()` bytes.
+        unsafe { checkpoint_load_raw(buf.as_mut_ptr(), buf.len() as i32) };
+        Some(buf)
+    }
+
+    pub fn set_progress(percent: u8, message: &str) -> Result<(), String> {
+        // SAFETY: the host reads the message's bytes.
+        let n = unsafe { set_progress_raw(percent as i32, message.as_ptr(), message.len() as i32) };
+        if n == 0 {
+            Ok(())
+        } else {
+            Err("progress not recorded".to_string())
+        }
     }
 }
