@@ -59,6 +59,55 @@ fn the_repository_runtime_toml_serves_every_example() {
     let config = host.post("/config-reader-p1", "");
     assert_eq!(config.body, "greeting=hello from runtime.toml\n");
 
+    // examples/pipeline: the three steps, each the child of the one before, then the
+    // handler for a text that makes the middle step fail every attempt.
+    let follow = |id: &str| -> serde_json::Value {
+        wait_until(Duration::from_secs(60), || {
+            let r = host.json(&format!("/_jobhost/invocations/{id}"));
+            let ended = r["state"] == "succeeded" || r["state"] == "dead";
+            let started = r["children"].as_array().is_some_and(|c| !c.is_empty());
+            (ended && (started || r["function"] == "pipeline-report")).then_some(r)
+        })
+    };
+    let child = |record: &serde_json::Value| record["children"][0].as_str().unwrap().to_string();
+    let split = host.invoke("pipeline-split", "The cat saw the dog, and the bird.");
+    let count = follow(&child(&follow(&split)));
+    assert_eq!(count["state"], "succeeded", "{count}");
+    let report = follow(&child(&count));
+    assert_eq!(report["stdout"], "top words: the (3), and (1), bird (1)\n");
+    let doomed = host.invoke("pipeline-split", "this text will fail");
+    let count = follow(&child(&follow(&doomed)));
+    assert_eq!(
+        (&count["state"], &count["attempt"]),
+        (&serde_json::json!("dead"), &serde_json::json!(3))
+    );
+    let alert = wait_until(Duration::from_secs(60), || {
+        let r = host.json(&format!("/_jobhost/invocations/{}", child(&count)));
+        (r["state"] == "succeeded").then_some(r)
+    });
+    let said = alert["stdout"].as_str().unwrap();
+    assert!(
+        said.starts_with(&format!(
+            "ALERT: pipeline-count invocation {} is dead: exit 1",
+            count["id"].as_str().unwrap()
+        )),
+        "{said}"
+    );
+
+    // examples/checkpoint, both ways: it counts, saving its progress.
+    for counter in ["counter", "counter-p1"] {
+        let id = host.invoke(counter, "3 10");
+        let record = wait_until(Duration::from_secs(30), || {
+            let r = host.json(&format!("/_jobhost/invocations/{id}"));
+            (r["state"] == "succeeded").then_some(r)
+        });
+        assert_eq!(
+            record["stdout"], "counted from 0 to 3\n",
+            "{counter}: {record}"
+        );
+        assert_eq!(record["progress"]["message"], "counted 3 of 3", "{record}");
+    }
+
     // ERROR is for failures of the host, and there were none.
     let errors: Vec<String> = host
         .log()
