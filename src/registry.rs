@@ -149,6 +149,7 @@ pub fn reload(
     }
     registry.build_routes();
     registry.build_queues();
+    registry.check_chains();
     registry
 }
 
@@ -353,6 +354,29 @@ impl Registry {
                     continue;
                 }
                 self.queues.insert(queue.name.clone(), function.clone());
+            }
+        }
+    }
+
+    /// A chain step must run in the background: a wasi:http component cannot be one.
+    /// (That each step exists and that no chain comes back is the configuration's check.)
+    fn check_chains(&mut self) {
+        for (name, function) in &self.functions {
+            let spec = &function.spec;
+            let steps = spec.on_success.iter().map(|s| ("on_success", s));
+            for (key, step) in steps.chain(spec.on_failure.iter().map(|s| ("on_failure", s))) {
+                if self
+                    .functions
+                    .get(step)
+                    .is_some_and(|f| f.prepared.shape == Shape::Http)
+                {
+                    self.problems.push(LoadProblem {
+                        function: name.clone(),
+                        message: format!(
+                            "{key} names `{step}`, a wasi:http component: it answers HTTP requests only, so it cannot run as a step of a chain; chain to a command (fn main) instead"
+                        ),
+                    });
+                }
             }
         }
     }

@@ -209,6 +209,20 @@ fn twenty_queue_messages_run_exactly_once_each() {
     }
     let listed = host.json("/_jobhost/invocations?function=mailer&limit=1000");
     assert_eq!(listed.as_array().unwrap().len(), 20, "{listed}");
+    // A message sent again with its Idempotency-Key is the same invocation.
+    let keyed = |body: &str| {
+        let answer = host.request_with(
+            "POST",
+            "/_jobhost/queues/mail",
+            body.as_bytes(),
+            &[("Idempotency-Key", "message-21")],
+        );
+        (answer.status, answer.header("location").map(str::to_string))
+    };
+    let first = keyed("echo message 21");
+    assert_eq!(first.0, 202);
+    assert_eq!(keyed("echo message 21"), first);
+    assert_eq!(keyed("echo another").0, 409);
     // The guest is told which queue it serves.
     let env = host.post("/_jobhost/queues/mail", "env");
     let id = env.header("x-jobhost-invocation-id").unwrap().to_string();
@@ -550,4 +564,26 @@ fn a_counting_guest_resumes_from_its_last_checkpoint_after_kill_9_and_after_sigt
         let attempt = if stop == "kill -9" { 2 } else { 1 };
         assert_eq!(record["attempt"], attempt, "{stop}: {record}");
     }
+}
+
+#[test]
+fn a_chain_to_a_wasi_http_component_is_refused_by_check() {
+    let project = Project::new(
+        r#"
+[functions.a]
+module = "probe.wasm"
+triggers = []
+on_success = ["web"]
+[functions.web]
+"#,
+    );
+    project.function("probe", &probe(P1));
+    project.function("web", &crate::support::probe_http());
+    let output = project.jobhost().arg("check").output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let said = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("on_success names `web`, a wasi:http component"),
+        "{said}"
+    );
 }

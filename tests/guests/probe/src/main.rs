@@ -3,7 +3,8 @@
 //! `flood BYTES`, `echo TEXT`, `config KEY`, `job MS` (sleep, then print the invocation id
 //! and attempt), `mark MS PATH` (sleep, then append the id and attempt to PATH), `stamp
 //! PATH` (append the time in ms to PATH, then fail), `fanout N TARGET PAYLOAD` (queue N
-//! children through jobhost:job, then trap on the first attempt), `enqueue TARGET KEY
+//! children through jobhost:job, then trap on the first attempt), `spawn N TARGET PAYLOAD`
+//! (queue N children), `enqueue TARGET KEY
 //! DELAY_MS PAYLOAD`, `again` (queue itself), `count N MS` (count from the last checkpoint,
 //! saving one and the progress at each step), `checkpoint BYTES`, `input` (read the
 //! file of a watch event), `raw TEXT` (TEXT alone, `\n` as a line break: headers of the
@@ -160,6 +161,19 @@ fn main() {
                 let _ = out.flush();
                 panic!("failing after the enqueues, on purpose");
             }
+        }
+        "spawn" => {
+            // `spawn N TARGET PAYLOAD`: queue N children (the enqueue benchmark's parent).
+            let mut parts = arg.splitn(3, ' ');
+            let n: usize = parts.next().unwrap().parse().expect("spawn takes N");
+            let target = parts.next().expect("spawn takes a target");
+            let payload = parts.next().unwrap_or("");
+            for _ in 0..n {
+                if let Err(why) = job::enqueue(target, payload.as_bytes(), None, 0) {
+                    fail(&format!("enqueue failed: {why}"));
+                }
+            }
+            let _ = writeln!(out, "queued {n}");
         }
         "enqueue" => {
             // `enqueue TARGET KEY DELAY_MS PAYLOAD`: one child; KEY `-` for the default.
