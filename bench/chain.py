@@ -30,7 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOBHOST = os.path.join(REPO, "target", "release", "jobhost")
 GUESTS = os.path.join(REPO, "target", "bench-guests")
 TRIVIAL = os.path.join(GUESTS, "cgi-command.wasm")
-PROBE = os.path.join(REPO, "tests", "guests", "target", "wasm32-wasip1", "release", "probe.wasm")
+PROBE = os.path.join(REPO, "target", "guests", "wasm32-wasip1", "release", "probe.wasm")
 
 
 def free_port():
@@ -42,8 +42,10 @@ def free_port():
 def build():
     subprocess.run(["cargo", "build", "--quiet", "--release"], cwd=REPO, check=True)
     subprocess.run(["./run", "build", GUESTS], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    # Where the tests build it too.
     subprocess.run(["cargo", "build", "--quiet", "--release", "--target", "wasm32-wasip1",
-                    "-p", "probe"], cwd=os.path.join(REPO, "tests", "guests"), check=True)
+                    "--manifest-path", "tests/guests/Cargo.toml", "--target-dir", "target/guests",
+                    "-p", "probe"], cwd=REPO, check=True)
 
 
 CONFIG = """
