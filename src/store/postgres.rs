@@ -595,6 +595,51 @@ async fn insert(
     Ok(inserted.len() == 1)
 }
 
+/// Stores an attempt's result under its lease; the state it ended in (a run a user
+/// cancelled ends `cancelled` unless it succeeded: never retried), or `None` when the lease
+/// is no longer current.
+async fn finish_row(
+    client: &impl GenericClient,
+    lease: &Lease,
+    output: &Output,
+    next: Next,
+) -> anyhow::Result<Option<State>> {
+    let (state, run_after) = next.state();
+    let stmt = client
+        .prepare_cached(
+            "UPDATE jobhost_invocations SET finished_at = $4,
+                 duration_ms = $5, exit_code = $6, error = $7, stdout = $8, stderr = $9,
+                 stdout_truncated = $10, stderr_truncated = $11,
+                 run_after = COALESCE($12, run_after),
+                 state = CASE WHEN cancel_requested AND $3::text <> 'succeeded'
+                              THEN 'cancelled' ELSE $3::text END,
+                 checkpoint = CASE WHEN $3::text = 'succeeded' THEN NULL ELSE checkpoint END
+             WHERE id = $1 AND state = 'running' AND fence = $2
+             RETURNING state",
+        )
+        .await?;
+    let ended = client
+        .query_opt(
+            &stmt,
+            &[
+                &lease.id,
+                &lease.fence,
+                &state.as_str(),
+                &now_ms(),
+                &millis(output.duration),
+                &output.exit_code,
+                &output.error.as_deref().map(records::without_nul),
+                &output.stdout.as_ref(),
+                &output.stderr.as_ref(),
+                &output.stdout_truncated,
+                &output.stderr_truncated,
+                &run_after,
+            ],
+        )
+        .await?;
+    ended.map(|r| named(&r, 0, State::parse)).transpose()
+}
+
 /// Queues what a finished invocation's chain starts in `state` (see [`Queue::finish`]).
 async fn start_chain(
     client: &impl GenericClient,
@@ -986,47 +1031,16 @@ impl Queue for PostgresStore {
         chain: Chain,
     ) -> anyhow::Result<bool> {
         self.named(async {
-            let (state, run_after) = next.state();
             let mut client = self.client().await?;
+            // A result that starts nothing needs no transaction: one statement.
+            if chain.on_success.is_empty() && chain.on_failure.is_none() {
+                return Ok(finish_row(&client, lease, &output, next).await?.is_some());
+            }
             let tx = client.transaction().await?;
-            // A run a user cancelled ends `cancelled` unless it succeeded: never retried.
-            let stmt = tx
-                .prepare_cached(
-                    "UPDATE jobhost_invocations SET finished_at = $4,
-                         duration_ms = $5, exit_code = $6, error = $7, stdout = $8, stderr = $9,
-                         stdout_truncated = $10, stderr_truncated = $11,
-                         run_after = COALESCE($12, run_after),
-                         state = CASE WHEN cancel_requested AND $3::text <> 'succeeded'
-                                      THEN 'cancelled' ELSE $3::text END,
-                         checkpoint = CASE WHEN $3::text = 'succeeded' THEN NULL
-                                           ELSE checkpoint END
-                     WHERE id = $1 AND state = 'running' AND fence = $2
-                     RETURNING state",
-                )
-                .await?;
-            let ended = tx
-                .query_opt(
-                    &stmt,
-                    &[
-                        &lease.id,
-                        &lease.fence,
-                        &state.as_str(),
-                        &now_ms(),
-                        &millis(output.duration),
-                        &output.exit_code,
-                        &output.error.as_deref().map(records::without_nul),
-                        &output.stdout.as_ref(),
-                        &output.stderr.as_ref(),
-                        &output.stdout_truncated,
-                        &output.stderr_truncated,
-                        &run_after,
-                    ],
-                )
-                .await?;
-            let Some(ended) = ended else {
+            let Some(ended) = finish_row(&tx, lease, &output, next).await? else {
                 return Ok(false);
             };
-            start_chain(&tx, &lease.id, named(&ended, 0, State::parse)?, chain).await?;
+            start_chain(&tx, &lease.id, ended, chain).await?;
             tx.commit().await?;
             Ok(true)
         })
