@@ -121,6 +121,13 @@ struct Message {
 /// listens is found in the configuration (the first in name order, as the host picks it).
 async fn enqueue(config: &Config, message: Message) -> anyhow::Result<ExitCode> {
     let Message { queue, .. } = &message;
+    if message.payload.len() > dispatch::MAX_ENQUEUE_PAYLOAD {
+        bail!(
+            "the message is {} bytes, over {} (10 MiB): nothing was queued",
+            message.payload.len(),
+            dispatch::MAX_ENQUEUE_PAYLOAD
+        );
+    }
     if let Some(key) = &message.key {
         dispatch::check_idempotency_key(key).map_err(|why| anyhow::anyhow!("--key {why}"))?;
     }
