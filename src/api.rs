@@ -1,5 +1,6 @@
 //! `/_jobhost/`: the status API. Functions, invocations with filters, one invocation,
-//! manual invoke, queue messages, retry and cancel, the hosts sharing the store; who may call it is `access`'s.
+//! manual invoke, queue messages, retry and cancel, the hosts sharing the store; who may
+//! call it is `access`'s.
 
 mod access;
 
