@@ -274,7 +274,7 @@ impl Invocation {
     fn sync(call: Call<'_>, dispatch: &Dispatcher) -> Invocation {
         let id = new_id();
         Invocation {
-            job: dispatch.job(&id, 0, None),
+            job: JobLink(Some(dispatch.job(&id, 0, None))),
             id,
             function: call.function.clone(),
             trigger: call.trigger,
@@ -417,8 +417,8 @@ impl Dispatcher {
 
     /// The `jobhost:job` of invocation `id`, `depth` steps down a chain; with the `lease`
     /// of a background attempt, it keeps checkpoints and progress.
-    fn job(&self, id: &str, depth: u32, lease: Option<Lease>) -> JobLink {
-        JobLink(Some(Arc::new(GuestJob {
+    fn job(&self, id: &str, depth: u32, lease: Option<Lease>) -> Arc<GuestJob> {
+        Arc::new(GuestJob {
             store: self.store.clone(),
             functions: self.functions.clone(),
             wake: self.wake.clone(),
@@ -427,7 +427,8 @@ impl Dispatcher {
             lease,
             enqueued: AtomicU32::new(0),
             max_chain_depth: self.max_chain_depth,
-        })))
+            too_deep: Mutex::new(None),
+        })
     }
 
     /// Wakes the queue worker: durable work was written, or a background run ended.
@@ -601,6 +602,7 @@ impl Dispatcher {
                     (outcome, Next::Dead)
                 }
                 Ok(trigger) => {
+                    let job = self.job(&lease.id, depth, Some(lease.clone()));
                     let cancel = CancellationToken::new();
                     let interrupt = Interrupt {
                         cancel: cancel.clone(),
@@ -620,9 +622,9 @@ impl Dispatcher {
                         payload: claimed.payload,
                         input: claimed.input_dir,
                         cancel: Some(cancel),
-                        job: self.job(&lease.id, depth, Some(lease.clone())),
+                        job: JobLink(Some(job.clone())),
                     };
-                    let Some(outcome) = self.run_in_task(invocation).await else {
+                    let Some(mut outcome) = self.run_in_task(invocation).await else {
                         // Interrupted by shutdown: back to the queue, the attempt not used.
                         match self.store.queue.release(&lease).await {
                             Ok(true) => tracing::warn!("interrupted by shutdown; queued again"),
@@ -635,9 +637,15 @@ impl Dispatcher {
                         }
                         return;
                     };
+                    // A chain that would go on past max_chain_depth ends here, without
+                    // retries: another attempt would only try the same.
+                    if let Some(why) = lock(&job.too_deep).take() {
+                        outcome.result = Err(Failure::ChainTooDeep(why));
+                    }
                     let next = match &outcome.result {
                         Ok(()) => Next::Succeeded,
                         Err(Failure::Cancelled) => Next::Cancelled,
+                        Err(Failure::ChainTooDeep(_)) => Next::Dead,
                         Err(_) if claimed.attempt < claimed.max_attempt => {
                             // Counted within the round: a dead invocation queued again backs
                             // off from `initial` as a new one does.
@@ -764,6 +772,8 @@ struct GuestJob {
     /// Enqueues so far in this run: the ordinal in each child's default key.
     enqueued: AtomicU32,
     max_chain_depth: u32,
+    /// Why an enqueue was refused for the chain's depth: the run then ends `dead` with it.
+    too_deep: Mutex<Option<String>>,
 }
 
 impl GuestJob {
@@ -817,15 +827,13 @@ impl Job for GuestJob {
         }
         let depth = self.depth.saturating_add(1);
         if depth > self.max_chain_depth {
-            tracing::warn!(
-                target = %target,
-                "chain too deep: an enqueue would make step {depth} of a chain, past [host] max_chain_depth = {}; refused",
+            let why = format!(
+                "this would be step {depth} of a chain, past [host] max_chain_depth = {}",
                 self.max_chain_depth
             );
-            return Err(format!(
-                "chain too deep: this would be step {depth} of a chain, past [host] max_chain_depth = {}",
-                self.max_chain_depth
-            ));
+            tracing::warn!(target = %target, "chain too deep: {why}; the enqueue is refused");
+            *lock(&self.too_deep) = Some(why.clone());
+            return Err(format!("chain too deep: {why}"));
         }
         let chosen = options.idempotency_key.is_some();
         let key = match options.idempotency_key {

@@ -260,6 +260,7 @@ fn outcome_label(outcome: &Outcome) -> &'static str {
         Err(Failure::Exit(_)) => "exit",
         Err(Failure::Host(_)) => "host_error",
         Err(Failure::Cancelled) => "cancelled",
+        Err(Failure::ChainTooDeep(_)) => "chain_too_deep",
     }
 }
 

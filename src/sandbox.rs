@@ -131,6 +131,9 @@ pub enum Failure {
     Host(String),
     /// A user cancelled it while it ran.
     Cancelled,
+    /// It tried to queue work past `[host] max_chain_depth` (decided by the dispatcher,
+    /// which ends it without retries).
+    ChainTooDeep(String),
 }
 
 impl fmt::Display for Failure {
@@ -143,6 +146,7 @@ impl fmt::Display for Failure {
             Failure::Exit(code) => write!(f, "exit {code}"),
             Failure::Host(why) => write!(f, "host error: {why}"),
             Failure::Cancelled => f.write_str("cancelled"),
+            Failure::ChainTooDeep(why) => write!(f, "chain too deep: {why}"),
         }
     }
 }

@@ -484,26 +484,42 @@ fn a_guests_bad_enqueues_and_checkpoints_get_clear_errors_and_change_nothing() {
         "{out}"
     );
     assert!(out.contains("kept 0"), "{out}");
-    // A guest that queues itself forever stops at max_chain_depth.
-    let first = host.invoke("parent", "again");
-    let mut id = first;
+    // A guest that queues itself forever is stopped at max_chain_depth: the run whose
+    // enqueue is refused ends dead with the reason, with no retries.
+    let mut id = host.invoke("parent", "again");
     let mut steps = 0;
     let last = loop {
-        let record =
-            host.wait_for_record(&id, Duration::from_secs(60), |r| state(r) == "succeeded");
+        let record = host.wait_for_record(&id, Duration::from_secs(60), |r| {
+            state(r) == "succeeded" || state(r) == "dead"
+        });
         steps += 1;
-        let stdout = record["stdout"].as_str().unwrap();
-        match stdout.lines().find_map(|l| l.strip_prefix("queued ")) {
-            Some(next) => id = next.to_string(),
-            None => break record,
+        if state(&record) == "dead" {
+            break record;
         }
+        let stdout = record["stdout"].as_str().unwrap();
+        id = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("queued "))
+            .unwrap_or_else(|| panic!("{record}"))
+            .to_string();
     };
     assert_eq!(steps, 4, "the first and three steps of its chain: {last}");
-    assert!(
-        last["stdout"].as_str().unwrap().contains(
-            "enqueue failed: chain too deep: this would be step 4 of a chain, past [host] max_chain_depth = 3"
+    assert_eq!(
+        (&last["error"], &last["attempt"]),
+        (
+            &serde_json::json!(
+                "chain too deep: this would be step 4 of a chain, past [host] max_chain_depth = 3"
+            ),
+            &serde_json::json!(1)
         ),
         "{last}"
+    );
+    assert!(
+        last["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("enqueue failed: chain too deep"),
+        "the guest was told: {last}"
     );
     // A synchronous call keeps no checkpoint.
     let output = project
