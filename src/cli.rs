@@ -108,6 +108,15 @@ enum Command {
     },
 }
 
+/// The API's words for `?delay=` and `?at=` as the CLI's flags.
+fn as_flags(why: &str) -> String {
+    if why.starts_with("delay ") || why.starts_with("at ") {
+        format!("--{why}")
+    } else {
+        why.replace("give delay or at", "give --delay or --at")
+    }
+}
+
 /// A message for `jobhost enqueue`.
 struct Message {
     queue: String,
@@ -265,7 +274,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 payload: payload.into(),
                 priority,
                 run_after: api::due_time(delay.as_deref(), at.as_deref(), crate::store::now_ms())
-                    .map_err(|why| anyhow::anyhow!("--{why}"))?,
+                    .map_err(|why| anyhow::anyhow!("{}", as_flags(&why)))?,
                 key,
             };
             runtime.block_on(enqueue(&load(&path)?, message))

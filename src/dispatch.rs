@@ -81,10 +81,38 @@ pub fn new_invocation(
     }
 }
 
+/// A step of `function`'s chain: an invocation of the function `name` (its spec from
+/// `registry`; one not loaded now is queued with the parent's attempts and waits until it
+/// is), the child of `parent`.
+fn step(
+    registry: &Registry,
+    function: &Function,
+    name: &str,
+    reason: Reason,
+    payload: Bytes,
+    (parent, depth): (&str, u32),
+) -> NewInvocation {
+    let vars = vec![("JOBHOST_PARENT_ID".to_string(), parent.to_string())];
+    let mut new = match registry.functions.get(name) {
+        Some(f) => new_invocation(&f.spec, TriggerKind::Chain, reason, payload, vars),
+        None => {
+            tracing::warn!(
+                "`{name}`, next in the chain, is not loaded now: its invocation waits until it is"
+            );
+            let mut new = new_invocation(&function.spec, TriggerKind::Chain, reason, payload, vars);
+            new.function = name.to_string();
+            new.priority = 0;
+            new
+        }
+    };
+    new.parent_id = Some(parent.to_string());
+    new.depth = depth.saturating_add(1);
+    new
+}
+
 /// What a finished background run of `function` starts (its `on_success` functions with
 /// its stdout, or its `on_failure` handler with its record), for the store to queue with
-/// its result. The children's specs are taken from `registry`; one not loaded now is
-/// queued with the parent's attempts and waits until it is.
+/// its result.
 fn chain(
     registry: &Registry,
     function: &Function,
@@ -94,23 +122,7 @@ fn chain(
     next: Next,
 ) -> Chain {
     let child = |name: &str, reason: Reason, payload: Bytes| {
-        let vars = vec![("JOBHOST_PARENT_ID".to_string(), parent.to_string())];
-        let mut new = match registry.functions.get(name) {
-            Some(f) => new_invocation(&f.spec, TriggerKind::Chain, reason, payload, vars),
-            None => {
-                tracing::warn!(
-                    "`{name}`, next in the chain, is not loaded now: its invocation waits until it is"
-                );
-                let mut new =
-                    new_invocation(&function.spec, TriggerKind::Chain, reason, payload, vars);
-                new.function = name.to_string();
-                new.priority = 0;
-                new
-            }
-        };
-        new.parent_id = Some(parent.to_string());
-        new.depth = depth.saturating_add(1);
-        new
+        step(registry, function, name, reason, payload, (parent, depth))
     };
     match next {
         Next::Succeeded => Chain {
@@ -499,6 +511,49 @@ impl Dispatcher {
         }
     }
 
+    /// Queues the `on_failure` handlers of invocations that ended `dead` without a result
+    /// (a crash or a silent host took their last attempt), each keyed by the dead
+    /// invocation and its attempt, so it is queued once however often this is asked.
+    pub async fn fail_over(&self, dead: &[String]) {
+        let registry = self.functions();
+        for id in dead {
+            let record = match self.store.history.get(id).await {
+                Ok(Some(record)) => record,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(id = %id, "cannot read the dead invocation, so its on_failure handler is not queued: {e:#}");
+                    continue;
+                }
+            };
+            let Some(function) = registry.functions.get(&record.function) else {
+                tracing::warn!(id = %id, function = %record.function, "the dead invocation's function is not loaded: its on_failure handler, if any, is not queued");
+                continue;
+            };
+            let Some(handler) = function.spec.on_failure.as_deref() else {
+                continue;
+            };
+            let payload = match serde_json::to_vec(&record) {
+                Ok(json) => Bytes::from(json),
+                Err(e) => {
+                    tracing::error!(id = %id, "cannot write the record as JSON: {e}");
+                    continue;
+                }
+            };
+            let mut new = step(
+                &registry,
+                function,
+                handler,
+                Reason::OnFailure,
+                payload,
+                (id, 0),
+            );
+            new.idempotency_key = Some(format!("{id}:on_failure:{}", record.attempt));
+            if let Err(e) = self.submit(new).await {
+                tracing::error!(id = %id, "cannot queue the on_failure handler `{handler}`: {e:#}");
+            }
+        }
+    }
+
     /// Interrupts the runs here that a user cancelled through another host or the CLI.
     pub async fn interrupt_cancelled(&self) -> anyhow::Result<()> {
         let here: Vec<String> = lock(&self.running).keys().cloned().collect();
@@ -639,7 +694,9 @@ impl Dispatcher {
                     };
                     // A chain that would go on past max_chain_depth ends here, without
                     // retries: another attempt would only try the same.
-                    if let Some(why) = lock(&job.too_deep).take() {
+                    if let Some(why) = lock(&job.too_deep).take()
+                        && !matches!(outcome.result, Err(Failure::Cancelled))
+                    {
                         outcome.result = Err(Failure::ChainTooDeep(why));
                     }
                     let next = match &outcome.result {
@@ -859,7 +916,16 @@ impl Job for GuestJob {
                 self.wake.notify_one();
                 Ok(id)
             }
-            Ok(Enqueued::Existing { id, same_payload }) if same_payload || !chosen => Ok(id),
+            Ok(Enqueued::Existing {
+                id,
+                same_payload: true,
+            }) => Ok(id),
+            // An earlier attempt queued its enqueue of this number with another payload (a
+            // run that resumed from a checkpoint, say): naming that one would lose this.
+            Ok(Enqueued::Existing { id, .. }) if !chosen => Err(format!(
+                "an earlier attempt of this invocation queued its enqueue number {} as {id} with another payload; give an idempotency key of your own to queue this one; nothing was queued",
+                ordinal + 1
+            )),
             Ok(Enqueued::Existing { id, .. }) => Err(format!(
                 "the idempotency key {key:?} was used for invocation {id} with another payload; nothing was queued"
             )),

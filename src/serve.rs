@@ -44,10 +44,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Alive before it claims anything: a host that claims unseen looks silent to the others.
     store.cluster.heartbeat(&owner, started_ms).await?;
     let recovered = store.queue.recover(&owner).await?;
-    if recovered.requeued > 0 || recovered.dead > 0 {
+    if recovered.requeued > 0 || !recovered.dead.is_empty() {
         tracing::warn!(
             requeued = recovered.requeued,
-            dead = recovered.dead,
+            dead = recovered.dead.len(),
             "recovered from an unclean stop: background invocations that were running run again, or end dead on their last attempt"
         );
     }
@@ -106,6 +106,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let supervisor = Arc::new(Supervisor::default());
     let unsettled = registry.unsettled;
     reload::install(&rt, &supervisor, registry);
+    // What ended dead in the recovery gets its on_failure handler, now that the functions
+    // are known.
+    rt.dispatch.fail_over(&recovered.dead).await;
     tasks.spawn(front::serve(listener, rt.clone()));
     // Loading may have taken long: alive again before the first claim.
     rt.store
@@ -194,9 +197,12 @@ async fn heartbeat(rt: Arc<Runtime>, started_ms: i64) {
                     tracing::warn!(
                         host = %r.host,
                         requeued = r.requeued,
-                        dead = r.dead,
+                        dead = r.dead.len(),
                         "a host was silent for longer than the lease ({lease:?}): its running background invocations run again (same id, next attempt), or end dead if that was their last"
                     );
+                }
+                for r in &rescued {
+                    rt.dispatch.fail_over(&r.dead).await;
                 }
                 if !rescued.is_empty() {
                     rt.dispatch.wake();

@@ -363,13 +363,14 @@ impl Next {
 pub const CANCELLED: &str = "cancelled";
 
 /// What `recover` found after an unclean stop.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovered {
     /// Invocations that were running: queued again for their next attempt.
     pub requeued: usize,
     /// Invocations that were running their last attempt: `dead`, so that a guest that
-    /// takes the host down with it cannot run forever.
-    pub dead: usize,
+    /// takes the host down with it cannot run forever. (Their `on_failure` handlers are
+    /// the caller's to queue: the store does not know the functions.)
+    pub dead: Vec<String>,
 }
 
 /// The store cannot be reached now (a lost database server); it may come back. The store
@@ -685,8 +686,8 @@ pub struct Rescued {
     pub host: String,
     /// Queued again for their next attempt (same id), as after a crash.
     pub requeued: usize,
-    /// Ended `dead`: it was their last attempt.
-    pub dead: usize,
+    /// Ended `dead`: it was their last attempt (as in [`Recovered::dead`]).
+    pub dead: Vec<String>,
 }
 
 /// The hosts sharing a store: each says it is alive, and a live one rescues the running
@@ -704,22 +705,22 @@ pub trait Cluster: Send + Sync {
     async fn hosts(&self, lease: Duration) -> anyhow::Result<Vec<HostView>>;
 }
 
-/// Rescued work counted per host, from the owners of the rows queued again and of those
-/// ended dead.
-fn rescued(requeued: Vec<Option<String>>, dead: Vec<Option<String>>) -> Vec<Rescued> {
+/// Rescued work per host, from the owners of the rows queued again and the owners and ids
+/// of those ended dead.
+fn rescued(requeued: Vec<Option<String>>, dead: Vec<(Option<String>, String)>) -> Vec<Rescued> {
     let mut by_host: BTreeMap<String, Rescued> = BTreeMap::new();
-    let requeued = requeued.into_iter().map(|owner| (owner, false));
-    for (owner, is_dead) in requeued.chain(dead.into_iter().map(|owner| (owner, true))) {
+    let requeued = requeued.into_iter().map(|owner| (owner, None));
+    let dead = dead.into_iter().map(|(owner, id)| (owner, Some(id)));
+    for (owner, dead_id) in requeued.chain(dead) {
         let host = owner.unwrap_or_else(|| "(unknown)".to_string());
         let entry = by_host.entry(host.clone()).or_insert(Rescued {
             host,
             requeued: 0,
-            dead: 0,
+            dead: Vec::new(),
         });
-        if is_dead {
-            entry.dead += 1;
-        } else {
-            entry.requeued += 1;
+        match dead_id {
+            Some(id) => entry.dead.push(id),
+            None => entry.requeued += 1,
         }
     }
     by_host.into_values().collect()

@@ -263,7 +263,10 @@ async fn recover_queues_running_work_again_for_the_next_attempt<K>((store, _keep
     store.queue.claim("a", &owner()).await.unwrap().unwrap();
     store.queue.claim("last", &owner()).await.unwrap().unwrap();
     let recovered = store.queue.recover(&owner()).await.unwrap();
-    assert_eq!((recovered.requeued, recovered.dead), (1, 1));
+    assert_eq!(
+        (recovered.requeued, recovered.dead),
+        (1, vec!["last".to_string()])
+    );
     assert_eq!(state_of(&store, "a").await, State::Queued);
     assert_eq!(state_of(&store, "b").await, State::Queued);
     let again = store.queue.claim("a", &owner()).await.unwrap().unwrap();
@@ -639,7 +642,7 @@ async fn a_silent_hosts_running_work_is_rescued_and_a_live_hosts_is_not<K>(
         [super::Rescued {
             host: "host-b".to_string(),
             requeued: 1,
-            dead: 1
+            dead: vec!["last".to_string()]
         }]
     );
     assert_eq!(state_of(&store, "a").await, State::Running);
@@ -1114,6 +1117,11 @@ async fn a_checkpoint_outlives_its_attempt_and_only_the_current_attempt_writes<K
     assert_eq!(
         q.checkpoint("a").await.unwrap().as_deref(),
         Some(&b"step 3"[..])
+    );
+    let record = store.history.get("a").await.unwrap().unwrap();
+    assert_eq!(
+        record.progress, None,
+        "a new attempt says nothing of its progress yet"
     );
     q.release(&second.lease).await.unwrap();
     let third = q.claim("a", &owner()).await.unwrap().unwrap();

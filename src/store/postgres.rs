@@ -173,7 +173,8 @@ const DUE: &str = "SELECT c.id, c.priority, c.run_after, c.timer
 /// Marks due invocations running for one owner (`$2`), with their next attempt and a new
 /// fence; a run of a timer whose other run is going is left alone.
 const CLAIM: &str = "UPDATE jobhost_invocations SET state = 'running', attempt = attempt + 1,
-        started_at = $3, finished_at = NULL, duration_ms = NULL, owner = $2, fence = fence + 1
+        started_at = $3, finished_at = NULL, duration_ms = NULL, owner = $2, fence = fence + 1,
+        progress = NULL, progress_message = NULL
     WHERE id = ANY($1) AND durable AND state IN ('queued', 'failed', 'scheduled') AND run_after <= $3
       AND (timer IS NULL OR NOT EXISTS (SELECT 1 FROM jobhost_invocations AS r
            WHERE r.timer = jobhost_invocations.timer AND r.state = 'running'))
@@ -185,7 +186,7 @@ const CLAIM: &str = "UPDATE jobhost_invocations SET state = 'running', attempt =
 /// another host is claiming skipped, the first `$5` of all marked running for `$3`.
 const CLAIM_SIMPLE: &str = "UPDATE jobhost_invocations AS i SET state = 'running',
         attempt = i.attempt + 1, started_at = $4, finished_at = NULL, duration_ms = NULL,
-        owner = $3, fence = i.fence + 1
+        owner = $3, fence = i.fence + 1, progress = NULL, progress_message = NULL
     FROM (
         SELECT c.id FROM unnest($1::text[], $2::int8[]) AS f(name, room)
         CROSS JOIN LATERAL (
@@ -1082,14 +1083,18 @@ impl Queue for PostgresStore {
             )
             .await?;
             let dead = tx
-                .execute(
+                .query(
                     "UPDATE jobhost_invocations SET state = 'dead', finished_at = $2,
                          error = 'interrupted: the host stopped while it ran, and no attempts were left'
                      WHERE state = 'running' AND durable AND owner = $1
-                       AND attempt >= max_attempt",
+                       AND attempt >= max_attempt
+                     RETURNING id",
                     &[&owner.as_str(), &now],
                 )
-                .await?;
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<Vec<String>, _>>()?;
             let requeued = tx
                 .execute(
                     "UPDATE jobhost_invocations SET state = 'queued', run_after = $2
@@ -1100,7 +1105,7 @@ impl Queue for PostgresStore {
             tx.commit().await?;
             Ok(Recovered {
                 requeued: requeued as usize,
-                dead: dead as usize,
+                dead,
             })
         })
         .await
@@ -1683,29 +1688,35 @@ impl Cluster for PostgresStore {
                 &[&now, &lease, &CANCELLED],
             )
             .await?;
-            let mut owners = Vec::new();
-            for sql in [
-                format!(
-                    "UPDATE jobhost_invocations SET state = 'dead', finished_at = $1,
-                         error = 'interrupted: its host fell silent while it ran, and no attempts were left'
-                     WHERE {silent} AND attempt >= max_attempt RETURNING owner"
-                ),
-                format!(
-                    "UPDATE jobhost_invocations SET state = 'queued', run_after = $1
-                     WHERE {silent} RETURNING owner"
-                ),
-            ] {
-                let rows = tx.query(&sql, &[&now, &lease]).await?;
-                let found: Result<Vec<Option<String>>, _> =
-                    rows.iter().map(|r| r.try_get(0)).collect();
-                owners.push(found?);
-            }
-            if owners.last().is_some_and(|requeued| !requeued.is_empty()) {
+            let dead = tx
+                .query(
+                    &format!(
+                        "UPDATE jobhost_invocations SET state = 'dead', finished_at = $1,
+                             error = 'interrupted: its host fell silent while it ran, and no attempts were left'
+                         WHERE {silent} AND attempt >= max_attempt RETURNING owner, id"
+                    ),
+                    &[&now, &lease],
+                )
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<Vec<(Option<String>, String)>, tokio_postgres::Error>>()?;
+            let requeued = tx
+                .query(
+                    &format!(
+                        "UPDATE jobhost_invocations SET state = 'queued', run_after = $1
+                         WHERE {silent} RETURNING owner"
+                    ),
+                    &[&now, &lease],
+                )
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<Vec<Option<String>>, _>>()?;
+            if !requeued.is_empty() {
                 tx.batch_execute("NOTIFY jobhost_work").await?;
             }
             tx.commit().await?;
-            let requeued = owners.pop().unwrap_or_default();
-            let dead = owners.pop().unwrap_or_default();
             Ok(super::rescued(requeued, dead))
         })
         .await

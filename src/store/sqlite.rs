@@ -399,7 +399,8 @@ fn claim_row(
 ) -> anyhow::Result<Option<Claimed>> {
     let mut stmt = conn.prepare_cached(
         "UPDATE invocations SET state = 'running', attempt = attempt + 1, started_at = ?3,
-             finished_at = NULL, duration_ms = NULL, owner = ?2, fence = fence + 1
+             finished_at = NULL, duration_ms = NULL, owner = ?2, fence = fence + 1,
+             progress = NULL, progress_message = NULL
          WHERE id = ?1 AND state IN ('queued', 'failed', 'scheduled') AND durable = 1
            AND run_after <= ?3
            AND (timer IS NULL OR NOT EXISTS (SELECT 1 FROM invocations AS r
@@ -622,12 +623,15 @@ impl Queue for SqliteStore {
                  WHERE state = 'running' AND durable = 1 AND cancel_requested",
                 params![now, CANCELLED],
             )?;
-            let dead = tx.execute(
-                "UPDATE invocations SET state = 'dead', finished_at = ?1,
-                     error = 'interrupted: the host stopped while it ran, and no attempts were left'
-                 WHERE state = 'running' AND durable = 1 AND attempt >= max_attempt",
-                params![now],
-            )?;
+            let dead = tx
+                .prepare(
+                    "UPDATE invocations SET state = 'dead', finished_at = ?1,
+                         error = 'interrupted: the host stopped while it ran, and no attempts were left'
+                     WHERE state = 'running' AND durable = 1 AND attempt >= max_attempt
+                     RETURNING id",
+                )?
+                .query_map(params![now], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
             let requeued = tx.execute(
                 "UPDATE invocations SET state = 'queued', run_after = ?1
                  WHERE state = 'running' AND durable = 1",
@@ -1080,11 +1084,14 @@ impl Cluster for SqliteStore {
                 ),
                 params![now, silent_since, CANCELLED],
             )?;
-            let dead = owners(&format!(
-                "UPDATE invocations SET state = 'dead', finished_at = ?1,
-                     error = 'interrupted: its host fell silent while it ran, and no attempts were left'
-                 WHERE {silent} AND attempt >= max_attempt RETURNING owner"
-            ))?;
+            let dead = tx
+                .prepare(&format!(
+                    "UPDATE invocations SET state = 'dead', finished_at = ?1,
+                         error = 'interrupted: its host fell silent while it ran, and no attempts were left'
+                     WHERE {silent} AND attempt >= max_attempt RETURNING owner, id"
+                ))?
+                .query_map(params![now, silent_since], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<(Option<String>, String)>, _>>()?;
             let requeued = owners(&format!(
                 "UPDATE invocations SET state = 'queued', run_after = ?1 WHERE {silent}
                  RETURNING owner"

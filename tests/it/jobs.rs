@@ -603,3 +603,50 @@ on_success = ["web"]
         "{said}"
     );
 }
+
+#[test]
+fn a_last_attempt_lost_in_a_crash_still_calls_on_failure_once() {
+    let project = Project::new(
+        r#"
+[defaults]
+timeout = "120s"
+[functions.fragile]
+module = "probe.wasm"
+triggers = []
+retry = { attempts = 1, initial = "100ms", max = "1s" }
+on_failure = "handler"
+[functions.handler]
+module = "probe.wasm"
+triggers = []
+env = { PROBE_EVENT = "env" }
+"#,
+    );
+    project.function("probe", &probe(P1));
+    let host = project.start();
+    let id = host.invoke("fragile", "sleep 100000");
+    host.wait_for_record(&id, Duration::from_secs(30), |r| state(r) == "running");
+    host.kill9();
+    // The restart ends it dead (no attempts left) and queues its handler.
+    let host = project.start();
+    let record = host.wait_for_record(&id, Duration::from_secs(60), |r| {
+        state(r) == "dead" && r["children"].as_array().is_some_and(|c| !c.is_empty())
+    });
+    assert!(
+        record["error"].as_str().unwrap().starts_with("interrupted"),
+        "{record}"
+    );
+    let handler = record["children"][0].as_str().unwrap().to_string();
+    let ran = host.wait_for_record(&handler, Duration::from_secs(60), |r| {
+        state(r) == "succeeded"
+    });
+    let told: serde_json::Value = serde_json::from_str(ran["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (&told["id"], &told["state"]),
+        (&serde_json::json!(id), &serde_json::json!("dead"))
+    );
+    // Another restart does not call it again.
+    drop(host);
+    let host = project.start();
+    let handlers = host.json("/_jobhost/invocations?function=handler");
+    assert_eq!(handlers.as_array().unwrap().len(), 1, "{handlers}");
+}
