@@ -201,8 +201,12 @@ async fn heartbeat(rt: Arc<Runtime>, started_ms: i64) {
                         "a host was silent for longer than the lease ({lease:?}): its running background invocations run again (same id, next attempt), or end dead if that was their last"
                     );
                 }
-                for r in &rescued {
-                    rt.dispatch.fail_over(&r.dead).await;
+                // On a task of its own: a slow store must not hold up the next beat.
+                let dead: Vec<String> = rescued.iter().flat_map(|r| r.dead.clone()).collect();
+                if !dead.is_empty() {
+                    let dispatch = rt.dispatch.clone();
+                    rt.tasks
+                        .spawn(async move { dispatch.fail_over(&dead).await });
                 }
                 if !rescued.is_empty() {
                     rt.dispatch.wake();
