@@ -16,25 +16,17 @@ nothing committed; an operating-system crash may lose the last commits).
 
 import argparse
 import glob
-import http.client
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-JOBHOST = os.path.join(REPO, "target", "release", "jobhost")
+from jobhost_host import REPO, Host, free_port, write_section
+
 GUEST = os.path.join(REPO, "target", "bench-guests", "cgi-command.wasm")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build():
@@ -94,61 +86,12 @@ class Postgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class Host:
-    def __init__(self, store):
-        self.dir = tempfile.mkdtemp(prefix="jobhost-bench-")
-        os.mkdir(os.path.join(self.dir, "functions"))
-        shutil.copy(GUEST, os.path.join(self.dir, "functions", "f.wasm"))
-        self.port = free_port()
-        store_line = f'store = {{ postgres = "{store}" }}\n' if store else ""
-        with open(os.path.join(self.dir, "runtime.toml"), "w") as f:
-            f.write(f'[host]\nlisten = "127.0.0.1:{self.port}"\n{store_line}'
-                    "[functions.f]\ntriggers = []\n")
-        self.proc = subprocess.Popen([JOBHOST, "up"], cwd=self.dir, stdout=subprocess.DEVNULL,
-                                     stderr=open(os.path.join(self.dir, "log"), "w"),
-                                     env={**os.environ, "JOBHOST_LOG": "warn"})
-        deadline = time.time() + 60
-        while True:
-            try:
-                if self.get("/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                sys.exit(f"jobhost did not start: {open(os.path.join(self.dir, 'log')).read()}")
-            time.sleep(0.05)
-
-    def get(self, path):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        c.request("GET", path)
-        r = c.getresponse()
-        return r.status, r.read().decode()
-
-    def metrics(self):
-        out = {}
-        for line in self.get("/metrics")[1].splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def submit(host, n, failures):
-    c = http.client.HTTPConnection("127.0.0.1", host.port, timeout=30)
-    for _ in range(n):
-        while True:
-            c.request("POST", "/_jobhost/functions/f/invoke", body=b"x")
-            r = c.getresponse()
-            r.read()
-            if r.status == 202:
-                break
-            failures.append(r.status)
-            time.sleep(0.01)
+def start_host(store):
+    """A host on SQLite, or on the PostgreSQL database `store`, serving `f`."""
+    store_line = f'store = {{ postgres = "{store}" }}\n' if store else ""
+    config = ('[host]\nlisten = "127.0.0.1:{port}"\n' + store_line
+              + "[functions.f]\ntriggers = []\n")
+    return Host(config, {"f.wasm": GUEST})
 
 
 def claim_p99(hosts):
@@ -168,14 +111,14 @@ def claim_p99(hosts):
 
 
 def run(store_urls, jobs, clients):
-    hosts = [Host(url) for url in store_urls]
+    hosts = [start_host(url) for url in store_urls]
     failures = []
     threads = []
     per = jobs // (len(hosts) * clients)
     started = time.time()
     for h in hosts:
         for _ in range(clients):
-            t = threading.Thread(target=submit, args=(h, per, failures))
+            t = threading.Thread(target=h.submit, args=("f", b"x", per, failures))
             t.start()
             threads.append(t)
     for t in threads:
@@ -232,17 +175,7 @@ def main():
             print(lines[-1], flush=True)
     finally:
         pg.stop()
-    path = os.path.join(REPO, "BENCHMARKS.md")
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    rest = ""
-    if SECTION in text:
-        start = text.index(SECTION)
-        end = text.find("\n## ", start + 1)
-        rest = text[end:] if end >= 0 else ""
-        text = text[:start]
-    with open(path, "w") as f:
-        f.write(text.rstrip() + "\n\n" + "\n".join(lines) + "\n" + rest)
-
+    write_section(lines)
 
 if __name__ == "__main__":
     main()

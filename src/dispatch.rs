@@ -532,23 +532,27 @@ impl Dispatcher {
             let Some(handler) = function.spec.on_failure.as_deref() else {
                 continue;
             };
-            let payload = match serde_json::to_vec(&record) {
-                Ok(json) => Bytes::from(json),
-                Err(e) => {
-                    tracing::error!(id = %id, "cannot write the record as JSON: {e}");
-                    continue;
-                }
-            };
             let mut new = step(
                 &registry,
                 function,
                 handler,
                 Reason::OnFailure,
-                payload,
+                Bytes::new(),
                 (id, 0),
             );
             new.idempotency_key = Some(format!("{id}:on_failure:{}", record.attempt));
-            if let Err(e) = self.submit(new).await {
+            let chain = Chain {
+                on_success: Vec::new(),
+                on_failure: Some(new),
+            };
+            let queued = async {
+                for new in chain.starts(State::Dead, Some(&record))? {
+                    self.submit(new).await?;
+                }
+                anyhow::Ok(())
+            }
+            .await;
+            if let Err(e) = queued {
                 tracing::error!(id = %id, "cannot queue the on_failure handler `{handler}`: {e:#}");
             }
         }

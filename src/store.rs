@@ -189,6 +189,33 @@ pub struct Chain {
     pub on_failure: Option<NewInvocation>,
 }
 
+impl Chain {
+    /// Whether ending in `state` starts the `on_failure` handler, which is given the
+    /// record as it ended.
+    fn wants_record(&self, state: State) -> bool {
+        state == State::Dead && self.on_failure.is_some()
+    }
+
+    /// What an invocation that ended in `state` starts: its `on_success` steps when it
+    /// `succeeded`, its `on_failure` handler with `record` (as JSON) when it is `dead`,
+    /// nothing otherwise (a cancelled run, a failure with a retry to come).
+    pub fn starts(
+        self,
+        state: State,
+        record: Option<&Record>,
+    ) -> anyhow::Result<Vec<NewInvocation>> {
+        match (state, self.on_failure) {
+            (State::Succeeded, _) => Ok(self.on_success),
+            (State::Dead, Some(mut handler)) => {
+                let record = record.context("the on_failure handler is given the record")?;
+                handler.payload = serde_json::to_vec(record)?.into();
+                Ok(vec![handler])
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
 /// The columns of a record, in the order both stores read them. With `excerpt` (the name
 /// of a bound parameter), the payload, stdout and stderr are cut to that many bytes, and
 /// flagged as cut when they were longer. (`substr` and `length` of bytes mean the same in

@@ -648,22 +648,16 @@ async fn start_chain(
     state: State,
     chain: Chain,
 ) -> anyhow::Result<()> {
-    match state {
-        State::Succeeded => {
-            for child in &chain.on_success {
-                insert(client, child, State::Queued).await?;
-            }
-        }
-        State::Dead => {
-            if let Some(mut handler) = chain.on_failure {
-                let record = get(client, id)
-                    .await?
-                    .context("the record was just updated")?;
-                handler.payload = serde_json::to_vec(&record)?.into();
-                insert(client, &handler, State::Queued).await?;
-            }
-        }
-        _ => {}
+    let record = match chain.wants_record(state) {
+        true => Some(
+            get(client, id)
+                .await?
+                .context("the record was just updated")?,
+        ),
+        false => None,
+    };
+    for new in chain.starts(state, record.as_ref())? {
+        insert(client, &new, State::Queued).await?;
     }
     Ok(())
 }

@@ -254,20 +254,12 @@ fn insert(conn: &Connection, new: &NewInvocation, state: State) -> anyhow::Resul
 
 /// Queues what a finished invocation's chain starts in `state` (see [`Queue::finish`]).
 fn start_chain(conn: &Connection, id: &str, state: State, chain: Chain) -> anyhow::Result<()> {
-    match state {
-        State::Succeeded => {
-            for child in &chain.on_success {
-                insert(conn, child, State::Queued)?;
-            }
-        }
-        State::Dead => {
-            if let Some(mut handler) = chain.on_failure {
-                let record = get(conn, id)?.context("the record was just updated")?;
-                handler.payload = serde_json::to_vec(&record)?.into();
-                insert(conn, &handler, State::Queued)?;
-            }
-        }
-        _ => {}
+    let record = match chain.wants_record(state) {
+        true => Some(get(conn, id)?.context("the record was just updated")?),
+        false => None,
+    };
+    for new in chain.starts(state, record.as_ref())? {
+        insert(conn, &new, State::Queued)?;
     }
     Ok(())
 }

@@ -21,6 +21,13 @@ concurrency = 1
     project
 }
 
+/// What `jobhost check` says of a project it refuses (exit 1).
+fn refused_by_check(project: &Project) -> String {
+    let output = project.jobhost().arg("check").output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
+}
+
 fn error_text(body: &str) -> String {
     let why: serde_json::Value = serde_json::from_str(body).unwrap();
     why["error"].as_str().unwrap().to_string()
@@ -278,9 +285,7 @@ triggers = [{ queue = "mail" }]
 "#,
     );
     clash.function("probe", &probe(P1));
-    let output = clash.jobhost().arg("check").output().unwrap();
-    assert_eq!(output.status.code(), Some(1), "{output:?}");
-    let said = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
+    let said = refused_by_check(&clash);
     assert!(
         said.contains("queue `mail` is listened to by both `a` and `b`"),
         "{said}"
@@ -595,9 +600,7 @@ on_success = ["web"]
     );
     project.function("probe", &probe(P1));
     project.function("web", &crate::support::probe_http());
-    let output = project.jobhost().arg("check").output().unwrap();
-    assert_eq!(output.status.code(), Some(1), "{output:?}");
-    let said = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
+    let said = refused_by_check(&project);
     assert!(
         said.contains("on_success names `web`, a wasi:http component"),
         "{said}"

@@ -182,26 +182,20 @@ fn main() {
             let key = parts.next().filter(|k| *k != "-");
             let delay: u64 = parts.next().map_or(0, |d| d.parse().unwrap());
             let payload = parts.next().unwrap_or("");
-            match job::enqueue(target, payload.as_bytes(), key, delay) {
-                Ok(id) => {
-                    let _ = writeln!(out, "queued {id}");
-                }
-                Err(why) => {
-                    let _ = writeln!(out, "enqueue failed: {why}");
-                }
-            }
+            let _ = writeln!(
+                out,
+                "{}",
+                said(job::enqueue(target, payload.as_bytes(), key, delay))
+            );
         }
         "again" => {
             // Queues itself with the same input: a chain that would never end.
             let me = std::env::var("JOBHOST_FUNCTION").unwrap();
-            match job::enqueue(&me, input.as_bytes(), None, 0) {
-                Ok(id) => {
-                    let _ = writeln!(out, "queued {id}");
-                }
-                Err(why) => {
-                    let _ = writeln!(out, "enqueue failed: {why}");
-                }
-            }
+            let _ = writeln!(
+                out,
+                "{}",
+                said(job::enqueue(&me, input.as_bytes(), None, 0))
+            );
         }
         "count" => {
             // `count N MS`: count to N from the last checkpoint, a step every MS.
@@ -287,6 +281,14 @@ mod config {
         let len = usize::try_from(len).ok()?;
         buf.truncate(len.min(buf.len()));
         String::from_utf8(buf).ok()
+    }
+}
+
+/// What the host answered an enqueue, as the tests read it.
+fn said(enqueued: Result<String, String>) -> String {
+    match enqueued {
+        Ok(id) => format!("queued {id}"),
+        Err(why) => format!("enqueue failed: {why}"),
     }
 }
 
