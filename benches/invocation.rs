@@ -27,6 +27,7 @@ fn run<'a>(limits: &'a Limits) -> Run<'a> {
         program: "bench",
         cancel: None,
         job: jobhost::sandbox::JobLink::default(),
+        outbound: jobhost::sandbox::OutboundLink::default(),
     }
 }
 

@@ -396,6 +396,7 @@ async fn invoke(config: &Config, name: &str, payload: Bytes) -> anyhow::Result<E
         hard_stop: CancellationToken::new(),
         tasks: TaskTracker::new(),
         max_chain_depth: config.host.max_chain_depth,
+        outbound: config.host.outbound.clone(),
     }));
     // What its guest may `enqueue` to: the one function loaded here.
     dispatch.swap(registry.clone());

@@ -10,6 +10,7 @@
 
 mod chain;
 mod function;
+mod outbound;
 mod raw;
 mod route;
 mod source;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use toml::de::DeValue;
 
 pub use function::{FunctionSpec, check_function_name, functions};
+pub use outbound::{AllowedHost, BlockNetworks, Permit, permit};
 pub use route::{Route, Segment, parse_route};
 pub use source::{Problem, Problems};
 pub use trigger::{
@@ -84,6 +86,31 @@ pub struct HostSettings {
     /// How many steps a chain of guest `enqueue`s (and `on_success`) may take; deeper,
     /// an enqueue fails with "chain too deep".
     pub max_chain_depth: u32,
+    /// Guests' outbound HTTP (and completion callbacks).
+    pub outbound: OutboundSettings,
+}
+
+/// How the host makes HTTP requests for guests and callbacks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundSettings {
+    /// No name may resolve into these (an allowlist entry written as an IP is exempt).
+    pub block_networks: BlockNetworks,
+    pub connect_timeout: Duration,
+    /// For the answer's head, and then between parts of its body.
+    pub timeout: Duration,
+    /// The largest answer body a guest may read from one request.
+    pub max_response: u64,
+}
+
+impl Default for OutboundSettings {
+    fn default() -> OutboundSettings {
+        OutboundSettings {
+            block_networks: BlockNetworks::default(),
+            connect_timeout: DEFAULT_OUTBOUND_CONNECT_TIMEOUT,
+            timeout: DEFAULT_OUTBOUND_TIMEOUT,
+            max_response: DEFAULT_MAX_OUTBOUND_RESPONSE,
+        }
+    }
 }
 
 /// Where the host keeps invocations, timer cursors and watch receipts.
@@ -141,6 +168,9 @@ const DEFAULT_RECORD_EXCERPT: usize = 4 << 10;
 const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+const DEFAULT_OUTBOUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_OUTBOUND_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_OUTBOUND_RESPONSE: u64 = 16 << 20;
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -173,6 +203,15 @@ impl HostSettings {
                 "max_body_memory",
                 "must be more than 0 bytes: no request body could be read".to_string(),
             ));
+        }
+        if self.outbound.connect_timeout.is_zero() {
+            out.push((
+                "outbound_connect_timeout",
+                "must be more than 0s".to_string(),
+            ));
+        }
+        if self.outbound.timeout.is_zero() {
+            out.push(("outbound_timeout", "must be more than 0s".to_string()));
         }
         if self.heartbeat.is_zero() {
             out.push(("heartbeat", "must be more than 0s".to_string()));
@@ -402,6 +441,32 @@ fn host_settings(
             }
         }
     };
+    let block_networks = match &raw.block_networks {
+        None => BlockNetworks::default(),
+        Some(list) => {
+            let texts: Vec<&str> = list.iter().map(|e| e.get_ref().as_str()).collect();
+            BlockNetworks::parse(&texts).unwrap_or_else(|(i, why)| {
+                problems.push(source.problem(
+                    Some(&list[i].span()),
+                    &format!("host.block_networks[{i}]"),
+                    why,
+                ));
+                BlockNetworks::default()
+            })
+        }
+    };
+    let outbound = OutboundSettings {
+        block_networks,
+        connect_timeout: raw
+            .outbound_connect_timeout
+            .map_or(DEFAULT_OUTBOUND_CONNECT_TIMEOUT, |d| d.0),
+        timeout: raw
+            .outbound_timeout
+            .map_or(DEFAULT_OUTBOUND_TIMEOUT, |d| d.0),
+        max_response: raw
+            .max_outbound_response
+            .map_or(DEFAULT_MAX_OUTBOUND_RESPONSE, |s| s.0),
+    };
     HostSettings {
         listen,
         functions_dir: root.join(raw.functions.as_deref().unwrap_or("functions")),
@@ -438,6 +503,7 @@ fn host_settings(
         heartbeat: raw.heartbeat.map_or(DEFAULT_HEARTBEAT, |d| d.0),
         lease: raw.lease.map_or(DEFAULT_LEASE, |d| d.0),
         max_chain_depth: raw.max_chain_depth.unwrap_or(DEFAULT_MAX_CHAIN_DEPTH),
+        outbound,
     }
 }
 

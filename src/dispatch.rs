@@ -17,12 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::Instrument;
 
-use crate::config::{DirMount, FunctionSpec, Retry, TriggerKind};
+use crate::config::{DirMount, FunctionSpec, OutboundSettings, Retry, TriggerKind};
 use crate::metrics;
+use crate::outbound;
 use crate::registry::{Function, Registry};
 use crate::sandbox::{
-    Body, EnqueueOptions, Failure, HttpServed, IncomingBody, Job, JobLink, Outcome, Run, Sandbox,
-    Shape,
+    Body, EnqueueOptions, Failure, HttpServed, IncomingBody, Job, JobLink, OutboundLink, Outcome,
+    Run, Sandbox, Shape,
 };
 use crate::store::{
     CancelError, Cancelled, Chain, Claimed, Enqueued, History, HostId, LATEST, Lease,
@@ -164,6 +165,8 @@ pub struct Dispatcher {
     functions: Arc<RwLock<Arc<Registry>>>,
     /// `[host] max_chain_depth`.
     max_chain_depth: u32,
+    /// Guests' outbound HTTP: one pool of connections for all.
+    outbound: Arc<outbound::Client>,
     /// Cancelled when the shutdown grace has passed: running invocations are interrupted.
     hard_stop: CancellationToken,
     tasks: TaskTracker,
@@ -210,6 +213,8 @@ pub struct Parts {
     pub tasks: TaskTracker,
     /// `[host] max_chain_depth`.
     pub max_chain_depth: u32,
+    /// How guests' outbound HTTP goes.
+    pub outbound: OutboundSettings,
 }
 
 /// The right to run one invocation now, within both limits.
@@ -279,6 +284,8 @@ struct Invocation {
     cancel: Option<CancellationToken>,
     /// What its `jobhost:job` calls do.
     job: JobLink,
+    /// Where its outbound HTTP requests go.
+    outbound: OutboundLink,
 }
 
 impl Invocation {
@@ -287,6 +294,7 @@ impl Invocation {
         let id = new_id();
         Invocation {
             job: JobLink(Some(dispatch.job(&id, 0, None))),
+            outbound: dispatch.outbound.for_run(call.function, &id),
             id,
             function: call.function.clone(),
             trigger: call.trigger,
@@ -342,6 +350,7 @@ impl Invocation {
             program: &self.function.spec.name,
             cancel: self.cancel.clone(),
             job: self.job.clone(),
+            outbound: self.outbound.clone(),
         }
     }
 }
@@ -367,6 +376,7 @@ impl Dispatcher {
             wake: Arc::new(Notify::new()),
             functions: Arc::new(RwLock::new(Arc::new(Registry::default()))),
             max_chain_depth: parts.max_chain_depth,
+            outbound: Arc::new(outbound::Client::new(&parts.outbound)),
             hard_stop: parts.hard_stop,
             tasks: parts.tasks,
             running: Mutex::new(HashMap::new()),
@@ -682,6 +692,7 @@ impl Dispatcher {
                         input: claimed.input_dir,
                         cancel: Some(cancel),
                         job: JobLink(Some(job.clone())),
+                        outbound: self.outbound.for_run(&function, &lease.id),
                     };
                     let Some(mut outcome) = self.run_in_task(invocation).await else {
                         // Interrupted by shutdown: back to the queue, the attempt not used.

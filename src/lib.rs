@@ -23,6 +23,7 @@ pub mod config;
 pub mod dispatch;
 pub mod front;
 pub mod metrics;
+pub mod outbound;
 pub mod queue;
 pub mod registry;
 pub mod reload;

@@ -41,8 +41,21 @@ struct FunctionLabels {
     trigger: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutboundLabels {
+    function: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NameLabel {
+    function: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    outbound: Family<OutboundLabels, Counter>,
+    outbound_durations: Family<NameLabel, Histogram>,
     invocations: Family<InvocationLabels, Counter>,
     durations: Family<FunctionLabels, Histogram>,
     queue_depth: Gauge,
@@ -170,8 +183,23 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "One look at the store for due background work: the claim of what this host can start",
         claims.clone(),
     );
+    let outbound = Family::<OutboundLabels, Counter>::default();
+    registry.register(
+        "outbound_requests",
+        "Guests' outbound HTTP requests, by function and status (the answer's code, `denied` or `error`)",
+        outbound.clone(),
+    );
+    let outbound_durations =
+        Family::<NameLabel, Histogram>::new_with_constructor(seconds as fn() -> Histogram);
+    registry.register(
+        "outbound_request_duration_seconds",
+        "From a guest's outbound request to its answer's head",
+        outbound_durations.clone(),
+    );
     Metrics {
         registry,
+        outbound,
+        outbound_durations,
         records_dropped,
         claims,
         watches,
@@ -282,6 +310,20 @@ impl Metrics {
         if let Some(d) = outcome.instantiation {
             self.instantiate.observe(d.as_secs_f64());
         }
+    }
+
+    /// One outbound request of `function`'s guest.
+    pub fn outbound(&self, function: &str, status: String, took: Duration) {
+        let labels = OutboundLabels {
+            function: function.to_string(),
+            status,
+        };
+        self.outbound.get_or_create(&labels).inc();
+        self.outbound_durations
+            .get_or_create(&NameLabel {
+                function: function.to_string(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     pub fn timer_lateness(&self, late: Duration) {

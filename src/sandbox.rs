@@ -6,6 +6,7 @@
 mod capture;
 mod imports;
 mod job;
+mod outbound;
 mod response;
 
 use std::fmt;
@@ -31,12 +32,15 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::config::{DirMount, Limits};
 use capture::Capture;
 pub use imports::GuestConfig;
 pub use job::{EnqueueOptions, Job, JobLink};
+pub use outbound::{
+    BoxError, Outbound, OutboundError, OutboundLink, OutgoingBody, ResponseBody, Timeouts,
+};
 use response::Response;
 
 /// How often the epoch advances; a guest past its deadline stops within one tick.
@@ -117,6 +121,8 @@ pub struct Run<'a> {
     pub cancel: Option<CancellationToken>,
     /// What the guest's `jobhost:job` calls do.
     pub job: JobLink,
+    /// Where its outbound HTTP requests go, if anywhere.
+    pub outbound: OutboundLink,
 }
 
 /// Why an invocation failed. The `Display` text is the reason stored and shown to users.
@@ -297,7 +303,7 @@ pub(crate) struct ComponentState {
     http: WasiHttpCtx,
     table: ResourceTable,
     config: GuestConfig,
-    hooks: NoOutgoing,
+    hooks: OutboundLink,
     guard: Guard,
     job: JobLink,
 }
@@ -337,33 +343,6 @@ impl WasiHttpView for ComponentState {
             table: &mut self.table,
             hooks: &mut self.hooks,
         }
-    }
-}
-
-/// Guests get no sockets, and so no outgoing HTTP either.
-struct NoOutgoing;
-
-impl WasiHttpHooks for NoOutgoing {
-    fn send_request(
-        &mut self,
-        _request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<
-            dyn Future<Output = wasmtime_wasi_http::Result<(), wasmtime_wasi_http::Error>> + Send,
-        >,
-    ) -> Box<
-        dyn Future<
-                Output = wasmtime_wasi_http::Result<(
-                    http::Response<wasmtime_wasi_http::WasiBody>,
-                    Box<
-                        dyn Future<
-                                Output = wasmtime_wasi_http::Result<(), wasmtime_wasi_http::Error>,
-                            > + Send,
-                    >,
-                )>,
-            > + Send,
-    > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 
@@ -907,7 +886,7 @@ fn component_state(
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
         config: run.config.clone(),
-        hooks: NoOutgoing,
+        hooks: run.outbound.clone(),
         guard: guard(run.limits),
         job: run.job.clone(),
     })

@@ -91,6 +91,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         hard_stop: hard_stop.clone(),
         tasks: tasks.clone(),
         max_chain_depth: config.host.max_chain_depth,
+        outbound: config.host.outbound.clone(),
     }));
     // The address as bound (port 0 becomes the port the system chose): what the API checks
     // requests against, and the `Host` a wasi:http guest sees when a client sends none.

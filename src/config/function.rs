@@ -10,6 +10,7 @@ use toml::Spanned;
 use toml::de::DeValue;
 
 use super::chain;
+use super::outbound::AllowedHost;
 use super::raw::{RawFunction, RawLimits};
 use super::source::{Problem, Problems, Source};
 use super::trigger::{HttpMode, Trigger};
@@ -34,6 +35,8 @@ pub struct FunctionSpec {
     pub on_success: Vec<String>,
     /// The function queued with this one's record as JSON when a background run is `dead`.
     pub on_failure: Option<String>,
+    /// Where its guest may send HTTP requests (`wasi:http/outgoing-handler`); none by default.
+    pub allowed_outbound_hosts: Vec<AllowedHost>,
 }
 
 /// A function's table in one file, with the spans of its keys.
@@ -315,6 +318,19 @@ pub(crate) fn function_spec(
             });
         }
     }
+    let mut allowed_outbound_hosts = Vec::new();
+    if let Some((list, source)) = sections.with(|r| r.allowed_outbound_hosts.as_ref()) {
+        for (i, entry) in list.iter().enumerate() {
+            match entry.get_ref().parse::<AllowedHost>() {
+                Ok(allowed) => allowed_outbound_hosts.push(allowed),
+                Err(why) => problems.push(source.problem(
+                    Some(&entry.span()),
+                    &format!("{section}.allowed_outbound_hosts[{i}]"),
+                    why,
+                )),
+            }
+        }
+    }
     let mut function_config = config.shared.clone();
     if let Some((table, source)) = sections.with(|r| r.config.as_ref()) {
         function_config.extend(values::resolve(source, &format!("{section}.config"), table));
@@ -351,6 +367,7 @@ pub(crate) fn function_spec(
             .value(|r| r.on_success.as_ref())
             .unwrap_or_default(),
         on_failure: sections.value(|r| r.on_failure.as_ref()),
+        allowed_outbound_hosts,
     };
     problems.or(spec)
 }

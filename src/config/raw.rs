@@ -74,6 +74,10 @@ section!(RawHost {
     heartbeat: Dur,
     lease: Dur,
     max_chain_depth: u32,
+    block_networks: Vec<Spanned<String>>,
+    outbound_connect_timeout: Dur,
+    outbound_timeout: Dur,
+    max_outbound_response: Size,
 });
 
 /// `store = "sqlite"` or `store = { postgres = "postgres://..." }` (the URL may come from
@@ -151,6 +155,7 @@ section!(
         env: BTreeMap<String, String>,
         on_success: Vec<String>,
         on_failure: String,
+        allowed_outbound_hosts: Vec<Spanned<String>>,
     }
 );
 

@@ -12,9 +12,11 @@ mod http;
 mod jobs;
 mod loading;
 mod metrics;
+mod outbound;
 // Also compiled into the store's unit tests, which use part of it.
 #[allow(dead_code)]
 mod postgres_server;
+mod receiver;
 mod reload;
 mod sandbox;
 mod scale_out;

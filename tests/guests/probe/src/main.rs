@@ -8,7 +8,8 @@
 //! DELAY_MS PAYLOAD`, `again` (queue itself), `count N MS` (count from the last checkpoint,
 //! saving one and the progress at each step), `checkpoint BYTES`, `input` (read the
 //! file of a watch event), `raw TEXT` (TEXT alone, `\n` as a line break: headers of the
-//! test's choosing), `relay ...` (the whole input as it came). Every other answer starts with a CGI header block. An event (JSON on stdin, from a timer or a watch) runs the
+//! test's choosing), `relay ...` (the whole input as it came), `fetch METHOD URL [BODY]`
+//! (an outbound HTTP request: `status N` and the body, or `error: CODE`). Every other answer starts with a CGI header block. An event (JSON on stdin, from a timer or a watch) runs the
 //! command in the function's `PROBE_EVENT` variable, `env` by default.
 
 use std::io::{Read, Write};
@@ -230,7 +231,102 @@ fn main() {
             let kept = job::checkpoint_load().map_or(0, |c| c.len());
             let _ = writeln!(out, "kept {kept}");
         }
+        "fetch" => {
+            let mut parts = arg.splitn(3, ' ');
+            let method = parts.next().unwrap_or("GET");
+            let url = parts.next().expect("fetch takes METHOD URL [BODY]");
+            let body = parts.next().unwrap_or("");
+            match fetch::fetch(method, url, body.as_bytes()) {
+                Ok((status, body)) => {
+                    let _ = writeln!(out, "status {status}");
+                    let _ = out.write_all(&body);
+                }
+                Err(why) => {
+                    let _ = writeln!(out, "error: {why}");
+                }
+            }
+        }
         other => fail(&format!("unknown command {other:?}")),
+    }
+}
+
+/// An outbound request through wasi:http/outgoing-handler.
+#[cfg(target_env = "p2")]
+mod fetch {
+    use wasip2::http::outgoing_handler;
+    use wasip2::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
+
+    pub fn fetch(method: &str, url: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
+        let (scheme, rest) = url.split_once("://").ok_or("the URL has no scheme")?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let request = OutgoingRequest::new(Fields::new());
+        let method = match method {
+            "GET" => Method::Get,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            other => Method::Other(other.to_string()),
+        };
+        request.set_method(&method).map_err(|()| "bad method")?;
+        let scheme = match scheme {
+            "http" => Scheme::Http,
+            "https" => Scheme::Https,
+            other => Scheme::Other(other.to_string()),
+        };
+        request
+            .set_scheme(Some(&scheme))
+            .map_err(|()| "bad scheme")?;
+        request
+            .set_authority(Some(authority))
+            .map_err(|()| "bad authority")?;
+        request
+            .set_path_with_query(Some(path))
+            .map_err(|()| "bad path")?;
+        let outgoing = request.body().map_err(|()| "no body")?;
+        let future = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+        {
+            let stream = outgoing.write().map_err(|()| "no body stream")?;
+            for chunk in body.chunks(4096) {
+                stream
+                    .blocking_write_and_flush(chunk)
+                    .map_err(|e| format!("{e:?}"))?;
+            }
+        }
+        OutgoingBody::finish(outgoing, None).map_err(|e| format!("{e:?}"))?;
+        let response = loop {
+            match future.get() {
+                Some(result) => break result,
+                None => future.subscribe().block(),
+            }
+        };
+        let response = response
+            .map_err(|()| "the response was taken already")?
+            .map_err(|e| format!("{e:?}"))?;
+        let status = response.status();
+        let incoming = response.consume().map_err(|()| "no response body")?;
+        let stream = incoming.stream().map_err(|()| "no response stream")?;
+        let mut read = Vec::new();
+        loop {
+            match stream.blocking_read(64 * 1024) {
+                Ok(chunk) => read.extend_from_slice(&chunk),
+                Err(wasip2::io::streams::StreamError::Closed) => break,
+                Err(wasip2::io::streams::StreamError::LastOperationFailed(e)) => {
+                    let code = wasip2::http::types::http_error_code(&e);
+                    return Err(format!("reading the body: {code:?}"));
+                }
+            }
+        }
+        Ok((status, read))
+    }
+}
+
+#[cfg(not(target_env = "p2"))]
+mod fetch {
+    pub fn fetch(_: &str, _: &str, _: &[u8]) -> Result<(u16, Vec<u8>), String> {
+        Err("a wasip1 module has no outbound HTTP".to_string())
     }
 }
 

@@ -1,0 +1,352 @@
+//! HTTP requests the host makes for guests (`wasi:http/outgoing-handler`): each checked
+//! against its function's `allowed_outbound_hosts`, every name's addresses against
+//! `[host] block_networks` at the moment of connecting, sent on one shared pool of
+//! connections (hyper-util's client, TLS through rustls with the system's roots), bounded
+//! in time and size, and logged and counted once per request.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client as Pool;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::{BlockNetworks, OutboundSettings, Permit, permit};
+use crate::metrics;
+use crate::registry::Function;
+use crate::sandbox::{Outbound, OutboundError, OutboundLink, OutgoingBody, ResponseBody, Timeouts};
+
+type Connector = HttpsConnector<HttpConnector<Resolver>>;
+
+/// The host's one outbound client: its connections are kept and reused across invocations.
+pub struct Client {
+    pool: Pool<Connector, OutgoingBody>,
+    settings: OutboundSettings,
+}
+
+impl Client {
+    pub fn new(settings: &OutboundSettings) -> Client {
+        let block = Arc::new(settings.block_networks.clone());
+        let mut http = HttpConnector::new_with_resolver(Resolver { block });
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(settings.connect_timeout));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let pool = Pool::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(32)
+            .build(https);
+        Client {
+            pool,
+            settings: settings.clone(),
+        }
+    }
+
+    /// What one run's outbound requests do: `function`'s allowlist, logged with `id`.
+    pub fn for_run(self: &Arc<Client>, function: &Arc<Function>, id: &str) -> OutboundLink {
+        OutboundLink(Some(Arc::new(Caller {
+            client: self.clone(),
+            function: function.clone(),
+            id: id.to_string(),
+        })))
+    }
+
+    /// Sends `request` whose target `permit` allows, within the host's timeouts. The
+    /// addresses of a name are checked against `block_networks` when connecting; an address
+    /// written in the URL is checked here, unless `permit` names it exactly.
+    pub async fn send(
+        &self,
+        request: http::Request<OutgoingBody>,
+        permit: Permit,
+        timeouts: Timeouts,
+    ) -> Result<http::Response<ResponseBody>, OutboundError> {
+        if permit == Permit::Denied {
+            return Err(OutboundError::Denied("not in the allowlist".to_string()));
+        }
+        let host = request.uri().host().unwrap_or_default();
+        let literal = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>();
+        if let Ok(ip) = literal
+            && permit != Permit::AllowedAddress
+            && self.settings.block_networks.blocks(ip)
+        {
+            return Err(OutboundError::Denied(format!("{ip} is in block_networks")));
+        }
+        // The guest may ask for shorter waits than the host's, never for longer ones. A
+        // pooled connection needs no connect, so both waits bound the answer's head.
+        let connect = shorter(timeouts.connect, self.settings.connect_timeout);
+        let first_byte = shorter(timeouts.first_byte, self.settings.timeout);
+        let between = shorter(timeouts.between_bytes, self.settings.timeout);
+        let response = tokio::time::timeout(connect + first_byte, self.pool.request(request))
+            .await
+            .map_err(|_| OutboundError::ResponseTimeout)?
+            .map_err(|e| classify(&e))?;
+        Ok(response.map(|body| {
+            Capped {
+                body,
+                read: 0,
+                max: self.settings.max_response,
+                between,
+                idle: Box::pin(tokio::time::sleep(between)),
+            }
+            .boxed_unsync()
+        }))
+    }
+}
+
+fn shorter(asked: Option<Duration>, most: Duration) -> Duration {
+    asked.map_or(most, |a| a.min(most))
+}
+
+/// One run's view of the client.
+struct Caller {
+    client: Arc<Client>,
+    function: Arc<Function>,
+    id: String,
+}
+
+#[async_trait]
+impl Outbound for Caller {
+    async fn send(
+        &self,
+        request: http::Request<OutgoingBody>,
+        timeouts: Timeouts,
+    ) -> Result<http::Response<ResponseBody>, OutboundError> {
+        let spec = &self.function.spec;
+        let uri = request.uri().clone();
+        let method = request.method().clone();
+        let permit = permit(
+            &spec.allowed_outbound_hosts,
+            uri.scheme_str().unwrap_or_default(),
+            uri.host().unwrap_or_default(),
+            uri.port_u16(),
+        );
+        let started = Instant::now();
+        let result = self.client.send(request, permit, timeouts).await;
+        let elapsed = started.elapsed();
+        let status = match &result {
+            Ok(response) => {
+                tracing::info!(
+                    function = %spec.name,
+                    id = %self.id,
+                    "outbound {method} {uri}: {} in {} ms",
+                    response.status().as_u16(),
+                    elapsed.as_millis()
+                );
+                response.status().as_str().to_string()
+            }
+            Err(OutboundError::Denied(why)) => {
+                tracing::warn!(
+                    function = %spec.name,
+                    id = %self.id,
+                    "outbound {method} {uri} refused ({why}): add its scheme://host[:port] to allowed_outbound_hosts of function {}",
+                    spec.name
+                );
+                "denied".to_string()
+            }
+            Err(e) => {
+                tracing::warn!(
+                    function = %spec.name,
+                    id = %self.id,
+                    "outbound {method} {uri} failed after {} ms: {e}",
+                    elapsed.as_millis()
+                );
+                "error".to_string()
+            }
+        };
+        metrics::get().outbound(&spec.name, status, elapsed);
+        // A body cut short is the guest's to see, but it cannot always tell why (wasi:http
+        // 0.2 gives a stream's error no code): say it here.
+        let (function, id) = (spec.name.clone(), self.id.clone());
+        result.map(|response| {
+            response.map(|body| {
+                body.map_err(move |e| {
+                    tracing::warn!(function = %function, id = %id, "outbound {method} {uri}: {e}");
+                    e
+                })
+                .boxed_unsync()
+            })
+        })
+    }
+}
+
+/// Resolves names for the client and drops every address in `block_networks`: the check
+/// is on the addresses the connection is then made to, so a name that changes what it
+/// resolves to (DNS rebinding) cannot lead inside.
+#[derive(Clone)]
+struct Resolver {
+    block: Arc<BlockNetworks>,
+}
+
+/// The error of a name whose every address is blocked.
+#[derive(Debug, thiserror::Error)]
+#[error("{name} resolves to {address}, which is in block_networks")]
+struct Blocked {
+    name: String,
+    address: IpAddr,
+}
+
+impl tower_service::Service<Name> for Resolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let block = self.block.clone();
+        Box::pin(async move {
+            let name = name.as_str().to_string();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            let open: Vec<SocketAddr> = found
+                .iter()
+                .filter(|a| !block.blocks(a.ip()))
+                .copied()
+                .collect();
+            match (open.is_empty(), found.first()) {
+                (false, _) => Ok(open.into_iter()),
+                (true, Some(first)) => Err(io::Error::other(Blocked {
+                    name,
+                    address: first.ip(),
+                })),
+                (true, None) => Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{name} has no address"),
+                )),
+            }
+        })
+    }
+}
+
+/// What went wrong in the client, as the guest is told.
+fn classify(e: &hyper_util::client::legacy::Error) -> OutboundError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        // An io::Error's `source` skips the error it wraps, so look into it here.
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if let Some(blocked) = io.get_ref().and_then(|i| i.downcast_ref::<Blocked>()) {
+                return OutboundError::Denied(blocked.to_string());
+            }
+            if io.get_ref().is_some_and(|i| i.is::<rustls::Error>()) {
+                return OutboundError::Tls(io.to_string());
+            }
+            match io.kind() {
+                io::ErrorKind::ConnectionRefused => return OutboundError::ConnectionRefused,
+                io::ErrorKind::TimedOut => return OutboundError::ConnectTimeout,
+                io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof => {
+                    return OutboundError::Terminated;
+                }
+                _ => {}
+            }
+        }
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return OutboundError::Tls(err.to_string());
+        }
+        source = err.source();
+    }
+    if e.is_connect() {
+        // Left: the resolver's own failure.
+        return OutboundError::Dns(chain_text(e));
+    }
+    OutboundError::Protocol(chain_text(e))
+}
+
+fn chain_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The rustls settings: the system's roots (or `SSL_CERT_FILE`'s), on ring.
+fn tls_config() -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        tracing::warn!(
+            "no trusted certificates found: guests' https requests will fail; install the system's CA certificates or set SSL_CERT_FILE"
+        );
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// An answer's body within `max` bytes, each part arriving within `between` of the last.
+struct Capped {
+    body: Incoming,
+    read: u64,
+    max: u64,
+    between: Duration,
+    idle: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Body for Capped {
+    type Data = Bytes;
+    type Error = OutboundError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, OutboundError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Pending => {
+                if this.idle.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(OutboundError::BodyTimeout)));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => {
+                Poll::Ready(Some(Err(OutboundError::Protocol(chain_text(&e)))))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.read += data.len() as u64;
+                    if this.read > this.max {
+                        return Poll::Ready(Some(Err(OutboundError::TooLarge(this.max))));
+                    }
+                }
+                let deadline = tokio::time::Instant::now() + this.between;
+                this.idle.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
