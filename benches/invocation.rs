@@ -28,6 +28,7 @@ fn run<'a>(limits: &'a Limits) -> Run<'a> {
         cancel: None,
         job: jobhost::sandbox::JobLink::default(),
         outbound: jobhost::sandbox::OutboundLink::default(),
+        kv: jobhost::sandbox::KvLink::default(),
     }
 }
 

@@ -1,8 +1,9 @@
 //! `/_jobhost/`: the status API. Functions, invocations with filters, one invocation,
-//! manual invoke, queue messages, retry and cancel, the hosts sharing the store; who may
-//! call it is `access`'s.
+//! manual invoke, queue messages, retry and cancel, the hosts sharing the store, and the
+//! key-value stores (`kv`); who may call it is `access`'s.
 
 mod access;
+mod kv;
 
 use chrono::Utc;
 use http::{Method, Request, Response, StatusCode};
@@ -103,6 +104,10 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
         if let Err(e) = rt.store.history.flush().await {
             tracing::error!("writing pending records: {e:#}");
         }
+    }
+    if let Some(rest) = path.strip_prefix("kv/") {
+        let rest = rest.to_string();
+        return kv::handle(rt, &rest, req).await;
     }
     let segments: Vec<&str> = path.split('/').collect();
     let method = req.method().clone();

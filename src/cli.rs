@@ -1,8 +1,9 @@
 //! The `jobhost` command line: the clap definitions and what each command does. Commands
 //! other than `up` work on their own, beside a running host or without one: `check`,
 //! `functions` and `invoke` load the functions in this process; `invocations`, `logs`,
-//! `enqueue`, `retry`, `cancel` and `hosts` open the store beside the host.
+//! `enqueue`, `retry`, `cancel`, `hosts` and `kv` open the store beside the host.
 
+mod kv;
 mod print;
 
 use std::io::Write;
@@ -106,6 +107,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read and write the key-value stores guests use (wasi:keyvalue).
+    #[command(subcommand)]
+    Kv(kv::Kv),
 }
 
 /// The API's words for `?delay=` and `?at=` as the CLI's flags.
@@ -300,6 +304,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print::hosts(&hosts, json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Kv(command) => runtime.block_on(kv::run(&load(&path)?, command)),
         Command::Invoke { name, data } => {
             let data = match data.strip_prefix('@') {
                 Some(file) => {
@@ -397,6 +402,7 @@ async fn invoke(config: &Config, name: &str, payload: Bytes) -> anyhow::Result<E
         tasks: TaskTracker::new(),
         max_chain_depth: config.host.max_chain_depth,
         outbound: config.host.outbound.clone(),
+        max_kv_keys: config.host.max_kv_keys,
     }));
     // What its guest may `enqueue` to: the one function loaded here.
     dispatch.swap(registry.clone());

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use toml::de::DeValue;
 
-pub use function::{FunctionSpec, check_function_name, functions};
+pub use function::{FunctionSpec, check_function_name, check_store_name, functions};
 pub use outbound::{AllowedHost, BlockNetworks, Permit, permit};
 pub use route::{Route, Segment, parse_route};
 pub use source::{Problem, Problems};
@@ -88,6 +88,8 @@ pub struct HostSettings {
     pub max_chain_depth: u32,
     /// Guests' outbound HTTP (and completion callbacks).
     pub outbound: OutboundSettings,
+    /// The most keys one key-value store may hold.
+    pub max_kv_keys: u64,
 }
 
 /// How the host makes HTTP requests for guests and callbacks.
@@ -171,6 +173,7 @@ const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 const DEFAULT_OUTBOUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_OUTBOUND_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_OUTBOUND_RESPONSE: u64 = 16 << 20;
+const DEFAULT_MAX_KV_KEYS: u64 = 100_000;
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -504,6 +507,7 @@ fn host_settings(
         lease: raw.lease.map_or(DEFAULT_LEASE, |d| d.0),
         max_chain_depth: raw.max_chain_depth.unwrap_or(DEFAULT_MAX_CHAIN_DEPTH),
         outbound,
+        max_kv_keys: raw.max_kv_keys.unwrap_or(DEFAULT_MAX_KV_KEYS),
     }
 }
 

@@ -18,12 +18,13 @@ use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::Instrument;
 
 use crate::config::{DirMount, FunctionSpec, OutboundSettings, Retry, TriggerKind};
+use crate::keyvalue;
 use crate::metrics;
 use crate::outbound;
 use crate::registry::{Function, Registry};
 use crate::sandbox::{
-    Body, EnqueueOptions, Failure, HttpServed, IncomingBody, Job, JobLink, OutboundLink, Outcome,
-    Run, Sandbox, Shape,
+    Body, EnqueueOptions, Failure, HttpServed, IncomingBody, Job, JobLink, KvLink, OutboundLink,
+    Outcome, Run, Sandbox, Shape,
 };
 use crate::store::{
     CancelError, Cancelled, Chain, Claimed, Enqueued, History, HostId, LATEST, Lease,
@@ -167,6 +168,8 @@ pub struct Dispatcher {
     max_chain_depth: u32,
     /// Guests' outbound HTTP: one pool of connections for all.
     outbound: Arc<outbound::Client>,
+    /// `[host] max_kv_keys`.
+    max_kv_keys: u64,
     /// Cancelled when the shutdown grace has passed: running invocations are interrupted.
     hard_stop: CancellationToken,
     tasks: TaskTracker,
@@ -215,6 +218,8 @@ pub struct Parts {
     pub max_chain_depth: u32,
     /// How guests' outbound HTTP goes.
     pub outbound: OutboundSettings,
+    /// `[host] max_kv_keys`.
+    pub max_kv_keys: u64,
 }
 
 /// The right to run one invocation now, within both limits.
@@ -286,6 +291,8 @@ struct Invocation {
     job: JobLink,
     /// Where its outbound HTTP requests go.
     outbound: OutboundLink,
+    /// The key-value stores it may open.
+    kv: KvLink,
 }
 
 impl Invocation {
@@ -295,6 +302,7 @@ impl Invocation {
         Invocation {
             job: JobLink(Some(dispatch.job(&id, 0, None))),
             outbound: dispatch.outbound.for_run(call.function, &id),
+            kv: dispatch.kv_for(call.function),
             id,
             function: call.function.clone(),
             trigger: call.trigger,
@@ -351,6 +359,7 @@ impl Invocation {
             cancel: self.cancel.clone(),
             job: self.job.clone(),
             outbound: self.outbound.clone(),
+            kv: self.kv.clone(),
         }
     }
 }
@@ -377,10 +386,16 @@ impl Dispatcher {
             functions: Arc::new(RwLock::new(Arc::new(Registry::default()))),
             max_chain_depth: parts.max_chain_depth,
             outbound: Arc::new(outbound::Client::new(&parts.outbound)),
+            max_kv_keys: parts.max_kv_keys,
             hard_stop: parts.hard_stop,
             tasks: parts.tasks,
             running: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The key-value stores a run of `function` may open.
+    fn kv_for(&self, function: &Arc<Function>) -> KvLink {
+        keyvalue::for_run(&self.store.kv, function, self.max_kv_keys)
     }
 
     pub fn sandbox(&self) -> &Sandbox {
@@ -693,6 +708,7 @@ impl Dispatcher {
                         cancel: Some(cancel),
                         job: JobLink(Some(job.clone())),
                         outbound: self.outbound.for_run(&function, &lease.id),
+                        kv: self.kv_for(&function),
                     };
                     let Some(mut outcome) = self.run_in_task(invocation).await else {
                         // Interrupted by shutdown: back to the queue, the attempt not used.

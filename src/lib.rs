@@ -7,7 +7,8 @@
 //! (`triggers::http`); `queue` works off durable work; `reload` watches `functions/` and
 //! `runtime.toml`; `triggers` own their event sources. They share a `runtime` handle: the
 //! functions (`registry`), the `dispatch`er that owns an invocation's whole life, the
-//! `store` (traits, with SQLite as the embedded implementation) and `metrics`. Below them
+//! `store` (traits, with SQLite as the embedded implementation), `metrics`, and what guests
+//! reach beyond WASI (`outbound` HTTP, `keyvalue` state). Below them
 //! `sandbox` is the only module that names wasmtime, `config` the only one that knows the
 //! TOML shape, and `schedule` does timer arithmetic. See ARCHITECTURE.md.
 
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod front;
+pub mod keyvalue;
 pub mod metrics;
 pub mod outbound;
 pub mod queue;

@@ -6,6 +6,7 @@
 mod capture;
 mod imports;
 mod job;
+mod keyvalue;
 mod outbound;
 mod response;
 
@@ -38,6 +39,7 @@ use crate::config::{DirMount, Limits};
 use capture::Capture;
 pub use imports::GuestConfig;
 pub use job::{EnqueueOptions, Job, JobLink};
+pub use keyvalue::{KeyValue, KvFailure, KvLink};
 pub use outbound::{
     BoxError, Outbound, OutboundError, OutboundLink, OutgoingBody, ResponseBody, Timeouts,
 };
@@ -123,6 +125,8 @@ pub struct Run<'a> {
     pub job: JobLink,
     /// Where its outbound HTTP requests go, if anywhere.
     pub outbound: OutboundLink,
+    /// The key-value stores it may open.
+    pub kv: KvLink,
 }
 
 /// Why an invocation failed. The `Display` text is the reason stored and shown to users.
@@ -306,6 +310,7 @@ pub(crate) struct ComponentState {
     hooks: OutboundLink,
     guard: Guard,
     job: JobLink,
+    kv: KvLink,
 }
 
 pub(crate) struct ModuleState {
@@ -380,6 +385,7 @@ impl Sandbox {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut component_linker)?;
         imports::add_config_to_component_linker(&mut component_linker)?;
         job::add_to_component_linker(&mut component_linker)?;
+        keyvalue::add_to_component_linker(&mut component_linker)?;
 
         let mut module_linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut ModuleState| {
@@ -889,6 +895,7 @@ fn component_state(
         hooks: run.outbound.clone(),
         guard: guard(run.limits),
         job: run.job.clone(),
+        kv: run.kv.clone(),
     })
 }
 

@@ -92,6 +92,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tasks: tasks.clone(),
         max_chain_depth: config.host.max_chain_depth,
         outbound: config.host.outbound.clone(),
+        max_kv_keys: config.host.max_kv_keys,
     }));
     // The address as bound (port 0 becomes the port the system chose): what the API checks
     // requests against, and the `Host` a wasi:http guest sees when a client sends none.

@@ -732,6 +732,76 @@ pub trait Cluster: Send + Sync {
     async fn hosts(&self, lease: Duration) -> anyhow::Result<Vec<HostView>>;
 }
 
+/// Key-value data (`wasi:keyvalue`, `jobhost kv`) in named stores: bytes under text keys,
+/// ordered by the keys' bytes. Every call is one transaction; on PostgreSQL all hosts share
+/// it.
+#[async_trait]
+pub trait KeyValues: Send + Sync {
+    /// The value of each key, in the order asked (`None` where there is none).
+    async fn get(&self, store: &str, keys: &[String]) -> anyhow::Result<Vec<Option<Vec<u8>>>>;
+    /// Sets every pair, all or none: keys new to `store` may not take it past `max_keys`.
+    async fn set(
+        &self,
+        store: &str,
+        pairs: &[(String, Vec<u8>)],
+        max_keys: u64,
+    ) -> Result<(), KvError>;
+    /// Deletes the keys; returns how many were there.
+    async fn delete(&self, store: &str, keys: &[String]) -> anyhow::Result<u64>;
+    /// Up to `limit` keys that start with `prefix`, in order, skipping the first `offset`.
+    async fn keys(
+        &self,
+        store: &str,
+        prefix: &str,
+        offset: u64,
+        limit: u64,
+    ) -> anyhow::Result<Vec<String>>;
+    /// Adds `delta` to the decimal number that `key` holds (none is 0) and returns the sum,
+    /// kept as decimal text: one atomic step, however many callers (and hosts) add at once.
+    async fn increment(
+        &self,
+        store: &str,
+        key: &str,
+        delta: u64,
+        max_keys: u64,
+    ) -> Result<u64, KvError>;
+}
+
+/// Why a key-value write was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    #[error("the store {store:?} holds {max} keys, its limit (max_kv_keys): delete some first")]
+    TooManyKeys { store: String, max: u64 },
+    #[error("the value of {0:?} is not a decimal number, so it cannot be incremented")]
+    NotANumber(String),
+    #[error("incrementing {0:?} would pass the largest number (2^64 - 1)")]
+    Overflow(String),
+    #[error(transparent)]
+    Store(#[from] anyhow::Error),
+}
+
+/// A key-value result with its store error taken out, for the helpers that name the store
+/// in every error; [`KvError::Store`] puts it back.
+fn lift<T>(result: Result<T, KvError>) -> anyhow::Result<Result<T, KvError>> {
+    match result {
+        Err(KvError::Store(e)) => Err(e),
+        other => Ok(other),
+    }
+}
+
+/// What `increment` stores: `current` (decimal text, if any) plus `delta`.
+fn incremented(key: &str, current: Option<&[u8]>, delta: u64) -> Result<u64, KvError> {
+    let now = match current {
+        None => 0,
+        Some(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .ok_or_else(|| KvError::NotANumber(key.to_string()))?,
+    };
+    now.checked_add(delta)
+        .ok_or_else(|| KvError::Overflow(key.to_string()))
+}
+
 /// Rescued work per host, from the owners of the rows queued again and the owners and ids
 /// of those ended dead.
 fn rescued(requeued: Vec<Option<String>>, dead: Vec<(Option<String>, String)>) -> Vec<Rescued> {
@@ -760,12 +830,13 @@ pub struct Store {
     pub triggers: Arc<dyn TriggerState>,
     pub history: Arc<dyn History>,
     pub cluster: Arc<dyn Cluster>,
+    pub kv: Arc<dyn KeyValues>,
     /// Which store, for messages: its file, or its server and database.
     pub name: Arc<str>,
 }
 
 impl Store {
-    pub fn new<S: Queue + TriggerState + History + Cluster + 'static>(
+    pub fn new<S: Queue + TriggerState + History + Cluster + KeyValues + 'static>(
         store: S,
         name: impl Into<Arc<str>>,
     ) -> Store {
@@ -774,7 +845,8 @@ impl Store {
             queue: store.clone(),
             triggers: store.clone(),
             history: store.clone(),
-            cluster: store,
+            cluster: store.clone(),
+            kv: store,
             name: name.into(),
         }
     }

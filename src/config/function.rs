@@ -37,6 +37,8 @@ pub struct FunctionSpec {
     pub on_failure: Option<String>,
     /// Where its guest may send HTTP requests (`wasi:http/outgoing-handler`); none by default.
     pub allowed_outbound_hosts: Vec<AllowedHost>,
+    /// The key-value stores its guest may open (`wasi:keyvalue`); none by default.
+    pub key_value_stores: Vec<String>,
 }
 
 /// A function's table in one file, with the spans of its keys.
@@ -90,6 +92,22 @@ pub fn check_function_name(name: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "invalid function name {name:?}: use letters, digits, '-' and '_' only"
+        ))
+    }
+}
+
+/// Key-value store names are used in URLs (`/_jobhost/kv/NAME`) and on command lines.
+pub fn check_store_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid key-value store name {name:?}: use up to 64 letters, digits, '-', '_' and '.'"
         ))
     }
 }
@@ -331,6 +349,19 @@ pub(crate) fn function_spec(
             }
         }
     }
+    let mut key_value_stores = Vec::new();
+    if let Some((list, source)) = sections.with(|r| r.key_value_stores.as_ref()) {
+        for (i, entry) in list.iter().enumerate() {
+            match check_store_name(entry.get_ref()) {
+                Ok(()) => key_value_stores.push(entry.get_ref().clone()),
+                Err(why) => problems.push(source.problem(
+                    Some(&entry.span()),
+                    &format!("{section}.key_value_stores[{i}]"),
+                    why,
+                )),
+            }
+        }
+    }
     let mut function_config = config.shared.clone();
     if let Some((table, source)) = sections.with(|r| r.config.as_ref()) {
         function_config.extend(values::resolve(source, &format!("{section}.config"), table));
@@ -368,6 +399,7 @@ pub(crate) fn function_spec(
             .unwrap_or_default(),
         on_failure: sections.value(|r| r.on_failure.as_ref()),
         allowed_outbound_hosts,
+        key_value_stores,
     };
     problems.or(spec)
 }

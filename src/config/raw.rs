@@ -78,6 +78,7 @@ section!(RawHost {
     outbound_connect_timeout: Dur,
     outbound_timeout: Dur,
     max_outbound_response: Size,
+    max_kv_keys: u64,
 });
 
 /// `store = "sqlite"` or `store = { postgres = "postgres://..." }` (the URL may come from
@@ -156,6 +157,7 @@ section!(
         on_success: Vec<String>,
         on_failure: String,
         allowed_outbound_hosts: Vec<Spanned<String>>,
+        key_value_stores: Vec<Spanned<String>>,
     }
 );
 

@@ -7,8 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{
-    CancelError, Cancelled, Chain, Enqueued, Filter, Fired, HostId, NewInvocation, Next, Output,
-    Reason, Receipt, RetryError, Slots, State, Store, SyncRecord, TimerFire, Wanted, now_ms,
+    CancelError, Cancelled, Chain, Enqueued, Filter, Fired, HostId, KvError, NewInvocation, Next,
+    Output, Reason, Receipt, RetryError, Slots, State, Store, SyncRecord, TimerFire, Wanted,
+    now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 
@@ -36,6 +37,9 @@ pub(crate) async fn run<K, F: Future<Output = (Store, K)>>(make: impl Fn() -> F)
     cancel_ends_waiting_work_at_once_and_marks_running_work_for_its_host(make().await).await;
     a_chain_is_queued_with_the_result_that_starts_it_and_only_then(make().await).await;
     a_checkpoint_outlives_its_attempt_and_only_the_current_attempt_writes(make().await).await;
+    key_values_are_set_read_listed_in_order_and_deleted_per_store(make().await).await;
+    increment_keeps_decimal_text_and_concurrent_increments_all_count(make().await).await;
+    a_stores_key_limit_holds_and_a_refused_batch_sets_nothing(make().await).await;
 }
 
 /// Each function may take up to `limit` here; `concurrency` as given.
@@ -1151,4 +1155,126 @@ async fn a_checkpoint_outlives_its_attempt_and_only_the_current_attempt_writes<K
     .await
     .unwrap();
     assert_eq!(q.checkpoint("a").await.unwrap(), None);
+}
+
+fn pairs(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+fn keys(keys: &[&str]) -> Vec<String> {
+    keys.iter().map(|k| k.to_string()).collect()
+}
+
+async fn key_values_are_set_read_listed_in_order_and_deleted_per_store<K>(
+    (store, _keep): (Store, K),
+) {
+    let kv = &store.kv;
+    kv.set(
+        "a",
+        &pairs(&[("b/2", "two"), ("b/1", "one"), ("c", "see")]),
+        100,
+    )
+    .await
+    .unwrap();
+    kv.set("other", &pairs(&[("b/1", "elsewhere")]), 100)
+        .await
+        .unwrap();
+    kv.set("a", &pairs(&[("b/1", "uno")]), 100).await.unwrap();
+    let got = kv.get("a", &keys(&["b/1", "nope", "c"])).await.unwrap();
+    assert_eq!(
+        got,
+        vec![Some(b"uno".to_vec()), None, Some(b"see".to_vec())]
+    );
+    assert_eq!(kv.keys("a", "", 0, 100).await.unwrap(), ["b/1", "b/2", "c"]);
+    assert_eq!(kv.keys("a", "b/", 0, 100).await.unwrap(), ["b/1", "b/2"]);
+    assert_eq!(kv.keys("a", "", 1, 1).await.unwrap(), ["b/2"]);
+    assert_eq!(kv.keys("a", "", 3, 10).await.unwrap(), Vec::<String>::new());
+    // A prefix is text, not a pattern.
+    kv.set("a", &pairs(&[("100%", "x"), ("1_0", "y")]), 100)
+        .await
+        .unwrap();
+    assert_eq!(kv.keys("a", "1_", 0, 10).await.unwrap(), ["1_0"]);
+    assert_eq!(kv.keys("a", "100%", 0, 10).await.unwrap(), ["100%"]);
+    assert_eq!(kv.delete("a", &keys(&["b/1", "nope"])).await.unwrap(), 1);
+    assert_eq!(kv.get("a", &keys(&["b/1"])).await.unwrap(), vec![None]);
+    assert_eq!(
+        kv.get("other", &keys(&["b/1"])).await.unwrap(),
+        vec![Some(b"elsewhere".to_vec())]
+    );
+}
+
+async fn increment_keeps_decimal_text_and_concurrent_increments_all_count<K>(
+    (store, _keep): (Store, K),
+) {
+    let kv = store.kv.clone();
+    assert_eq!(kv.increment("s", "n", 5, 100).await.unwrap(), 5);
+    assert_eq!(kv.increment("s", "n", 1, 100).await.unwrap(), 6);
+    assert_eq!(
+        kv.get("s", &keys(&["n"])).await.unwrap(),
+        vec![Some(b"6".to_vec())]
+    );
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let kv = kv.clone();
+            tokio::spawn(async move { kv.increment("s", "many", 1, 100).await.unwrap() })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for task in tasks {
+        seen.push(task.await.unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (1..=50).collect::<Vec<u64>>(),
+        "each increment saw its own sum"
+    );
+    assert_eq!(
+        kv.get("s", &keys(&["many"])).await.unwrap(),
+        vec![Some(b"50".to_vec())]
+    );
+    kv.set("s", &pairs(&[("word", "five")]), 100).await.unwrap();
+    assert!(matches!(
+        kv.increment("s", "word", 1, 100).await,
+        Err(KvError::NotANumber(key)) if key == "word"
+    ));
+    kv.set("s", &pairs(&[("big", &u64::MAX.to_string())]), 100)
+        .await
+        .unwrap();
+    assert!(matches!(
+        kv.increment("s", "big", 1, 100).await,
+        Err(KvError::Overflow(_))
+    ));
+}
+
+async fn a_stores_key_limit_holds_and_a_refused_batch_sets_nothing<K>((store, _keep): (Store, K)) {
+    let kv = &store.kv;
+    kv.set("small", &pairs(&[("a", "1"), ("b", "2")]), 2)
+        .await
+        .unwrap();
+    // Replacing a key adds none; another store has its own room.
+    kv.set("small", &pairs(&[("a", "one")]), 2).await.unwrap();
+    kv.set("roomy", &pairs(&[("c", "3")]), 2).await.unwrap();
+    let refused = kv
+        .set("small", &pairs(&[("b", "two"), ("c", "3")]), 2)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, KvError::TooManyKeys { store, max: 2 } if store == "small"),
+        "{refused}"
+    );
+    assert_eq!(
+        kv.get("small", &keys(&["b", "c"])).await.unwrap(),
+        vec![Some(b"2".to_vec()), None],
+        "nothing of the refused batch is set"
+    );
+    assert!(matches!(
+        kv.increment("small", "c", 1, 2).await,
+        Err(KvError::TooManyKeys { .. })
+    ));
+    kv.delete("small", &keys(&["a"])).await.unwrap();
+    assert_eq!(kv.increment("small", "c", 1, 2).await.unwrap(), 1);
 }

@@ -41,9 +41,9 @@ use records::Write;
 
 use super::{
     CANCELLED, CancelError, Cancelled, Candidate, Chain, Claimed, Cluster, Enqueued, Filter, Fired,
-    History, HostId, HostView, Lease, NewInvocation, Next, Output, Progress, Queue, Receipt,
-    Record, Recovered, Rescued, RetryError, Slots, State, SyncRecord, TimerFire, TriggerState,
-    Unreachable, Wanted, choose, columns, millis, now_ms,
+    History, HostId, HostView, KeyValues, KvError, Lease, NewInvocation, Next, Output, Progress,
+    Queue, Receipt, Record, Recovered, Rescued, RetryError, Slots, State, SyncRecord, TimerFire,
+    TriggerState, Unreachable, Wanted, choose, columns, millis, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 
@@ -138,7 +138,19 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE jobhost_invocations ADD COLUMN checkpoint BYTEA;
     ALTER TABLE jobhost_invocations ADD COLUMN progress INTEGER;
     ALTER TABLE jobhost_invocations ADD COLUMN progress_message TEXT;",
+    // 10: key-value data, by store and key (ordered by the keys' bytes, as in SQLite).
+    "CREATE TABLE jobhost_kv (
+        store TEXT NOT NULL,
+        key   TEXT COLLATE \"C\" NOT NULL,
+        value BYTEA NOT NULL,
+        PRIMARY KEY (store, key)
+    );",
 ];
+
+/// Locks one key-value store's new keys for the rest of the transaction, so that its key
+/// limit holds while several hosts add keys at once.
+const LOCK_KV_STORE: &str =
+    "SELECT pg_advisory_xact_lock(hashtextextended('jobhost kv ' || $1, 0))";
 
 /// Now on the server's clock, in ms: what host liveness is measured on, so that hosts'
 /// clocks need not agree for it.
@@ -1642,6 +1654,167 @@ impl History for PostgresStore {
                 Ok(())
             }
         }
+    }
+}
+
+/// Inserts or replaces `key`; a key new to `store` only while it holds fewer than `max_keys`.
+async fn put(
+    tx: &tokio_postgres::Transaction<'_>,
+    store: &str,
+    key: &str,
+    value: &[u8],
+    max_keys: u64,
+) -> anyhow::Result<Result<(), KvError>> {
+    let replaced = tx
+        .execute(
+            "UPDATE jobhost_kv SET value = $3 WHERE store = $1 AND key = $2",
+            &[&store, &key, &value],
+        )
+        .await?;
+    if replaced == 0 {
+        tx.execute(LOCK_KV_STORE, &[&store]).await?;
+        let held: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM jobhost_kv WHERE store = $1",
+                &[&store],
+            )
+            .await?
+            .get(0);
+        if held.unsigned_abs() >= max_keys {
+            return Ok(Err(KvError::TooManyKeys {
+                store: store.to_string(),
+                max: max_keys,
+            }));
+        }
+        // Another host may have added the key since the UPDATE: then it is replaced.
+        tx.execute(
+            "INSERT INTO jobhost_kv (store, key, value) VALUES ($1, $2, $3)
+             ON CONFLICT (store, key) DO UPDATE SET value = EXCLUDED.value",
+            &[&store, &key, &value],
+        )
+        .await?;
+    }
+    Ok(Ok(()))
+}
+
+#[async_trait]
+impl KeyValues for PostgresStore {
+    async fn get(&self, store: &str, keys: &[String]) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+        self.named(async {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT k.i, kv.value FROM unnest($2::text[]) WITH ORDINALITY AS k (key, i)
+                     LEFT JOIN jobhost_kv AS kv ON kv.store = $1 AND kv.key = k.key",
+                    &[&store, &keys],
+                )
+                .await?;
+            let mut values = vec![None; keys.len()];
+            for row in rows {
+                let i: i64 = row.get(0);
+                values[usize::try_from(i - 1)?] = row.get(1);
+            }
+            Ok(values)
+        })
+        .await
+    }
+
+    async fn set(
+        &self,
+        store: &str,
+        pairs: &[(String, Vec<u8>)],
+        max_keys: u64,
+    ) -> Result<(), KvError> {
+        self.named(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            for (key, value) in pairs {
+                if let Err(refused) = put(&tx, store, key, value, max_keys).await? {
+                    return Ok(Err(refused));
+                }
+            }
+            tx.commit().await?;
+            Ok(Ok(()))
+        })
+        .await
+        .unwrap_or_else(|e| Err(KvError::Store(e)))
+    }
+
+    async fn delete(&self, store: &str, keys: &[String]) -> anyhow::Result<u64> {
+        self.named(async {
+            let client = self.client().await?;
+            Ok(client
+                .execute(
+                    "DELETE FROM jobhost_kv WHERE store = $1 AND key = ANY($2)",
+                    &[&store, &keys],
+                )
+                .await?)
+        })
+        .await
+    }
+
+    async fn keys(
+        &self,
+        store: &str,
+        prefix: &str,
+        offset: u64,
+        limit: u64,
+    ) -> anyhow::Result<Vec<String>> {
+        self.named(async {
+            let client = self.client().await?;
+            let (offset, limit) = (
+                i64::try_from(offset).unwrap_or(i64::MAX),
+                i64::try_from(limit).unwrap_or(i64::MAX),
+            );
+            let rows = client
+                .query(
+                    "SELECT key FROM jobhost_kv WHERE store = $1 AND starts_with(key, $2)
+                     ORDER BY key LIMIT $3 OFFSET $4",
+                    &[&store, &prefix, &limit, &offset],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+        .await
+    }
+
+    async fn increment(
+        &self,
+        store: &str,
+        key: &str,
+        delta: u64,
+        max_keys: u64,
+    ) -> Result<u64, KvError> {
+        self.named(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let select = "SELECT value FROM jobhost_kv WHERE store = $1 AND key = $2 FOR UPDATE";
+            let mut current: Option<Vec<u8>> = tx
+                .query_opt(select, &[&store, &key])
+                .await?
+                .map(|r| r.get(0));
+            if current.is_none() {
+                // A new key: hosts adding one take turns, so of two that add the same key
+                // at once, the second sees the first's.
+                tx.execute(LOCK_KV_STORE, &[&store]).await?;
+                current = tx
+                    .query_opt(select, &[&store, &key])
+                    .await?
+                    .map(|r| r.get(0));
+            }
+            let sum = match super::incremented(key, current.as_deref(), delta) {
+                Ok(sum) => sum,
+                Err(refused) => return Ok(Err(refused)),
+            };
+            if let Err(refused) = put(&tx, store, key, sum.to_string().as_bytes(), max_keys).await?
+            {
+                return Ok(Err(refused));
+            }
+            tx.commit().await?;
+            Ok(Ok(sum))
+        })
+        .await
+        .unwrap_or_else(|e| Err(KvError::Store(e)))
     }
 }
 

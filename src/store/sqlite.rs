@@ -24,9 +24,9 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
     CANCELLED, CancelError, Cancelled, Candidate, Chain, Claimed, Cluster, Enqueued, Filter, Fired,
-    History, HostId, HostView, Lease, NewInvocation, Next, Output, Progress, Queue, Receipt,
-    Record, Recovered, Rescued, RetryError, State, SyncRecord, TimerFire, TriggerState, Wanted,
-    choose, columns, millis, now_ms,
+    History, HostId, HostView, KeyValues, KvError, Lease, NewInvocation, Next, Output, Progress,
+    Queue, Receipt, Record, Recovered, Rescued, RetryError, State, SyncRecord, TimerFire,
+    TriggerState, Wanted, choose, columns, millis, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 use batch::Batcher;
@@ -120,6 +120,13 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE invocations ADD COLUMN checkpoint BLOB;
     ALTER TABLE invocations ADD COLUMN progress INTEGER;
     ALTER TABLE invocations ADD COLUMN progress_message TEXT;",
+    // 12: key-value data, by store and key.
+    "CREATE TABLE IF NOT EXISTS kv (
+        store TEXT NOT NULL,
+        key   TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (store, key)
+    ) WITHOUT ROWID;",
 ];
 
 fn db_path(data_dir: &Path) -> PathBuf {
@@ -1039,6 +1046,154 @@ impl History for SqliteStore {
             )?)
         })
         .await
+    }
+}
+
+/// Inserts or replaces `key`; a key new to `store` only while it holds fewer than `max_keys`.
+fn put(
+    tx: &rusqlite::Transaction<'_>,
+    store: &str,
+    key: &str,
+    value: &[u8],
+    max_keys: u64,
+) -> Result<(), KvError> {
+    let replaced = tx
+        .prepare_cached("UPDATE kv SET value = ?3 WHERE store = ?1 AND key = ?2")
+        .and_then(|mut s| s.execute(params![store, key, value]))
+        .map_err(anyhow::Error::from)?;
+    if replaced == 0 {
+        let held: i64 = tx
+            .prepare_cached("SELECT count(*) FROM kv WHERE store = ?1")
+            .and_then(|mut s| s.query_row(params![store], |r| r.get(0)))
+            .map_err(anyhow::Error::from)?;
+        if held.unsigned_abs() >= max_keys {
+            return Err(KvError::TooManyKeys {
+                store: store.to_string(),
+                max: max_keys,
+            });
+        }
+        tx.prepare_cached("INSERT INTO kv (store, key, value) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![store, key, value]))
+            .map_err(anyhow::Error::from)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl KeyValues for SqliteStore {
+    async fn get(&self, store: &str, keys: &[String]) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+        let (store, keys) = (store.to_string(), keys.to_vec());
+        self.with(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT value FROM kv WHERE store = ?1 AND key = ?2")?;
+            let mut values = Vec::with_capacity(keys.len());
+            for key in &keys {
+                values.push(
+                    stmt.query_row(params![store, key], |r| r.get(0))
+                        .optional()?,
+                );
+            }
+            Ok(values)
+        })
+        .await
+    }
+
+    async fn set(
+        &self,
+        store: &str,
+        pairs: &[(String, Vec<u8>)],
+        max_keys: u64,
+    ) -> Result<(), KvError> {
+        let (store, pairs) = (store.to_string(), pairs.to_vec());
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for (key, value) in &pairs {
+                if let Err(refused) = super::lift(put(&tx, &store, key, value, max_keys))? {
+                    return Ok(Err(refused));
+                }
+            }
+            tx.commit()?;
+            Ok(Ok(()))
+        })
+        .await
+        .unwrap_or_else(|e| Err(KvError::Store(e)))
+    }
+
+    async fn delete(&self, store: &str, keys: &[String]) -> anyhow::Result<u64> {
+        let (store, keys) = (store.to_string(), keys.to_vec());
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            let mut deleted = 0;
+            {
+                let mut stmt = tx.prepare_cached("DELETE FROM kv WHERE store = ?1 AND key = ?2")?;
+                for key in &keys {
+                    deleted += stmt.execute(params![store, key])? as u64;
+                }
+            }
+            tx.commit()?;
+            Ok(deleted)
+        })
+        .await
+    }
+
+    async fn keys(
+        &self,
+        store: &str,
+        prefix: &str,
+        offset: u64,
+        limit: u64,
+    ) -> anyhow::Result<Vec<String>> {
+        let (store, prefix) = (store.to_string(), prefix.to_string());
+        self.with(move |conn| {
+            // Keys compare as bytes (BINARY): the prefix's range is [prefix, prefix + 0xFF..).
+            let keys = conn
+                .prepare_cached(
+                    "SELECT key FROM kv WHERE store = ?1 AND substr(key, 1, length(?2)) = ?2
+                     ORDER BY key LIMIT ?3 OFFSET ?4",
+                )?
+                .query_map(
+                    params![
+                        store,
+                        prefix,
+                        i64::try_from(limit).unwrap_or(i64::MAX),
+                        i64::try_from(offset).unwrap_or(i64::MAX)
+                    ],
+                    |r| r.get(0),
+                )?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn increment(
+        &self,
+        store: &str,
+        key: &str,
+        delta: u64,
+        max_keys: u64,
+    ) -> Result<u64, KvError> {
+        let (store, key) = (store.to_string(), key.to_string());
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current: Option<Vec<u8>> = tx
+                .prepare_cached("SELECT value FROM kv WHERE store = ?1 AND key = ?2")?
+                .query_row(params![store, key], |r| r.get(0))
+                .optional()?;
+            let sum = match super::incremented(&key, current.as_deref(), delta) {
+                Ok(sum) => sum,
+                Err(refused) => return Ok(Err(refused)),
+            };
+            if let Err(refused) =
+                super::lift(put(&tx, &store, &key, sum.to_string().as_bytes(), max_keys))?
+            {
+                return Ok(Err(refused));
+            }
+            tx.commit()?;
+            Ok(Ok(sum))
+        })
+        .await
+        .unwrap_or_else(|e| Err(KvError::Store(e)))
     }
 }
 

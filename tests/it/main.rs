@@ -10,6 +10,7 @@ mod examples;
 mod hostile;
 mod http;
 mod jobs;
+mod keyvalue;
 mod loading;
 mod metrics;
 mod outbound;

@@ -9,7 +9,10 @@
 //! saving one and the progress at each step), `checkpoint BYTES`, `input` (read the
 //! file of a watch event), `raw TEXT` (TEXT alone, `\n` as a line break: headers of the
 //! test's choosing), `relay ...` (the whole input as it came), `fetch METHOD URL [BODY]`
-//! (an outbound HTTP request: `status N` and the body, or `error: CODE`). Every other answer starts with a CGI header block. An event (JSON on stdin, from a timer or a watch) runs the
+//! (an outbound HTTP request: `status N` and the body, or `error: CODE`), `kv STORE OP
+//! ARGS` (one wasi:keyvalue call: get, set, delete, exists, list, inc, getmany, setmany,
+//! deletemany; the answer or `error: ...`), `kvcheck` (wasmtime's keyvalue test program's
+//! checks, on the store `open("")` opens). Every other answer starts with a CGI header block. An event (JSON on stdin, from a timer or a watch) runs the
 //! command in the function's `PROBE_EVENT` variable, `env` by default.
 
 use std::io::{Read, Write};
@@ -246,7 +249,146 @@ fn main() {
                 }
             }
         }
+        "kv" => {
+            let _ = writeln!(out, "{}", kv::call(arg));
+        }
+        "kvcheck" => {
+            kv::check();
+            let _ = writeln!(out, "kvcheck passed");
+        }
         other => fail(&format!("unknown command {other:?}")),
+    }
+}
+
+/// wasi:keyvalue through the repository's copy of its `0.2.0-draft` WIT.
+#[cfg(target_env = "p2")]
+mod kv {
+    wit_bindgen::generate!({
+        path: "../../../wit/keyvalue",
+        world: "wasi:keyvalue/imports",
+    });
+
+    use wasi::keyvalue::{atomics, batch, store};
+
+    fn list(arg: &str) -> Vec<String> {
+        arg.split(',')
+            .filter(|k| !k.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// `STORE OP ARGS`: one call, its answer as a line.
+    pub fn call(arg: &str) -> String {
+        let mut parts = arg.splitn(3, ' ');
+        let name = parts.next().unwrap_or("");
+        let name = if name == "-" { "" } else { name };
+        let op = parts.next().unwrap_or("");
+        let rest = parts.next().unwrap_or("");
+        let bucket = match store::open(name) {
+            Ok(bucket) => bucket,
+            Err(e) => return format!("error: {e:?}"),
+        };
+        let answer = match op {
+            "get" => bucket
+                .get(rest)
+                .map(|v| v.map_or("none".to_string(), |v| String::from_utf8_lossy(&v).into())),
+            "set" => {
+                let (key, value) = rest.split_once(' ').unwrap_or((rest, ""));
+                bucket
+                    .set(key, value.as_bytes())
+                    .map(|()| "set".to_string())
+            }
+            "setbytes" => {
+                let (key, n) = rest.split_once(' ').unwrap_or((rest, "0"));
+                let value = vec![b'v'; n.parse().unwrap()];
+                bucket.set(key, &value).map(|()| "set".to_string())
+            }
+            "delete" => bucket.delete(rest).map(|()| "deleted".to_string()),
+            "exists" => bucket.exists(rest).map(|e| e.to_string()),
+            "list" => {
+                let cursor = rest.parse().ok();
+                bucket
+                    .list_keys(cursor)
+                    .map(|r| format!("{} cursor={:?}", r.keys.join(","), r.cursor))
+            }
+            "inc" => {
+                let (key, delta) = rest.split_once(' ').unwrap_or((rest, "1"));
+                atomics::increment(&bucket, key, delta.parse().unwrap()).map(|n| n.to_string())
+            }
+            "getmany" => batch::get_many(&bucket, &list(rest)).map(|values| {
+                values
+                    .into_iter()
+                    .map(|v| match v {
+                        Some((k, v)) => format!("{k}={}", String::from_utf8_lossy(&v)),
+                        None => "none".to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
+            "setmany" => {
+                let pairs: Vec<(String, Vec<u8>)> = list(rest)
+                    .into_iter()
+                    .map(|p| {
+                        let (k, v) = p.split_once('=').unwrap_or((&p, ""));
+                        (k.to_string(), v.as_bytes().to_vec())
+                    })
+                    .collect();
+                batch::set_many(&bucket, &pairs).map(|()| "set".to_string())
+            }
+            "deletemany" => {
+                batch::delete_many(&bucket, &list(rest)).map(|()| "deleted".to_string())
+            }
+            other => return format!("error: unknown kv op {other:?}"),
+        };
+        answer.unwrap_or_else(|e| format!("error: {e:?}"))
+    }
+
+    /// What wasmtime's `keyvalue_main` test program checks, with `atomics_key` preset to 5.
+    pub fn check() {
+        let bucket = store::open("").unwrap();
+        assert_eq!(atomics::increment(&bucket, "atomics_key", 1).unwrap(), 6);
+        let resp = bucket.list_keys(None).unwrap();
+        assert_eq!(resp.keys, vec!["atomics_key".to_string()]);
+        bucket.set("hello", "world".as_bytes()).unwrap();
+        let v = bucket.get("hello").unwrap();
+        assert_eq!(String::from_utf8(v.unwrap()).unwrap(), "world");
+        assert!(bucket.exists("hello").unwrap());
+        bucket.delete("hello").unwrap();
+        assert!(!bucket.exists("hello").unwrap());
+        batch::set_many(
+            &bucket,
+            &[
+                ("a1".to_string(), "v1".as_bytes().to_vec()),
+                ("b1".to_string(), "v1".as_bytes().to_vec()),
+                ("c1".to_string(), "v1".as_bytes().to_vec()),
+            ],
+        )
+        .unwrap();
+        batch::delete_many(&bucket, &["a1".to_string(), "c1".to_string()]).unwrap();
+        let values = batch::get_many(
+            &bucket,
+            &["a1".to_string(), "b1".to_string(), "c1".to_string()],
+        )
+        .unwrap();
+        assert_eq!(
+            values,
+            vec![
+                None,
+                Some(("b1".to_string(), "v1".as_bytes().to_vec())),
+                None
+            ]
+        );
+    }
+}
+
+#[cfg(not(target_env = "p2"))]
+mod kv {
+    pub fn call(_: &str) -> String {
+        "error: a wasip1 module has no wasi:keyvalue".to_string()
+    }
+
+    pub fn check() {
+        panic!("a wasip1 module has no wasi:keyvalue");
     }
 }
 
