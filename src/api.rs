@@ -224,6 +224,10 @@ async fn submit(
         Ok(key) => key,
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
+    let callback = match dispatch::callback(req.headers(), &rt.host.callbacks) {
+        Ok(callback) => callback,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
     let query = req.uri().query().unwrap_or_default();
     let when = due_time(param(query, "delay"), param(query, "at"), now_ms());
     let (priority, run_after) = match (priority(param(query, "priority")), when) {
@@ -245,6 +249,9 @@ async fn submit(
     new.priority = priority;
     new.run_after = run_after;
     new.idempotency_key = key;
+    if callback.is_some() {
+        new.callback = callback;
+    }
     match rt.dispatch.submit(new).await {
         Ok(enqueued) => answer::submitted(enqueued),
         Err(e) => {

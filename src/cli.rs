@@ -401,7 +401,7 @@ async fn invoke(config: &Config, name: &str, payload: Bytes) -> anyhow::Result<E
         hard_stop: CancellationToken::new(),
         tasks: TaskTracker::new(),
         max_chain_depth: config.host.max_chain_depth,
-        outbound: config.host.outbound.clone(),
+        outbound: Arc::new(crate::outbound::Client::new(&config.host.outbound)),
         max_kv_keys: config.host.max_kv_keys,
     }));
     // What its guest may `enqueue` to: the one function loaded here.

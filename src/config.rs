@@ -90,6 +90,61 @@ pub struct HostSettings {
     pub outbound: OutboundSettings,
     /// The most keys one key-value store may hold.
     pub max_kv_keys: u64,
+    /// Completion callbacks: where they may go, how they are signed and retried.
+    pub callbacks: CallbackSettings,
+}
+
+/// `[host] callback_secret`, `allowed_callback_hosts` and `callback_retry`.
+#[derive(Clone, PartialEq)]
+pub struct CallbackSettings {
+    /// The HMAC-SHA256 key of `X-Jobhost-Signature`; callbacks need one.
+    pub secret: Option<String>,
+    pub allowed: Vec<AllowedHost>,
+    pub retry: Retry,
+}
+
+impl std::fmt::Debug for CallbackSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallbackSettings")
+            .field("secret", &self.secret.as_ref().map(|_| ".."))
+            .field("allowed", &self.allowed)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+impl CallbackSettings {
+    /// Why `url` cannot be a callback here, if it cannot.
+    pub fn refuses(&self, url: &str) -> Option<String> {
+        let uri = url.parse::<http::Uri>().ok();
+        let Some((scheme, host)) = uri
+            .as_ref()
+            .and_then(|u| Some((u.scheme_str()?, u.host()?)))
+        else {
+            return Some(format!(
+                "callback {url:?} is not a URL: write one such as https://example.com/done"
+            ));
+        };
+        if self.secret.is_none() {
+            return Some(
+                "callbacks are signed with [host] callback_secret: set it (receivers verify X-Jobhost-Signature with it)"
+                    .to_string(),
+            );
+        }
+        let port = uri.as_ref().and_then(http::Uri::port_u16);
+        if permit(&self.allowed, scheme, host, port) == Permit::Denied {
+            let allowed: Vec<String> = self.allowed.iter().map(ToString::to_string).collect();
+            return Some(format!(
+                "callback {url:?} is not in [host] allowed_callback_hosts ({}): add its scheme://host[:port]",
+                if allowed.is_empty() {
+                    "none".to_string()
+                } else {
+                    allowed.join(", ")
+                }
+            ));
+        }
+        None
+    }
 }
 
 /// How the host makes HTTP requests for guests and callbacks.
@@ -174,6 +229,11 @@ const DEFAULT_OUTBOUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_OUTBOUND_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_OUTBOUND_RESPONSE: u64 = 16 << 20;
 const DEFAULT_MAX_KV_KEYS: u64 = 100_000;
+const DEFAULT_CALLBACK_RETRY: Retry = Retry {
+    attempts: 10,
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(300),
+};
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -458,6 +518,46 @@ fn host_settings(
             })
         }
     };
+    let secret = raw.callback_secret.and_then(|v| {
+        let span = v.span();
+        match v.into_inner().resolve() {
+            Ok(secret) if secret.trim().is_empty() => {
+                problems.push(source.problem(
+                    Some(&span),
+                    "host.callback_secret",
+                    "the secret is empty: set a long random one",
+                ));
+                None
+            }
+            Ok(secret) => Some(secret),
+            // Unset: callbacks are refused, each saying why.
+            Err(_) => None,
+        }
+    });
+    let mut allowed = Vec::new();
+    for (i, entry) in raw.allowed_callback_hosts.iter().flatten().enumerate() {
+        match entry.get_ref().parse::<AllowedHost>() {
+            Ok(a) => allowed.push(a),
+            Err(why) => problems.push(source.problem(
+                Some(&entry.span()),
+                &format!("host.allowed_callback_hosts[{i}]"),
+                why,
+            )),
+        }
+    }
+    let retry = match &raw.callback_retry {
+        None => DEFAULT_CALLBACK_RETRY,
+        Some(r) => Retry {
+            attempts: r.attempts.unwrap_or(DEFAULT_CALLBACK_RETRY.attempts).max(1),
+            initial: r.initial.map_or(DEFAULT_CALLBACK_RETRY.initial, |d| d.0),
+            max: r.max.map_or(DEFAULT_CALLBACK_RETRY.max, |d| d.0),
+        },
+    };
+    let callbacks = CallbackSettings {
+        secret,
+        allowed,
+        retry,
+    };
     let outbound = OutboundSettings {
         block_networks,
         connect_timeout: raw
@@ -508,6 +608,7 @@ fn host_settings(
         max_chain_depth: raw.max_chain_depth.unwrap_or(DEFAULT_MAX_CHAIN_DEPTH),
         outbound,
         max_kv_keys: raw.max_kv_keys.unwrap_or(DEFAULT_MAX_KV_KEYS),
+        callbacks,
     }
 }
 

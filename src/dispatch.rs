@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::Instrument;
 
-use crate::config::{DirMount, FunctionSpec, OutboundSettings, Retry, TriggerKind};
+use crate::config::{CallbackSettings, DirMount, FunctionSpec, Retry, TriggerKind};
 use crate::keyvalue;
 use crate::metrics;
 use crate::outbound;
@@ -47,6 +47,24 @@ pub fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<String>, Stri
         .map_err(|_| "the Idempotency-Key header is not text".to_string())?;
     check_idempotency_key(key).map_err(|why| format!("the Idempotency-Key header {why}"))?;
     Ok(Some(key.to_string()))
+}
+
+/// The `X-Jobhost-Callback` of a submission, if it has one and `settings` allow it; why
+/// not, when they do not.
+pub fn callback(
+    headers: &http::HeaderMap,
+    settings: &CallbackSettings,
+) -> Result<Option<String>, String> {
+    let Some(value) = headers.get("x-jobhost-callback") else {
+        return Ok(None);
+    };
+    let url = value
+        .to_str()
+        .map_err(|_| "the X-Jobhost-Callback header is not text".to_string())?;
+    match settings.refuses(url) {
+        Some(why) => Err(why),
+        None => Ok(Some(url.to_string())),
+    }
 }
 
 /// An idempotency key is 1 to 255 bytes.
@@ -80,6 +98,7 @@ pub fn new_invocation(
         input_dir: None,
         parent_id: None,
         depth: 0,
+        callback: spec.callback.clone(),
     }
 }
 
@@ -104,6 +123,7 @@ fn step(
             let mut new = new_invocation(&function.spec, TriggerKind::Chain, reason, payload, vars);
             new.function = name.to_string();
             new.priority = 0;
+            new.callback = None;
             new
         }
     };
@@ -216,8 +236,8 @@ pub struct Parts {
     pub tasks: TaskTracker,
     /// `[host] max_chain_depth`.
     pub max_chain_depth: u32,
-    /// How guests' outbound HTTP goes.
-    pub outbound: OutboundSettings,
+    /// Guests' outbound HTTP (shared with the callbacks' deliverer).
+    pub outbound: Arc<outbound::Client>,
     /// `[host] max_kv_keys`.
     pub max_kv_keys: u64,
 }
@@ -385,7 +405,7 @@ impl Dispatcher {
             wake: Arc::new(Notify::new()),
             functions: Arc::new(RwLock::new(Arc::new(Registry::default()))),
             max_chain_depth: parts.max_chain_depth,
-            outbound: Arc::new(outbound::Client::new(&parts.outbound)),
+            outbound: parts.outbound,
             max_kv_keys: parts.max_kv_keys,
             hard_stop: parts.hard_stop,
             tasks: parts.tasks,

@@ -99,6 +99,11 @@ fn refused_open(function: &Function, name: &str) -> KvFailure {
     KvFailure::AccessDenied
 }
 
+/// The store a guest's `open(name)` means.
+fn store_name(name: &str) -> &str {
+    if name.is_empty() { DEFAULT_STORE } else { name }
+}
+
 /// A function that lists no store: every `open` is denied, and says so in the log.
 struct Denied {
     function: Arc<Function>,
@@ -107,7 +112,7 @@ struct Denied {
 #[async_trait]
 impl KeyValue for Denied {
     fn open(&self, name: &str) -> Result<String, KvFailure> {
-        Err(refused_open(&self.function, name))
+        Err(refused_open(&self.function, store_name(name)))
     }
 
     async fn get(&self, _: &str, _: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, KvFailure> {
@@ -147,7 +152,7 @@ fn checked(keys: &[String]) -> Result<(), KvFailure> {
 #[async_trait]
 impl KeyValue for Buckets {
     fn open(&self, name: &str) -> Result<String, KvFailure> {
-        let name = if name.is_empty() { DEFAULT_STORE } else { name };
+        let name = store_name(name);
         if self
             .function
             .spec

@@ -19,6 +19,7 @@ mod names;
 pub mod answer;
 pub mod api;
 pub mod body;
+pub mod callbacks;
 pub mod cli;
 pub mod config;
 pub mod dispatch;

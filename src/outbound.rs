@@ -86,7 +86,7 @@ impl Client {
             && permit != Permit::AllowedAddress
             && self.settings.block_networks.blocks(ip)
         {
-            return Err(OutboundError::Denied(format!("{ip} is in block_networks")));
+            return Err(OutboundError::Blocked(format!("{ip} is in block_networks")));
         }
         // The guest may ask for shorter waits than the host's, never for longer ones. A
         // pooled connection needs no connect, so both waits bound the answer's head.
@@ -151,12 +151,20 @@ impl Outbound for Caller {
                 );
                 response.status().as_str().to_string()
             }
-            Err(OutboundError::Denied(why)) => {
+            Err(OutboundError::Denied(_)) => {
                 tracing::warn!(
                     function = %spec.name,
                     id = %self.id,
-                    "outbound {method} {uri} refused ({why}): add its scheme://host[:port] to allowed_outbound_hosts of function {}",
+                    "outbound {method} {uri} refused: add its scheme://host[:port] to allowed_outbound_hosts of function {}",
                     spec.name
+                );
+                "denied".to_string()
+            }
+            Err(OutboundError::Blocked(why)) => {
+                tracing::warn!(
+                    function = %spec.name,
+                    id = %self.id,
+                    "outbound {method} {uri} refused: {why}: to reach it, allow its address itself (an entry such as http://10.0.0.5:8080 is exempt), or take its network off [host] block_networks"
                 );
                 "denied".to_string()
             }
@@ -244,7 +252,7 @@ fn classify(e: &hyper_util::client::legacy::Error) -> OutboundError {
         // An io::Error's `source` skips the error it wraps, so look into it here.
         if let Some(io) = err.downcast_ref::<io::Error>() {
             if let Some(blocked) = io.get_ref().and_then(|i| i.downcast_ref::<Blocked>()) {
-                return OutboundError::Denied(blocked.to_string());
+                return OutboundError::Blocked(blocked.to_string());
             }
             if io.get_ref().is_some_and(|i| i.is::<rustls::Error>()) {
                 return OutboundError::Tls(io.to_string());

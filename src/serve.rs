@@ -1,6 +1,6 @@
 //! The composition root of `jobhost up`: builds every part once (store, sandbox,
 //! dispatcher, functions, runtime), starts the tasks (HTTP front, queue worker, pruner,
-//! hot reload, triggers), and owns shutdown. Nothing else imports it but the CLI.
+//! callbacks' deliverer, hot reload, triggers), and owns shutdown. Nothing else imports it but the CLI.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use crate::runtime::Runtime;
 use crate::sandbox::Sandbox;
 use crate::store::{HostId, Store, is_unreachable, now_ms};
 use crate::triggers::{self, Supervisor};
-use crate::{front, queue};
+use crate::{callbacks, front, outbound, queue};
 
 /// A host serving in the background; `stop` shuts it down.
 pub struct Running {
@@ -82,6 +82,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let accept = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let outbound = Arc::new(outbound::Client::new(&config.host.outbound));
     let dispatch = Arc::new(Dispatcher::new(Parts {
         sandbox,
         store: store.clone(),
@@ -91,7 +92,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         hard_stop: hard_stop.clone(),
         tasks: tasks.clone(),
         max_chain_depth: config.host.max_chain_depth,
-        outbound: config.host.outbound.clone(),
+        outbound: outbound.clone(),
         max_kv_keys: config.host.max_kv_keys,
     }));
     // The address as bound (port 0 becomes the port the system chose): what the API checks
@@ -119,6 +120,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await?;
     tasks.spawn(queue::run(rt.clone(), accept.clone()));
     tasks.spawn(prune(rt.clone(), accept.clone()));
+    tasks.spawn(callbacks::run(
+        rt.store.clone(),
+        outbound,
+        config.host.callbacks.clone(),
+        config.host.outbound.clone(),
+        accept.clone(),
+    ));
     let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat(rt.clone(), started_ms)));
     let fatal = CancellationToken::new();
     tasks.spawn(watch_store(rt.clone(), fatal.clone(), accept.clone()));

@@ -122,6 +122,11 @@ impl State {
     pub fn is_waiting(self) -> bool {
         matches!(self, State::Queued | State::Failed | State::Scheduled)
     }
+
+    /// Ended for good (unless a user retries it): what a completion callback reports.
+    pub fn has_ended(self) -> bool {
+        matches!(self, State::Succeeded | State::Dead | State::Cancelled)
+    }
 }
 
 named!(State {
@@ -176,6 +181,8 @@ pub struct NewInvocation {
     pub parent_id: Option<String>,
     /// How many parents it has: 0 for work a trigger or a user made.
     pub depth: u32,
+    /// Where its record is POSTed once it ends (`succeeded`, `dead` or `cancelled`).
+    pub callback: Option<String>,
 }
 
 /// What a finished attempt starts, stored in the transaction that stores its result, so a
@@ -234,7 +241,8 @@ fn columns(excerpt: Option<&str>) -> String {
         };
     }
     out + ", owner, priority, idempotency_key, cancel_requested, parent_id, progress,
-        progress_message"
+        progress_message, callback_url, callback_state, callback_attempts, callback_status,
+        callback_error, callback_next"
 }
 
 /// How far a running invocation says it has come.
@@ -537,9 +545,91 @@ pub struct Record {
     pub parent_id: Option<String>,
     /// What the guest last said of how far it has come (`set-progress`).
     pub progress: Option<Progress>,
+    /// Its completion callback, if it has one, and how its delivery goes.
+    pub callback: Option<CallbackView>,
     /// The invocations its chain made (in the single-record view only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub children: Option<Vec<String>>,
+}
+
+/// A completion callback as a record shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallbackView {
+    pub url: String,
+    /// `waiting` (for the invocation to end), `pending` (to be delivered, or retried at
+    /// `next_attempt_at`), `delivered` or `failed` (its attempts ran out).
+    pub state: &'static str,
+    pub attempts: u32,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    #[serde(serialize_with = "maybe_time")]
+    pub next_attempt_at: Option<i64>,
+}
+
+impl CallbackView {
+    /// From the stored columns (see [`columns`]): none without a URL.
+    #[allow(clippy::too_many_arguments)]
+    fn stored(
+        invocation: State,
+        url: Option<String>,
+        state: Option<String>,
+        attempts: Option<i64>,
+        status: Option<i64>,
+        error: Option<String>,
+        next: Option<i64>,
+    ) -> Option<CallbackView> {
+        let url = url?;
+        let state = match state.as_deref() {
+            Some("delivered") => "delivered",
+            Some("failed") => "failed",
+            _ if !invocation.has_ended() => "waiting",
+            _ => "pending",
+        };
+        Some(CallbackView {
+            url,
+            state,
+            attempts: u32::try_from(attempts.unwrap_or(0)).unwrap_or(0),
+            last_status: status.and_then(|s| u16::try_from(s).ok()),
+            last_error: error,
+            next_attempt_at: (state == "pending").then_some(next).flatten(),
+        })
+    }
+}
+
+/// A callback due now, claimed for one delivery try.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueCallback {
+    pub id: String,
+    pub url: String,
+    /// Tries so far, this one included.
+    pub attempts: u32,
+}
+
+/// What one delivery try came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackTry {
+    pub delivered: bool,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    /// When to try again (ms); `None` gives up (`failed`). Ignored once delivered.
+    pub retry_at: Option<i64>,
+}
+
+/// The states in which an invocation has ended for good, as SQL (its callback is due).
+const ENDED: &str = "('succeeded', 'dead', 'cancelled')";
+
+/// What a retried invocation's callback becomes: due again once the new round ends.
+const CALLBACK_AGAIN: &str =
+    "callback_state = CASE WHEN callback_url IS NOT NULL THEN 'pending' END,
+    callback_attempts = 0, callback_status = NULL, callback_error = NULL, callback_next = 0";
+
+/// The callback's stored state and next try after `tried`.
+fn after_try(tried: &CallbackTry) -> (&'static str, i64) {
+    match (tried.delivered, tried.retry_at) {
+        (true, _) => ("delivered", 0),
+        (false, Some(at)) => ("pending", at),
+        (false, None) => ("failed", 0),
+    }
 }
 
 /// What became of an enqueue.
@@ -732,6 +822,22 @@ pub trait Cluster: Send + Sync {
     async fn hosts(&self, lease: Duration) -> anyhow::Result<Vec<HostView>>;
 }
 
+/// Completion callbacks: an invocation submitted with one has its record POSTed once it
+/// ends. Delivery is at least once: a try is claimed for a while, and a host that dies
+/// during it leaves it to be claimed again.
+#[async_trait]
+pub trait Callbacks: Send + Sync {
+    /// Up to `limit` callbacks of ended invocations that are due, oldest due first, each
+    /// held for `hold` (claimers on other hosts skip it meanwhile) and counted as a try.
+    async fn claim_callbacks(
+        &self,
+        limit: usize,
+        hold: Duration,
+    ) -> anyhow::Result<Vec<DueCallback>>;
+    /// Stores what the try of `id`'s callback came to.
+    async fn callback_tried(&self, id: &str, tried: CallbackTry) -> anyhow::Result<()>;
+}
+
 /// Key-value data (`wasi:keyvalue`, `jobhost kv`) in named stores: bytes under text keys,
 /// ordered by the keys' bytes. Every call is one transaction; on PostgreSQL all hosts share
 /// it.
@@ -831,12 +937,13 @@ pub struct Store {
     pub history: Arc<dyn History>,
     pub cluster: Arc<dyn Cluster>,
     pub kv: Arc<dyn KeyValues>,
+    pub callbacks: Arc<dyn Callbacks>,
     /// Which store, for messages: its file, or its server and database.
     pub name: Arc<str>,
 }
 
 impl Store {
-    pub fn new<S: Queue + TriggerState + History + Cluster + KeyValues + 'static>(
+    pub fn new<S: Queue + TriggerState + History + Cluster + KeyValues + Callbacks + 'static>(
         store: S,
         name: impl Into<Arc<str>>,
     ) -> Store {
@@ -846,7 +953,8 @@ impl Store {
             triggers: store.clone(),
             history: store.clone(),
             cluster: store.clone(),
-            kv: store,
+            kv: store.clone(),
+            callbacks: store,
             name: name.into(),
         }
     }

@@ -50,7 +50,12 @@ pub(super) async fn run(config: &Config, command: Kv) -> anyhow::Result<ExitCode
     match command {
         Kv::Get { store: name, key } => {
             check_key(&key).map_err(|why| anyhow::anyhow!("{why}"))?;
-            let Some(value) = kv.get(&name, std::slice::from_ref(&key)).await?.pop().flatten() else {
+            let Some(value) = kv
+                .get(&name, std::slice::from_ref(&key))
+                .await?
+                .pop()
+                .flatten()
+            else {
                 eprintln!("no key {key:?} in store {name:?}");
                 return Ok(ExitCode::from(1));
             };

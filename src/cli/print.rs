@@ -95,6 +95,17 @@ pub(super) fn record(r: &Record, json: bool) -> anyhow::Result<()> {
     if let Some(children) = r.children.as_ref().filter(|c| !c.is_empty()) {
         println!("children: {}", children.join(", "));
     }
+    if let Some(c) = &r.callback {
+        let last = match (c.last_status, &c.last_error) {
+            (_, Some(why)) => format!(", last: {why}"),
+            (Some(status), None) => format!(", last: {status}"),
+            (None, None) => String::new(),
+        };
+        println!(
+            "callback: {} to {} ({} tries{last})",
+            c.state, c.url, c.attempts
+        );
+    }
     println!("--- stdout{} ---", cut(r.stdout_truncated));
     print!("{}", r.stdout);
     println!("--- stderr{} ---", cut(r.stderr_truncated));

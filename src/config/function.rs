@@ -39,6 +39,8 @@ pub struct FunctionSpec {
     pub allowed_outbound_hosts: Vec<AllowedHost>,
     /// The key-value stores its guest may open (`wasi:keyvalue`); none by default.
     pub key_value_stores: Vec<String>,
+    /// Where each of its durable invocations' records is POSTed once it ends.
+    pub callback: Option<String>,
 }
 
 /// A function's table in one file, with the spans of its keys.
@@ -362,6 +364,21 @@ pub(crate) fn function_spec(
             }
         }
     }
+    let callback = sections
+        .with(|r| r.callback.as_ref())
+        .and_then(
+            |(url, source)| match config.host.callbacks.refuses(url.get_ref()) {
+                None => Some(url.get_ref().clone()),
+                Some(why) => {
+                    problems.push(source.problem(
+                        Some(&url.span()),
+                        &format!("{section}.callback"),
+                        why,
+                    ));
+                    None
+                }
+            },
+        );
     let mut function_config = config.shared.clone();
     if let Some((table, source)) = sections.with(|r| r.config.as_ref()) {
         function_config.extend(values::resolve(source, &format!("{section}.config"), table));
@@ -400,6 +417,7 @@ pub(crate) fn function_spec(
         on_failure: sections.value(|r| r.on_failure.as_ref()),
         allowed_outbound_hosts,
         key_value_stores,
+        callback,
     };
     problems.or(spec)
 }

@@ -79,6 +79,9 @@ section!(RawHost {
     outbound_timeout: Dur,
     max_outbound_response: Size,
     max_kv_keys: u64,
+    callback_secret: Spanned<RawValue>,
+    allowed_callback_hosts: Vec<Spanned<String>>,
+    callback_retry: RawRetry,
 });
 
 /// `store = "sqlite"` or `store = { postgres = "postgres://..." }` (the URL may come from
@@ -158,6 +161,7 @@ section!(
         on_failure: String,
         allowed_outbound_hosts: Vec<Spanned<String>>,
         key_value_stores: Vec<Spanned<String>>,
+        callback: Spanned<String>,
     }
 );
 

@@ -29,8 +29,12 @@ pub struct Timeouts {
 /// Why a request failed; the guest sees the matching `error-code`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OutboundError {
+    /// No entry of the allowlist matches.
     #[error("not allowed: {0}")]
     Denied(String),
+    /// The address is in a blocked network.
+    #[error("blocked: {0}")]
+    Blocked(String),
     #[error("cannot resolve the name: {0}")]
     Dns(String),
     #[error("connection refused")]
@@ -54,7 +58,7 @@ pub enum OutboundError {
 impl From<OutboundError> for HttpError {
     fn from(e: OutboundError) -> HttpError {
         match e {
-            OutboundError::Denied(_) => HttpError::HttpRequestDenied,
+            OutboundError::Denied(_) | OutboundError::Blocked(_) => HttpError::HttpRequestDenied,
             OutboundError::Dns(why) => HttpError::DnsError {
                 rcode: Some(why),
                 info_code: None,

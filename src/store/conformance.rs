@@ -91,6 +91,7 @@ fn new(id: &str, function: &str) -> NewInvocation {
         input_dir: None,
         parent_id: None,
         depth: 0,
+        callback: None,
     }
 }
 

@@ -40,10 +40,11 @@ use tokio_util::task::AbortOnDropHandle;
 use records::Write;
 
 use super::{
-    CANCELLED, CancelError, Cancelled, Candidate, Chain, Claimed, Cluster, Enqueued, Filter, Fired,
-    History, HostId, HostView, KeyValues, KvError, Lease, NewInvocation, Next, Output, Progress,
-    Queue, Receipt, Record, Recovered, Rescued, RetryError, Slots, State, SyncRecord, TimerFire,
-    TriggerState, Unreachable, Wanted, choose, columns, millis, now_ms,
+    CANCELLED, CallbackTry, CallbackView, Callbacks, CancelError, Cancelled, Candidate, Chain,
+    Claimed, Cluster, DueCallback, ENDED, Enqueued, Filter, Fired, History, HostId, HostView,
+    KeyValues, KvError, Lease, NewInvocation, Next, Output, Progress, Queue, Receipt, Record,
+    Recovered, Rescued, RetryError, Slots, State, SyncRecord, TimerFire, TriggerState, Unreachable,
+    Wanted, choose, columns, millis, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 
@@ -145,6 +146,16 @@ const MIGRATIONS: &[&str] = &[
         value BYTEA NOT NULL,
         PRIMARY KEY (store, key)
     );",
+    // 11: completion callbacks: where an invocation's record goes once it ends, and how
+    // its delivery goes.
+    "ALTER TABLE jobhost_invocations ADD COLUMN callback_url TEXT;
+    ALTER TABLE jobhost_invocations ADD COLUMN callback_state TEXT;
+    ALTER TABLE jobhost_invocations ADD COLUMN callback_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobhost_invocations ADD COLUMN callback_status INTEGER;
+    ALTER TABLE jobhost_invocations ADD COLUMN callback_error TEXT;
+    ALTER TABLE jobhost_invocations ADD COLUMN callback_next BIGINT NOT NULL DEFAULT 0;
+    CREATE INDEX jobhost_invocations_callbacks ON jobhost_invocations (callback_next)
+        WHERE callback_state = 'pending';",
 ];
 
 /// Locks one key-value store's new keys for the rest of the transaction, so that its key
@@ -577,9 +588,10 @@ async fn insert(
             "WITH inserted AS (
                  INSERT INTO jobhost_invocations (id, function, trigger, reason, attempt,
                      max_attempt, attempts, state, durable, payload, vars, created_at, run_after,
-                     timer, finished_at, input_dir, priority, idempotency_key, parent_id, depth)
+                     timer, finished_at, input_dir, priority, idempotency_key, parent_id, depth,
+                     callback_url, callback_state)
                  VALUES ($1, $2, $3, $4, 0, $5, $5, $6, TRUE, $7, $8, $9, $14, $10, $11, $12, $13,
-                     $15, $16, $17)
+                     $15, $16, $17, $18::text, CASE WHEN $18::text IS NOT NULL THEN 'pending' END)
                  ON CONFLICT DO NOTHING
                  RETURNING state)
              SELECT CASE WHEN state <> 'skipped' THEN pg_notify('jobhost_work', '') END
@@ -602,6 +614,7 @@ async fn insert(
                 &new.idempotency_key,
                 &new.parent_id,
                 &i32::try_from(new.depth).unwrap_or(i32::MAX),
+                &new.callback,
             ],
         )
         .await?;
@@ -732,6 +745,15 @@ fn record(r: &Row) -> anyhow::Result<Record> {
         cancel_requested: r.try_get(24)?,
         parent_id: r.try_get(25)?,
         progress: Progress::stored(r.try_get(26)?, r.try_get(27)?),
+        callback: CallbackView::stored(
+            state,
+            r.try_get(28)?,
+            r.try_get(29)?,
+            r.try_get::<_, i32>(30).map(i64::from).ok(),
+            r.try_get::<_, Option<i32>>(31)?.map(i64::from),
+            r.try_get(32)?,
+            r.try_get(33)?,
+        ),
         children: None,
     })
 }
@@ -1137,9 +1159,13 @@ impl Queue for PostgresStore {
                     return Ok(Err(RetryError::NotDead { id, state }));
                 }
                 tx.execute(
-                    "UPDATE jobhost_invocations SET state = 'queued', reason = 'retry',
-                         max_attempt = attempt + COALESCE(attempts, max_attempt), run_after = $2
-                     WHERE id = $1",
+                    &format!(
+                        "UPDATE jobhost_invocations SET state = 'queued', reason = 'retry',
+                             max_attempt = attempt + COALESCE(attempts, max_attempt),
+                             run_after = $2, {}
+                         WHERE id = $1",
+                        super::CALLBACK_AGAIN
+                    ),
                     &[&id, &now_ms()],
                 )
                 .await?;
@@ -1657,6 +1683,62 @@ impl History for PostgresStore {
     }
 }
 
+#[async_trait]
+impl Callbacks for PostgresStore {
+    async fn claim_callbacks(
+        &self,
+        limit: usize,
+        hold: Duration,
+    ) -> anyhow::Result<Vec<DueCallback>> {
+        self.named(async {
+            let client = self.client().await?;
+            let now = now_ms();
+            let rows = client
+                .query(
+                    &format!(
+                        "UPDATE jobhost_invocations SET callback_attempts = callback_attempts + 1,
+                             callback_next = $2
+                         WHERE id IN (SELECT id FROM jobhost_invocations
+                             WHERE callback_state = 'pending' AND callback_next <= $1
+                                 AND state IN {ENDED}
+                             ORDER BY callback_next LIMIT $3 FOR UPDATE SKIP LOCKED)
+                         RETURNING id, callback_url, callback_attempts"
+                    ),
+                    &[&now, &(now + millis(hold)), &(limit as i64)],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(DueCallback {
+                        id: r.try_get(0)?,
+                        url: r.try_get(1)?,
+                        attempts: u32::try_from(r.try_get::<_, i32>(2)?).unwrap_or(0),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn callback_tried(&self, id: &str, tried: CallbackTry) -> anyhow::Result<()> {
+        self.named(async {
+            let client = self.client().await?;
+            let (state, next) = super::after_try(&tried);
+            let status = tried.status.map(i32::from);
+            client
+                .execute(
+                    "UPDATE jobhost_invocations SET callback_state = $2, callback_status = $3,
+                         callback_error = $4, callback_next = $5
+                     WHERE id = $1 AND callback_state = 'pending'",
+                    &[&id, &state, &status, &tried.error, &next],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+}
+
 /// Inserts or replaces `key`; a key new to `store` only while it holds fewer than `max_keys`.
 async fn put(
     tx: &tokio_postgres::Transaction<'_>,
@@ -2063,6 +2145,7 @@ mod tests {
             input_dir: None,
             parent_id: None,
             depth: 0,
+            callback: None,
         };
         there.enqueue(new).await.unwrap();
         tokio::time::timeout(within, hint.notified())

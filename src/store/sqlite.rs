@@ -23,10 +23,11 @@ use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
-    CANCELLED, CancelError, Cancelled, Candidate, Chain, Claimed, Cluster, Enqueued, Filter, Fired,
-    History, HostId, HostView, KeyValues, KvError, Lease, NewInvocation, Next, Output, Progress,
-    Queue, Receipt, Record, Recovered, Rescued, RetryError, State, SyncRecord, TimerFire,
-    TriggerState, Wanted, choose, columns, millis, now_ms,
+    CANCELLED, CallbackTry, CallbackView, Callbacks, CancelError, Cancelled, Candidate, Chain,
+    Claimed, Cluster, DueCallback, ENDED, Enqueued, Filter, Fired, History, HostId, HostView,
+    KeyValues, KvError, Lease, NewInvocation, Next, Output, Progress, Queue, Receipt, Record,
+    Recovered, Rescued, RetryError, State, SyncRecord, TimerFire, TriggerState, Wanted, choose,
+    columns, millis, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 use batch::Batcher;
@@ -127,6 +128,16 @@ const MIGRATIONS: &[&str] = &[
         value BLOB NOT NULL,
         PRIMARY KEY (store, key)
     ) WITHOUT ROWID;",
+    // 13: completion callbacks: where an invocation's record goes once it ends, and how
+    // its delivery goes.
+    "ALTER TABLE invocations ADD COLUMN callback_url TEXT;
+    ALTER TABLE invocations ADD COLUMN callback_state TEXT;
+    ALTER TABLE invocations ADD COLUMN callback_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE invocations ADD COLUMN callback_status INTEGER;
+    ALTER TABLE invocations ADD COLUMN callback_error TEXT;
+    ALTER TABLE invocations ADD COLUMN callback_next INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX IF NOT EXISTS invocations_callbacks ON invocations (callback_next)
+        WHERE callback_state = 'pending';",
 ];
 
 fn db_path(data_dir: &Path) -> PathBuf {
@@ -230,9 +241,9 @@ fn insert(conn: &Connection, new: &NewInvocation, state: State) -> anyhow::Resul
     let inserted = conn.prepare_cached(
         "INSERT INTO invocations (id, function, trigger, reason, attempt, max_attempt, attempts,
              state, durable, payload, vars, created_at, run_after, timer, finished_at, input_dir,
-             priority, idempotency_key, parent_id, depth)
+             priority, idempotency_key, parent_id, depth, callback_url, callback_state)
          VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?6, 1, ?7, ?8, ?9, ?14, ?10, ?11, ?12, ?13, ?15, ?16,
-             ?17)
+             ?17, ?18, CASE WHEN ?18 IS NOT NULL THEN 'pending' END)
          ON CONFLICT DO NOTHING",
     )?
     .execute(params![
@@ -254,7 +265,8 @@ fn insert(conn: &Connection, new: &NewInvocation, state: State) -> anyhow::Resul
         run_after,
         new.idempotency_key,
         new.parent_id,
-        new.depth
+        new.depth,
+        new.callback
     ])?;
     Ok(inserted == 1)
 }
@@ -374,6 +386,15 @@ fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
         cancel_requested: r.get(24)?,
         parent_id: r.get(25)?,
         progress: Progress::stored(r.get(26)?, r.get(27)?),
+        callback: CallbackView::stored(
+            state,
+            r.get(28)?,
+            r.get(29)?,
+            r.get(30)?,
+            r.get(31)?,
+            r.get(32)?,
+            r.get(33)?,
+        ),
         children: None,
     })
 }
@@ -660,9 +681,13 @@ impl Queue for SqliteStore {
                     Some(state) => return Ok(Err(RetryError::NotDead { id, state })),
                 }
                 tx.execute(
-                    "UPDATE invocations SET state = 'queued', reason = 'retry',
-                         max_attempt = attempt + COALESCE(attempts, max_attempt), run_after = ?2
-                     WHERE id = ?1",
+                    &format!(
+                        "UPDATE invocations SET state = 'queued', reason = 'retry',
+                             max_attempt = attempt + COALESCE(attempts, max_attempt),
+                             run_after = ?2, {}
+                         WHERE id = ?1",
+                        super::CALLBACK_AGAIN
+                    ),
                     params![id, now_ms()],
                 )?;
                 let record = get(&tx, &id)?.context("the record was just updated")?;
@@ -1049,6 +1074,54 @@ impl History for SqliteStore {
     }
 }
 
+#[async_trait]
+impl Callbacks for SqliteStore {
+    async fn claim_callbacks(
+        &self,
+        limit: usize,
+        hold: Duration,
+    ) -> anyhow::Result<Vec<DueCallback>> {
+        self.with(move |conn| {
+            let now = now_ms();
+            let due = conn
+                .prepare_cached(&format!(
+                    "UPDATE invocations SET callback_attempts = callback_attempts + 1,
+                         callback_next = ?2
+                     WHERE id IN (SELECT id FROM invocations
+                         WHERE callback_state = 'pending' AND callback_next <= ?1
+                             AND state IN {ENDED}
+                         ORDER BY callback_next LIMIT ?3)
+                     RETURNING id, callback_url, callback_attempts"
+                ))?
+                .query_map(params![now, now + millis(hold), limit as i64], |r| {
+                    Ok(DueCallback {
+                        id: r.get(0)?,
+                        url: r.get(1)?,
+                        attempts: r.get(2)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(due)
+        })
+        .await
+    }
+
+    async fn callback_tried(&self, id: &str, tried: CallbackTry) -> anyhow::Result<()> {
+        let id = id.to_string();
+        self.with(move |conn| {
+            let (state, next) = super::after_try(&tried);
+            conn.prepare_cached(
+                "UPDATE invocations SET callback_state = ?2, callback_status = ?3,
+                     callback_error = ?4, callback_next = ?5
+                 WHERE id = ?1 AND callback_state = 'pending'",
+            )?
+            .execute(params![id, state, tried.status, tried.error, next])?;
+            Ok(())
+        })
+        .await
+    }
+}
+
 /// Inserts or replaces `key`; a key new to `store` only while it holds fewer than `max_keys`.
 fn put(
     tx: &rusqlite::Transaction<'_>,
@@ -1343,6 +1416,7 @@ mod tests {
             input_dir: None,
             parent_id: None,
             depth: 0,
+            callback: None,
         };
         let message = format!("{:#}", store.enqueue(new).await.unwrap_err());
         assert!(message.contains("jobhost.db"), "{message}");

@@ -49,6 +49,10 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
     );
     let function = &entry.function;
     if entry.mode == HttpMode::Async {
+        let callback = match dispatch::callback(&parts.headers, &rt.host.callbacks) {
+            Ok(callback) => callback,
+            Err(why) => return answer::error(StatusCode::BAD_REQUEST, why),
+        };
         // Durable: written to the store, so read whole; its admission is the queue's.
         let (payload, _share) = match body::collect(body, &rt.bodies).await {
             Ok(read) => read,
@@ -63,6 +67,9 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
             rt.dispatch
                 .new_invocation(function, TriggerKind::Http, Reason::Http, payload, vars);
         new.idempotency_key = key;
+        if callback.is_some() {
+            new.callback = callback;
+        }
         return match rt.dispatch.submit(new).await {
             Ok(enqueued) => answer::submitted(enqueued),
             Err(e) => {

@@ -105,8 +105,13 @@ fn keyvalue_store_not_listed_is_access_denied() {
     );
     drop(host);
     let project = project_without_stores();
-    let host = project.start();
+    let mut host = project.start();
     assert_eq!(kv(&host, "- get a"), "error: Error::AccessDenied");
+    let line = host.wait_for_log("refused", Duration::from_secs(10));
+    assert!(
+        line.contains("key-value store \"default\" refused"),
+        "open(\"\") is default: {line}"
+    );
 }
 
 fn project_without_stores() -> Project {

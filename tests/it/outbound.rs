@@ -104,6 +104,7 @@ fn outbound_block_networks_apply_to_the_address_a_name_resolves_to() {
     assert!(answer.body.contains("HttpRequestDenied"), "{}", answer.body);
     let line = host.wait_for_log("refused", Duration::from_secs(10));
     assert!(line.contains("which is in block_networks"), "{line}");
+    assert!(line.contains("allow its address itself"), "{line}");
     assert_eq!(
         server.connections(),
         0,
