@@ -108,6 +108,29 @@ fn the_repository_runtime_toml_serves_every_example() {
         assert_eq!(record["progress"]["message"], "counted 3 of 3", "{record}");
     }
 
+    // examples/fetch: calls the hello example on this host (allowed by address) and keeps
+    // the answer in the key-value store; examples/visits counts with `increment`.
+    let url = host.url("/hello/fetched");
+    let fetched = host.post("/fetch", &url);
+    assert_eq!(fetched.status, 200, "{}", fetched.body);
+    assert!(
+        fetched
+            .body
+            .starts_with(&format!("fetch number 1: GET {url} answered 200")),
+        "{}",
+        fetched.body
+    );
+    let kept = host.get("/_jobhost/kv/default/last-body");
+    assert_eq!(
+        kept.body,
+        "hello from a wasi:http component at /hello/fetched\n"
+    );
+    let denied = host.post("/fetch", "http://localhost:9/");
+    assert_eq!(denied.status, 502, "{}", denied.body);
+    assert!(denied.body.contains("HttpRequestDenied"), "{}", denied.body);
+    assert_eq!(host.get("/visits").body, "visit number 1\n");
+    assert_eq!(host.get("/visits").body, "visit number 2\n");
+
     // ERROR is for failures of the host, and there were none.
     let errors: Vec<String> = host
         .log()
