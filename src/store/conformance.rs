@@ -7,9 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{
-    CancelError, Cancelled, Chain, Enqueued, Filter, Fired, HostId, KvError, NewInvocation, Next,
-    Output, Reason, Receipt, RetryError, Slots, State, Store, SyncRecord, TimerFire, Wanted,
-    now_ms,
+    CallbackTry, CancelError, Cancelled, Chain, Enqueued, Filter, Fired, HostId, KvError,
+    NewInvocation, Next, Output, Reason, Receipt, RetryError, Slots, State, Store, SyncRecord,
+    TimerFire, Wanted, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 
@@ -40,6 +40,7 @@ pub(crate) async fn run<K, F: Future<Output = (Store, K)>>(make: impl Fn() -> F)
     key_values_are_set_read_listed_in_order_and_deleted_per_store(make().await).await;
     increment_keeps_decimal_text_and_concurrent_increments_all_count(make().await).await;
     a_stores_key_limit_holds_and_a_refused_batch_sets_nothing(make().await).await;
+    a_callback_is_due_once_its_invocation_ends_and_held_while_tried(make().await).await;
 }
 
 /// Each function may take up to `limit` here; `concurrency` as given.
@@ -1278,4 +1279,152 @@ async fn a_stores_key_limit_holds_and_a_refused_batch_sets_nothing<K>((store, _k
     ));
     kv.delete("small", &keys(&["a"])).await.unwrap();
     assert_eq!(kv.increment("small", "c", 1, 2).await.unwrap(), 1);
+}
+
+async fn a_callback_is_due_once_its_invocation_ends_and_held_while_tried<K>(
+    (store, _keep): (Store, K),
+) {
+    let hold = Duration::from_secs(60);
+    let with_callback = |id: &str| NewInvocation {
+        callback: Some(format!("http://hooks.test/{id}")),
+        ..new(id, "f")
+    };
+    store.queue.enqueue(with_callback("a")).await.unwrap();
+    store.queue.enqueue(with_callback("b")).await.unwrap();
+    store.queue.enqueue(new("plain", "f")).await.unwrap();
+    let callbacks = &store.callbacks;
+    assert!(
+        callbacks
+            .claim_callbacks(10, hold)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not due before its invocation ends"
+    );
+    let record = store.history.get("a").await.unwrap().unwrap();
+    let view = record.callback.expect("a callback");
+    assert_eq!((view.state, view.attempts), ("waiting", 0));
+    for id in ["a", "plain"] {
+        let claimed = store.queue.claim(id, &owner()).await.unwrap().unwrap();
+        store
+            .queue
+            .finish(
+                &claimed.lease,
+                succeeded(),
+                Next::Succeeded,
+                Chain::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let Cancelled::Now(_) = store.queue.cancel("b").await.unwrap() else {
+        panic!("b was waiting");
+    };
+    let mut due = callbacks.claim_callbacks(10, hold).await.unwrap();
+    due.sort_by(|x, y| x.id.cmp(&y.id));
+    let due: Vec<(&str, &str, u32)> = due
+        .iter()
+        .map(|d| (d.id.as_str(), d.url.as_str(), d.attempts))
+        .collect();
+    assert_eq!(
+        due,
+        [
+            ("a", "http://hooks.test/a", 1),
+            ("b", "http://hooks.test/b", 1)
+        ],
+        "succeeded and cancelled are due; one without a callback never is"
+    );
+    assert!(
+        callbacks
+            .claim_callbacks(10, hold)
+            .await
+            .unwrap()
+            .is_empty(),
+        "held while tried"
+    );
+    let retry_at = now_ms() - 1;
+    callbacks
+        .callback_tried(
+            "a",
+            CallbackTry {
+                delivered: false,
+                status: Some(503),
+                error: Some("answered 503".into()),
+                retry_at: Some(retry_at),
+            },
+        )
+        .await
+        .unwrap();
+    callbacks
+        .callback_tried(
+            "b",
+            CallbackTry {
+                delivered: true,
+                status: Some(200),
+                error: None,
+                retry_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    let view = store
+        .history
+        .get("a")
+        .await
+        .unwrap()
+        .unwrap()
+        .callback
+        .unwrap();
+    assert_eq!(
+        (
+            view.state,
+            view.attempts,
+            view.last_status,
+            view.next_attempt_at
+        ),
+        ("pending", 1, Some(503), Some(retry_at))
+    );
+    let again = callbacks.claim_callbacks(10, hold).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id.as_str(), again[0].attempts), ("a", 2));
+    callbacks
+        .callback_tried(
+            "a",
+            CallbackTry {
+                delivered: false,
+                status: None,
+                error: Some("connection refused".into()),
+                retry_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    let view = store
+        .history
+        .get("a")
+        .await
+        .unwrap()
+        .unwrap()
+        .callback
+        .unwrap();
+    assert_eq!(
+        (view.state, view.attempts, view.last_error.as_deref()),
+        ("failed", 2, Some("connection refused"))
+    );
+    let view = store
+        .history
+        .get("b")
+        .await
+        .unwrap()
+        .unwrap()
+        .callback
+        .unwrap();
+    assert_eq!((view.state, view.last_status), ("delivered", Some(200)));
+    assert!(
+        callbacks
+            .claim_callbacks(10, hold)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
