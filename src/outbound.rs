@@ -247,16 +247,15 @@ impl tower_service::Service<Name> for Resolver {
 
 /// What went wrong in the client, as the guest is told.
 fn classify(e: &hyper_util::client::legacy::Error) -> OutboundError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        // An io::Error's `source` skips the error it wraps, so look into it here.
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(blocked) = err.downcast_ref::<Blocked>() {
+            return OutboundError::Blocked(blocked.to_string());
+        }
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return tls_error(tls);
+        }
         if let Some(io) = err.downcast_ref::<io::Error>() {
-            if let Some(blocked) = io.get_ref().and_then(|i| i.downcast_ref::<Blocked>()) {
-                return OutboundError::Blocked(blocked.to_string());
-            }
-            if io.get_ref().is_some_and(|i| i.is::<rustls::Error>()) {
-                return OutboundError::Tls(io.to_string());
-            }
             match io.kind() {
                 io::ErrorKind::ConnectionRefused => return OutboundError::ConnectionRefused,
                 io::ErrorKind::TimedOut => return OutboundError::ConnectTimeout,
@@ -265,17 +264,27 @@ fn classify(e: &hyper_util::client::legacy::Error) -> OutboundError {
                 }
                 _ => {}
             }
+            // An io::Error's `source` skips the error it wraps (which may be another
+            // io::Error, wrapping rustls's): look into it instead.
+            if let Some(inner) = io.get_ref() {
+                next = Some(inner);
+                continue;
+            }
         }
-        if err.downcast_ref::<rustls::Error>().is_some() {
-            return OutboundError::Tls(err.to_string());
-        }
-        source = err.source();
+        next = err.source();
     }
     if e.is_connect() {
         // Left: the resolver's own failure.
         return OutboundError::Dns(chain_text(e));
     }
     OutboundError::Protocol(chain_text(e))
+}
+
+fn tls_error(e: &rustls::Error) -> OutboundError {
+    match e {
+        rustls::Error::InvalidCertificate(_) => OutboundError::Certificate(e.to_string()),
+        other => OutboundError::Tls(other.to_string()),
+    }
 }
 
 fn chain_text(e: &dyn std::error::Error) -> String {

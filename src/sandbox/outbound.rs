@@ -49,6 +49,8 @@ pub enum OutboundError {
     TooLarge(u64),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("the server's certificate is not trusted: {0}")]
+    Certificate(String),
     #[error("the connection ended early")]
     Terminated,
     #[error("{0}")]
@@ -69,6 +71,7 @@ impl From<OutboundError> for HttpError {
             OutboundError::BodyTimeout => HttpError::ConnectionReadTimeout,
             OutboundError::TooLarge(limit) => HttpError::HttpResponseBodySize(Some(limit)),
             OutboundError::Tls(_) => HttpError::TlsProtocolError,
+            OutboundError::Certificate(_) => HttpError::TlsCertificateError,
             OutboundError::Terminated => HttpError::ConnectionTerminated,
             OutboundError::Protocol(_) => HttpError::HttpProtocolError,
         }

@@ -213,3 +213,63 @@ fn outbound_bad_entries_are_refused_by_check() {
     );
     assert!(!text.contains("allowed_outbound_hosts[2]"), "{text}");
 }
+
+/// A CA (its PEM) and a certificate it signed for 127.0.0.1 (chain and key, PEM).
+fn certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    (
+        ca_cert.pem(),
+        leaf_cert.pem() + &ca_cert.pem(),
+        leaf_key.serialize_pem(),
+    )
+}
+
+#[test]
+fn outbound_https_is_verified_against_the_trusted_roots() {
+    let (ca, chain, key) = certificates();
+    let server = Receiver::start_tls(&chain, &key, |_, _| crate::receiver::Reply {
+        body: b"over TLS".to_vec(),
+        ..crate::receiver::Reply::status(200)
+    });
+    let project = project(&[format!("https://{}", server.addr)], "");
+    project.write("ca.pem", ca.as_bytes());
+    let url = format!("https://{}/secure", server.addr);
+    // Trusted (SSL_CERT_FILE names the CA, as for a private CA in production).
+    let host = project.start_with(|cmd| {
+        cmd.env("SSL_CERT_FILE", "ca.pem");
+    });
+    let answer = host.post("/probe", &format!("fetch GET {url}"));
+    assert_eq!(answer.body.trim_end(), "status 200\nover TLS");
+    drop(host);
+    // Not trusted: the handshake fails, and the guest is told it was the certificate.
+    let mut host = project.start_with(|cmd| {
+        cmd.env("SSL_CERT_FILE", "/nonexistent/ca.pem");
+    });
+    let answer = host.post("/probe", &format!("fetch GET {url}"));
+    assert!(
+        answer.body.contains("TlsCertificateError"),
+        "{}",
+        answer.body
+    );
+    let line = host.wait_for_log("failed after", Duration::from_secs(10));
+    assert!(line.contains("certificate"), "{line}");
+}
+
+#[test]
+fn outbound_connection_refused_is_told_as_such() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let project = project(&["http://127.0.0.1:*".to_string()], "");
+    let host = project.start();
+    let answer = host.post("/probe", &format!("fetch GET http://127.0.0.1:{port}/"));
+    assert!(answer.body.contains("ConnectionRefused"), "{}", answer.body);
+}

@@ -75,6 +75,37 @@ impl Receiver {
 
     /// A server on 127.0.0.1 that answers request number `n` (from 0) with `handler`.
     pub fn start(handler: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static) -> Receiver {
+        Receiver::serve(None, handler)
+    }
+
+    /// The same over TLS, with `chain` (PEM certificates, the server's first) and `key`.
+    pub fn start_tls(
+        chain: &str,
+        key: &str,
+        handler: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
+    ) -> Receiver {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(chain.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        Receiver::serve(
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+            handler,
+        )
+    }
+
+    fn serve(
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        handler: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
+    ) -> Receiver {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -88,7 +119,7 @@ impl Receiver {
                 .enable_all()
                 .build()
                 .unwrap();
-            runtime.block_on(serve(listener, count, log, handler, stopped));
+            runtime.block_on(serve(listener, tls, count, log, handler, stopped));
         });
         Receiver {
             addr,
@@ -121,6 +152,7 @@ impl Drop for Receiver {
 
 async fn serve(
     listener: std::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     connections: Arc<AtomicUsize>,
     received: Arc<Mutex<Vec<Received>>>,
     handler: Arc<Handler>,
@@ -136,7 +168,7 @@ async fn serve(
             },
         };
         connections.fetch_add(1, Ordering::SeqCst);
-        let (received, handler) = (received.clone(), handler.clone());
+        let (received, handler, tls) = (received.clone(), handler.clone(), tls.clone());
         tokio::spawn(async move {
             let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                 let (received, handler) = (received.clone(), handler.clone());
@@ -175,9 +207,17 @@ async fn serve(
                     )
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let http = hyper::server::conn::http1::Builder::new();
+            match tls {
+                None => {
+                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                }
+                Some(tls) => {
+                    if let Ok(stream) = tls.accept(stream).await {
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                }
+            }
         });
     }
 }
