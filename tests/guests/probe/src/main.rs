@@ -12,7 +12,9 @@
 //! (an outbound HTTP request: `status N` and the body, or `error: CODE`), `kv STORE OP
 //! ARGS` (one wasi:keyvalue call: get, set, delete, exists, list, inc, getmany, setmany,
 //! deletemany; the answer or `error: ...`), `kvcheck` (wasmtime's keyvalue test program's
-//! checks, on the store `open("")` opens). Every other answer starts with a CGI header block. An event (JSON on stdin, from a timer or a watch) runs the
+//! checks, on the store `open("")` opens), `fetchn N URL` and `kvbench OP N` (the
+//! benchmark's loops: each call's time in µs, one per line; `kvbench` OP is set, get or
+//! inc). Every other answer starts with a CGI header block. An event (JSON on stdin, from a timer or a watch) runs the
 //! command in the function's `PROBE_EVENT` variable, `env` by default.
 
 use std::io::{Read, Write};
@@ -251,6 +253,31 @@ fn main() {
         }
         "kv" => {
             let _ = writeln!(out, "{}", kv::call(arg));
+        }
+        "fetchn" => {
+            let (n, url) = arg.split_once(' ').expect("fetchn takes N and a URL");
+            for _ in 0..n.parse::<usize>().unwrap() {
+                let started = std::time::Instant::now();
+                if let Err(why) = fetch::fetch("GET", url, b"") {
+                    fail(&format!("fetch failed: {why}"));
+                }
+                let _ = writeln!(out, "{}", started.elapsed().as_micros());
+            }
+        }
+        "kvbench" => {
+            let (op, n) = arg.split_once(' ').expect("kvbench takes OP and N");
+            for i in 0..n.parse::<usize>().unwrap() {
+                let started = std::time::Instant::now();
+                let answer = match op {
+                    "set" => kv::call(&format!("- set k{} value-{i}", i % 100)),
+                    "get" => kv::call(&format!("- get k{}", i % 100)),
+                    _ => kv::call("- inc counter 1"),
+                };
+                if answer.starts_with("error") {
+                    fail(&answer);
+                }
+                let _ = writeln!(out, "{}", started.elapsed().as_micros());
+            }
         }
         "kvcheck" => {
             kv::check();
