@@ -105,7 +105,13 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
             tracing::error!("writing pending records: {e:#}");
         }
     }
-    if let Some(rest) = path.strip_prefix("kv/") {
+    // A key may end in `/`: the key-value paths keep theirs.
+    if let Some(rest) = req
+        .uri()
+        .path()
+        .strip_prefix(API_PREFIX)
+        .and_then(|p| p.strip_prefix("kv/"))
+    {
         let rest = rest.to_string();
         return kv::handle(rt, &rest, req).await;
     }

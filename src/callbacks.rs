@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CallbackSettings, OutboundSettings, Retry, permit};
-use crate::outbound::Client;
+use crate::outbound::{Client, shown};
 use crate::sandbox::{OutboundError, Timeouts};
 use crate::store::{CallbackTry, DueCallback, Store, is_unreachable, now_ms};
 
@@ -60,8 +60,15 @@ pub async fn run(
     outbound: OutboundSettings,
     stop: CancellationToken,
 ) {
-    // A try is held this long: past it (its host died mid-try), another host tries again.
-    let hold = outbound.connect_timeout + outbound.timeout + Duration::from_secs(10);
+    if settings.secret.is_none() {
+        // Nothing could be signed: another host sharing the store (with a secret) delivers.
+        tracing::debug!("no [host] callback_secret: this host delivers no callbacks");
+        return;
+    }
+    // A try takes at most `limit`, and is held longer: past the hold (its host died
+    // mid-try), another claim tries again.
+    let limit = outbound.connect_timeout + outbound.timeout + Duration::from_secs(5);
+    let hold = limit + Duration::from_secs(10);
     let settings = Arc::new(settings);
     let mut tries = JoinSet::new();
     loop {
@@ -69,7 +76,13 @@ pub async fn run(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(POLL) => {}
         }
-        let due = match store.callbacks.claim_callbacks(BATCH, hold).await {
+        while tries.try_join_next().is_some() {}
+        // At most BATCH tries at once, however long receivers take.
+        let room = BATCH.saturating_sub(tries.len());
+        if room == 0 {
+            continue;
+        }
+        let due = match store.callbacks.claim_callbacks(room, hold).await {
             Ok(due) => due,
             Err(e) => {
                 if !is_unreachable(&e) {
@@ -80,17 +93,26 @@ pub async fn run(
         };
         for callback in due {
             let (store, client, settings) = (store.clone(), client.clone(), settings.clone());
-            tries.spawn(async move { deliver(&store, &client, &settings, callback).await });
+            tries.spawn(async move { deliver(&store, &client, &settings, callback, limit).await });
         }
-        while tries.try_join_next().is_some() {}
     }
 }
 
 /// One try of one callback, and what it came to, stored.
-async fn deliver(store: &Store, client: &Client, settings: &CallbackSettings, due: DueCallback) {
-    let tried = match attempt(store, client, settings, &due).await {
+async fn deliver(
+    store: &Store,
+    client: &Client,
+    settings: &CallbackSettings,
+    due: DueCallback,
+    limit: Duration,
+) {
+    let tried = tokio::time::timeout(limit, attempt(store, client, settings, &due))
+        .await
+        .unwrap_or_else(|_| Err((None, format!("no answer within {limit:?}"))));
+    let shown = shown(&due.url);
+    let tried = match tried {
         Ok(status) => {
-            tracing::info!(id = %due.id, "callback delivered to {} (try {})", due.url, due.attempts);
+            tracing::info!(id = %due.id, "callback delivered to {shown} (try {})", due.attempts);
             CallbackTry {
                 delivered: true,
                 status: Some(status),
@@ -104,7 +126,7 @@ async fn deliver(store: &Store, client: &Client, settings: &CallbackSettings, du
                 Some(_) => "it is tried again",
                 None => "no attempts are left: it has failed",
             };
-            tracing::warn!(id = %due.id, "callback to {} failed (try {}): {why}; {then}", due.url, due.attempts);
+            tracing::warn!(id = %due.id, "callback to {shown} failed (try {}): {why}; {then}", due.attempts);
             CallbackTry {
                 delivered: false,
                 status,
@@ -113,7 +135,7 @@ async fn deliver(store: &Store, client: &Client, settings: &CallbackSettings, du
             }
         }
     };
-    if let Err(e) = store.callbacks.callback_tried(&due.id, tried).await {
+    if let Err(e) = store.callbacks.callback_tried(&due, tried).await {
         tracing::error!(id = %due.id, "cannot store what became of a callback: {e:#}; it is tried again");
     }
 }
@@ -127,7 +149,8 @@ async fn attempt(
     due: &DueCallback,
 ) -> Result<u16, (Option<u16>, String)> {
     let record = match store.history.get(&due.id).await {
-        Ok(Some(record)) => record,
+        Ok(Some(record)) if record.state.has_ended() => record,
+        Ok(Some(_)) => return Err((None, "it runs again (retried): not sent".to_string())),
         Ok(None) => return Err((None, "the record is gone (pruned)".to_string())),
         Err(e) => return Err((None, format!("cannot read the record: {e:#}"))),
     };
@@ -174,7 +197,10 @@ async fn attempt(
             (None, why)
         })?;
     let status = response.status();
-    // Read a little of the answer, for the record when it is an error.
+    if status.is_success() {
+        return Ok(status.as_u16());
+    }
+    // Read a little of the answer, for the record.
     let mut answer = Vec::new();
     let mut body = response.into_body();
     while answer.len() < MAX_ANSWER {
@@ -186,9 +212,6 @@ async fn attempt(
             }
             _ => break,
         }
-    }
-    if status.is_success() {
-        return Ok(status.as_u16());
     }
     answer.truncate(MAX_ANSWER);
     let text = String::from_utf8_lossy(&answer);

@@ -99,6 +99,8 @@ pub struct HostSettings {
 pub struct CallbackSettings {
     /// The HMAC-SHA256 key of `X-Jobhost-Signature`; callbacks need one.
     pub secret: Option<String>,
+    /// The environment variable `callback_secret` names, when it is not set.
+    pub unset_variable: Option<String>,
     pub allowed: Vec<AllowedHost>,
     pub retry: Retry,
 }
@@ -107,6 +109,7 @@ impl std::fmt::Debug for CallbackSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CallbackSettings")
             .field("secret", &self.secret.as_ref().map(|_| ".."))
+            .field("unset_variable", &self.unset_variable)
             .field("allowed", &self.allowed)
             .field("retry", &self.retry)
             .finish()
@@ -126,10 +129,12 @@ impl CallbackSettings {
             ));
         };
         if self.secret.is_none() {
-            return Some(
-                "callbacks are signed with [host] callback_secret: set it (receivers verify X-Jobhost-Signature with it)"
-                    .to_string(),
-            );
+            return Some(match &self.unset_variable {
+                Some(var) => format!(
+                    "callbacks are signed with [host] callback_secret, which comes from the environment variable {var}: it is not set; set it before starting the host"
+                ),
+                None => "callbacks are signed with [host] callback_secret: set it (receivers verify X-Jobhost-Signature with it)".to_string(),
+            });
         }
         let port = uri.as_ref().and_then(http::Uri::port_u16);
         if permit(&self.allowed, scheme, host, port) == Permit::Denied {
@@ -518,6 +523,7 @@ fn host_settings(
             })
         }
     };
+    let mut unset_variable = None;
     let secret = raw.callback_secret.and_then(|v| {
         let span = v.span();
         match v.into_inner().resolve() {
@@ -530,8 +536,11 @@ fn host_settings(
                 None
             }
             Ok(secret) => Some(secret),
-            // Unset: callbacks are refused, each saying why.
-            Err(_) => None,
+            // Unset: callbacks are refused, each naming the variable.
+            Err(var) => {
+                unset_variable = Some(var);
+                None
+            }
         }
     });
     let mut allowed = Vec::new();
@@ -555,6 +564,7 @@ fn host_settings(
     };
     let callbacks = CallbackSettings {
         secret,
+        unset_variable,
         allowed,
         retry,
     };

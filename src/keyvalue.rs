@@ -18,6 +18,13 @@ pub const MAX_KEY: usize = 256;
 pub const MAX_VALUE: usize = 1 << 20;
 /// Keys a guest's `list-keys` returns at once.
 const PAGE: u64 = 1000;
+/// The most keys one batch call (`get-many`, `set-many`, `delete-many`) may name.
+pub const MAX_BATCH: usize = 1000;
+/// The most bytes of values one `get-many` returns: its keys are read a few at a time, and
+/// past this it fails, so a guest cannot make the host hold a thousand 1 MiB values.
+const MAX_BATCH_BYTES: usize = 16 << 20;
+/// Keys read from the store at once by `get-many` (each value at most 1 MiB).
+const GET_CHUNK: usize = 16;
 /// The store `open("")` opens.
 pub const DEFAULT_STORE: &str = "default";
 
@@ -26,11 +33,22 @@ pub fn check_key(key: &str) -> Result<(), String> {
     if key.is_empty() {
         return Err("a key may not be empty".to_string());
     }
+    if key.contains('\0') {
+        return Err("a key may not hold a NUL character".to_string());
+    }
     if key.len() > MAX_KEY {
         return Err(format!(
             "the key is {} bytes, more than the {MAX_KEY} a key may have",
             key.len()
         ));
+    }
+    Ok(())
+}
+
+/// Whether keys may be listed by `prefix` (any text but a NUL).
+pub fn check_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.contains('\0') {
+        return Err("a prefix may not hold a NUL character".to_string());
     }
     Ok(())
 }
@@ -144,6 +162,12 @@ struct Buckets {
 }
 
 fn checked(keys: &[String]) -> Result<(), KvFailure> {
+    if keys.len() > MAX_BATCH {
+        return Err(KvFailure::Other(format!(
+            "{} keys in one call, more than the {MAX_BATCH} a batch may name",
+            keys.len()
+        )));
+    }
     keys.iter()
         .try_for_each(|k| check_key(k))
         .map_err(KvFailure::Other)
@@ -168,10 +192,29 @@ impl KeyValue for Buckets {
 
     async fn get(&self, store: &str, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, KvFailure> {
         checked(&keys)?;
-        self.store.get(store, &keys).await.map_err(failed)
+        let mut values = Vec::with_capacity(keys.len());
+        let mut bytes = 0;
+        for chunk in keys.chunks(GET_CHUNK) {
+            for value in self.store.get(store, chunk).await.map_err(failed)? {
+                bytes += value.as_ref().map_or(0, Vec::len);
+                if bytes > MAX_BATCH_BYTES {
+                    return Err(KvFailure::Other(format!(
+                        "the values come to more than {MAX_BATCH_BYTES} bytes (16 MiB) for one call: ask for fewer keys at once"
+                    )));
+                }
+                values.push(value);
+            }
+        }
+        Ok(values)
     }
 
     async fn set(&self, store: &str, pairs: Vec<(String, Vec<u8>)>) -> Result<(), KvFailure> {
+        if pairs.len() > MAX_BATCH {
+            return Err(KvFailure::Other(format!(
+                "{} pairs in one call, more than the {MAX_BATCH} a batch may name",
+                pairs.len()
+            )));
+        }
         for (key, value) in &pairs {
             check_key(key)
                 .and_then(|()| check_value(key, value))

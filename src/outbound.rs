@@ -20,6 +20,7 @@ use hyper_util::client::legacy::Client as Pool;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::TokioExecutor;
+use tokio::sync::Semaphore;
 
 use crate::config::{BlockNetworks, OutboundSettings, Permit, permit};
 use crate::metrics;
@@ -28,10 +29,20 @@ use crate::sandbox::{Outbound, OutboundError, OutboundLink, OutgoingBody, Respon
 
 type Connector = HttpsConnector<HttpConnector<Resolver>>;
 
+/// The `Forwarded` header of every request a guest makes.
+pub const GUEST_FORWARDED: &str = "for=\"jobhost-guest\"";
+
+/// Requests of one invocation open at once (head sent, body not yet read to its end).
+const MAX_PER_RUN: usize = 16;
+/// Requests of all guests open at once: each holds a connection, so this keeps guests from
+/// taking the descriptors the host's listener and store need. More wait their turn.
+const MAX_IN_FLIGHT: usize = 256;
+
 /// The host's one outbound client: its connections are kept and reused across invocations.
 pub struct Client {
     pool: Pool<Connector, OutgoingBody>,
     settings: OutboundSettings,
+    in_flight: Arc<Semaphore>,
 }
 
 impl Client {
@@ -53,6 +64,7 @@ impl Client {
         Client {
             pool,
             settings: settings.clone(),
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
 
@@ -62,6 +74,7 @@ impl Client {
             client: self.clone(),
             function: function.clone(),
             id: id.to_string(),
+            open: Arc::new(Semaphore::new(MAX_PER_RUN)),
         })))
     }
 
@@ -104,9 +117,25 @@ impl Client {
                 max: self.settings.max_response,
                 between,
                 idle: Box::pin(tokio::time::sleep(between)),
+                waiting: false,
             }
             .boxed_unsync()
         }))
+    }
+}
+
+/// `uri` as logs show it: scheme, host, port and path, without a user's name and password
+/// or the query, which may hold secrets.
+pub fn shown(uri: &str) -> String {
+    match uri.parse::<http::Uri>() {
+        Ok(u) => format!(
+            "{}://{}{}{}",
+            u.scheme_str().unwrap_or("http"),
+            u.host().unwrap_or_default(),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default(),
+            u.path()
+        ),
+        Err(_) => "(not a URL)".to_string(),
     }
 }
 
@@ -119,6 +148,8 @@ struct Caller {
     client: Arc<Client>,
     function: Arc<Function>,
     id: String,
+    /// Its requests open now (at most `MAX_PER_RUN`).
+    open: Arc<Semaphore>,
 }
 
 #[async_trait]
@@ -129,15 +160,31 @@ impl Outbound for Caller {
         timeouts: Timeouts,
     ) -> Result<http::Response<ResponseBody>, OutboundError> {
         let spec = &self.function.spec;
+        let mut request = request;
+        // Set over whatever the guest sent: a guest's request to this very host (allowed by
+        // address) is one a local proxy passed on, so the status API asks it for the token.
+        request.headers_mut().insert(
+            http::header::FORWARDED,
+            http::HeaderValue::from_static(GUEST_FORWARDED),
+        );
         let uri = request.uri().clone();
         let method = request.method().clone();
+        let shown = shown(&uri.to_string());
         let permit = permit(
             &spec.allowed_outbound_hosts,
             uri.scheme_str().unwrap_or_default(),
             uri.host().unwrap_or_default(),
             uri.port_u16(),
         );
+        let Ok(mine) = self.open.clone().try_acquire_owned() else {
+            tracing::warn!(function = %spec.name, id = %self.id, "outbound {method} {shown} refused: {MAX_PER_RUN} requests of this invocation are open (read their bodies to the end, or drop them)");
+            metrics::get().outbound(&spec.name, "denied".to_string(), Duration::ZERO);
+            return Err(OutboundError::TooMany(format!(
+                "{MAX_PER_RUN} requests are open at once"
+            )));
+        };
         let started = Instant::now();
+        let all = self.client.in_flight.clone().acquire_owned().await;
         let result = self.client.send(request, permit, timeouts).await;
         let elapsed = started.elapsed();
         let status = match &result {
@@ -145,7 +192,7 @@ impl Outbound for Caller {
                 tracing::info!(
                     function = %spec.name,
                     id = %self.id,
-                    "outbound {method} {uri}: {} in {} ms",
+                    "outbound {method} {shown}: {} in {} ms",
                     response.status().as_u16(),
                     elapsed.as_millis()
                 );
@@ -155,7 +202,7 @@ impl Outbound for Caller {
                 tracing::warn!(
                     function = %spec.name,
                     id = %self.id,
-                    "outbound {method} {uri} refused: add its scheme://host[:port] to allowed_outbound_hosts of function {}",
+                    "outbound {method} {shown} refused: add its scheme://host[:port] to allowed_outbound_hosts of function {}",
                     spec.name
                 );
                 "denied".to_string()
@@ -164,7 +211,7 @@ impl Outbound for Caller {
                 tracing::warn!(
                     function = %spec.name,
                     id = %self.id,
-                    "outbound {method} {uri} refused: {why}: to reach it, allow its address itself (an entry such as http://10.0.0.5:8080 is exempt), or take its network off [host] block_networks"
+                    "outbound {method} {shown} refused: {why}: to reach it, allow its address itself (an entry such as http://10.0.0.5:8080 is exempt), or take its network off [host] block_networks"
                 );
                 "denied".to_string()
             }
@@ -172,7 +219,7 @@ impl Outbound for Caller {
                 tracing::warn!(
                     function = %spec.name,
                     id = %self.id,
-                    "outbound {method} {uri} failed after {} ms: {e}",
+                    "outbound {method} {shown} failed after {} ms: {e}",
                     elapsed.as_millis()
                 );
                 "error".to_string()
@@ -184,8 +231,11 @@ impl Outbound for Caller {
         let (function, id) = (spec.name.clone(), self.id.clone());
         result.map(|response| {
             response.map(|body| {
+                // The request counts as open until its body is dropped.
+                let permits = (mine, all);
                 body.map_err(move |e| {
-                    tracing::warn!(function = %function, id = %id, "outbound {method} {uri}: {e}");
+                    let _open = &permits;
+                    tracing::warn!(function = %function, id = %id, "outbound {method} {shown}: {e}");
                     e
                 })
                 .boxed_unsync()
@@ -316,13 +366,16 @@ fn tls_config() -> rustls::ClientConfig {
         .with_no_client_auth()
 }
 
-/// An answer's body within `max` bytes, each part arriving within `between` of the last.
+/// An answer's body within `max` bytes, each part arriving within `between` of the guest
+/// asking for it (time the guest spends elsewhere does not count).
 struct Capped {
     body: Incoming,
     read: u64,
     max: u64,
     between: Duration,
     idle: Pin<Box<tokio::time::Sleep>>,
+    /// Whether the last poll found nothing: the wait for the next part has begun.
+    waiting: bool,
 }
 
 impl Body for Capped {
@@ -334,7 +387,13 @@ impl Body for Capped {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, OutboundError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.body).poll_frame(cx) {
+        if !this.waiting {
+            let deadline = tokio::time::Instant::now() + this.between;
+            this.idle.as_mut().reset(deadline);
+        }
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        this.waiting = polled.is_pending();
+        match polled {
             Poll::Pending => {
                 if this.idle.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Some(Err(OutboundError::BodyTimeout)));
@@ -352,8 +411,6 @@ impl Body for Capped {
                         return Poll::Ready(Some(Err(OutboundError::TooLarge(this.max))));
                     }
                 }
-                let deadline = tokio::time::Instant::now() + this.between;
-                this.idle.as_mut().reset(deadline);
                 Poll::Ready(Some(Ok(frame)))
             }
         }

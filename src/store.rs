@@ -616,6 +616,8 @@ pub struct CallbackTry {
 }
 
 /// The states in which an invocation has ended for good, as SQL (its callback is due).
+/// Written as the callbacks' partial index says it, so a claim reads only that index,
+/// which holds just the ended invocations whose callback is pending.
 const ENDED: &str = "('succeeded', 'dead', 'cancelled')";
 
 /// What a retried invocation's callback becomes: due again once the new round ends.
@@ -834,8 +836,9 @@ pub trait Callbacks: Send + Sync {
         limit: usize,
         hold: Duration,
     ) -> anyhow::Result<Vec<DueCallback>>;
-    /// Stores what the try of `id`'s callback came to.
-    async fn callback_tried(&self, id: &str, tried: CallbackTry) -> anyhow::Result<()>;
+    /// Stores what the try `due` came to, unless another try has begun since (its hold
+    /// ran out) or the invocation was retried: then it is theirs to say.
+    async fn callback_tried(&self, due: &DueCallback, tried: CallbackTry) -> anyhow::Result<()>;
 }
 
 /// Key-value data (`wasi:keyvalue`, `jobhost kv`) in named stores: bytes under text keys,

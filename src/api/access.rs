@@ -12,6 +12,7 @@ use http::{Method, StatusCode};
 
 use crate::answer::{Body, error};
 use crate::config::HostSettings;
+use crate::outbound::GUEST_FORWARDED;
 
 /// `None` when the request may use the API, else the answer that refuses it.
 pub(super) fn refusal(
@@ -40,7 +41,12 @@ pub(super) fn refusal(
         };
     }
     let Some(token) = host.admin_token.as_deref() else {
-        let why = if host.listen.ip().is_loopback() {
+        let guest = headers
+            .get(header::FORWARDED)
+            .is_some_and(|v| v.as_bytes() == GUEST_FORWARDED.as_bytes());
+        let why = if guest {
+            "a guest's outbound request: the status API is not open to guests (without host.admin_token, to none)"
+        } else if host.listen.ip().is_loopback() {
             "the request came through a proxy (it has Forwarded, X-Forwarded-For or X-Real-IP) and the host has no host.admin_token: set one to use the API through a proxy"
         } else {
             "the status API is off: the host listens beyond loopback and has no host.admin_token"

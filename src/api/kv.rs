@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::answer::{Body, error, full, json};
 use crate::body::{self, BodyLimits, Bounded};
 use crate::config::check_store_name;
-use crate::keyvalue::{self, MAX_LIST, MAX_VALUE, check_key, check_value};
+use crate::keyvalue::{self, MAX_LIST, MAX_VALUE, check_key, check_prefix, check_value};
 use crate::runtime::Runtime;
 use crate::store::KvError;
 
@@ -36,6 +36,7 @@ struct Written<'a> {
 /// `rest` is the path after `kv/`, still percent-encoded.
 pub(super) async fn handle(rt: &Runtime, rest: &str, req: Request<Incoming>) -> Response<Body> {
     let (store, key) = match rest.split_once('/') {
+        Some((store, "")) => (store, None),
         Some((store, key)) => (store, Some(key)),
         None => (rest, None),
     };
@@ -87,6 +88,9 @@ async fn list(rt: &Runtime, store: &str, query: &str) -> Response<Body> {
                 .map_err(|_| format!("{name} {v:?} is not a whole number"))
         })
     };
+    if let Err(why) = check_prefix(&prefix) {
+        return error(StatusCode::BAD_REQUEST, why);
+    }
     let (cursor, limit) = match (number("cursor", 0), number("limit", 1000)) {
         (Ok(c), Ok(l)) => (c, l.clamp(1, MAX_LIST)),
         (Err(why), _) | (_, Err(why)) => return error(StatusCode::BAD_REQUEST, why),

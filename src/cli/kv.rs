@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 
 use crate::config::{self, Config, check_store_name};
-use crate::keyvalue::{self, MAX_LIST, check_key, check_value};
+use crate::keyvalue::{self, MAX_LIST, check_key, check_prefix, check_value};
 use crate::store::{KvError, Store};
 
 #[derive(Subcommand)]
@@ -103,6 +103,7 @@ pub(super) async fn run(config: &Config, command: Kv) -> anyhow::Result<ExitCode
             store: name,
             prefix,
         } => {
+            check_prefix(&prefix).map_err(|why| anyhow::anyhow!("{why}"))?;
             let mut out = std::io::stdout().lock();
             let mut from = 0;
             loop {

@@ -54,6 +54,8 @@ pub enum OutboundError {
     #[error("the connection ended early")]
     Terminated,
     #[error("{0}")]
+    TooMany(String),
+    #[error("{0}")]
     Protocol(String),
 }
 
@@ -73,6 +75,7 @@ impl From<OutboundError> for HttpError {
             OutboundError::Tls(_) => HttpError::TlsProtocolError,
             OutboundError::Certificate(_) => HttpError::TlsCertificateError,
             OutboundError::Terminated => HttpError::ConnectionTerminated,
+            OutboundError::TooMany(_) => HttpError::ConnectionLimitReached,
             OutboundError::Protocol(_) => HttpError::HttpProtocolError,
         }
     }

@@ -1320,9 +1320,9 @@ async fn a_callback_is_due_once_its_invocation_ends_and_held_while_tried<K>(
     let Cancelled::Now(_) = store.queue.cancel("b").await.unwrap() else {
         panic!("b was waiting");
     };
-    let mut due = callbacks.claim_callbacks(10, hold).await.unwrap();
-    due.sort_by(|x, y| x.id.cmp(&y.id));
-    let due: Vec<(&str, &str, u32)> = due
+    let mut claimed = callbacks.claim_callbacks(10, hold).await.unwrap();
+    claimed.sort_by(|x, y| x.id.cmp(&y.id));
+    let due: Vec<(&str, &str, u32)> = claimed
         .iter()
         .map(|d| (d.id.as_str(), d.url.as_str(), d.attempts))
         .collect();
@@ -1345,7 +1345,7 @@ async fn a_callback_is_due_once_its_invocation_ends_and_held_while_tried<K>(
     let retry_at = now_ms() - 1;
     callbacks
         .callback_tried(
-            "a",
+            &claimed[0],
             CallbackTry {
                 delivered: false,
                 status: Some(503),
@@ -1357,7 +1357,7 @@ async fn a_callback_is_due_once_its_invocation_ends_and_held_while_tried<K>(
         .unwrap();
     callbacks
         .callback_tried(
-            "b",
+            &claimed[1],
             CallbackTry {
                 delivered: true,
                 status: Some(200),
@@ -1387,9 +1387,31 @@ async fn a_callback_is_due_once_its_invocation_ends_and_held_while_tried<K>(
     let again = callbacks.claim_callbacks(10, hold).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].id.as_str(), again[0].attempts), ("a", 2));
+    // The first try, answering late, no longer speaks for the callback.
     callbacks
         .callback_tried(
-            "a",
+            &claimed[0],
+            CallbackTry {
+                delivered: true,
+                status: Some(200),
+                error: None,
+                retry_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    let view = store
+        .history
+        .get("a")
+        .await
+        .unwrap()
+        .unwrap()
+        .callback
+        .unwrap();
+    assert_eq!(view.state, "pending", "a late try changes nothing");
+    callbacks
+        .callback_tried(
+            &again[0],
             CallbackTry {
                 delivered: false,
                 status: None,

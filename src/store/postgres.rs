@@ -155,7 +155,7 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobhost_invocations ADD COLUMN callback_error TEXT;
     ALTER TABLE jobhost_invocations ADD COLUMN callback_next BIGINT NOT NULL DEFAULT 0;
     CREATE INDEX jobhost_invocations_callbacks ON jobhost_invocations (callback_next)
-        WHERE callback_state = 'pending';",
+        WHERE callback_state = 'pending' AND state IN ('succeeded', 'dead', 'cancelled');",
 ];
 
 /// Locks one key-value store's new keys for the rest of the transaction, so that its key
@@ -591,7 +591,8 @@ async fn insert(
                      timer, finished_at, input_dir, priority, idempotency_key, parent_id, depth,
                      callback_url, callback_state)
                  VALUES ($1, $2, $3, $4, 0, $5, $5, $6, TRUE, $7, $8, $9, $14, $10, $11, $12, $13,
-                     $15, $16, $17, $18::text, CASE WHEN $18::text IS NOT NULL THEN 'pending' END)
+                     $15, $16, $17, $18::text,
+                     CASE WHEN $18::text IS NOT NULL AND $6 <> 'skipped' THEN 'pending' END)
                  ON CONFLICT DO NOTHING
                  RETURNING state)
              SELECT CASE WHEN state <> 'skipped' THEN pg_notify('jobhost_work', '') END
@@ -1720,17 +1721,18 @@ impl Callbacks for PostgresStore {
         .await
     }
 
-    async fn callback_tried(&self, id: &str, tried: CallbackTry) -> anyhow::Result<()> {
+    async fn callback_tried(&self, due: &DueCallback, tried: CallbackTry) -> anyhow::Result<()> {
         self.named(async {
             let client = self.client().await?;
             let (state, next) = super::after_try(&tried);
             let status = tried.status.map(i32::from);
+            let attempts = i32::try_from(due.attempts).unwrap_or(i32::MAX);
             client
                 .execute(
                     "UPDATE jobhost_invocations SET callback_state = $2, callback_status = $3,
                          callback_error = $4, callback_next = $5
-                     WHERE id = $1 AND callback_state = 'pending'",
-                    &[&id, &state, &status, &tried.error, &next],
+                     WHERE id = $1 AND callback_state = 'pending' AND callback_attempts = $6",
+                    &[&due.id, &state, &status, &tried.error, &next, &attempts],
                 )
                 .await?;
             Ok(())
@@ -1740,12 +1742,13 @@ impl Callbacks for PostgresStore {
 }
 
 /// Inserts or replaces `key`; a key new to `store` only while it holds fewer than `max_keys`.
+/// The caller holds `LOCK_KV_STORE`, so no other transaction adds keys to the store
+/// meanwhile; `held` is how many it holds, counted once when first needed.
 async fn put(
     tx: &tokio_postgres::Transaction<'_>,
-    store: &str,
-    key: &str,
-    value: &[u8],
+    (store, key, value): (&str, &str, &[u8]),
     max_keys: u64,
+    held: &mut Option<u64>,
 ) -> anyhow::Result<Result<(), KvError>> {
     let replaced = tx
         .execute(
@@ -1754,27 +1757,29 @@ async fn put(
         )
         .await?;
     if replaced == 0 {
-        tx.execute(LOCK_KV_STORE, &[&store]).await?;
-        let held: i64 = tx
-            .query_one(
-                "SELECT count(*) FROM jobhost_kv WHERE store = $1",
-                &[&store],
-            )
-            .await?
-            .get(0);
-        if held.unsigned_abs() >= max_keys {
+        let count = match *held {
+            Some(n) => n,
+            None => tx
+                .query_one(
+                    "SELECT count(*) FROM jobhost_kv WHERE store = $1",
+                    &[&store],
+                )
+                .await?
+                .get::<_, i64>(0)
+                .unsigned_abs(),
+        };
+        if count >= max_keys {
             return Ok(Err(KvError::TooManyKeys {
                 store: store.to_string(),
                 max: max_keys,
             }));
         }
-        // Another host may have added the key since the UPDATE: then it is replaced.
         tx.execute(
-            "INSERT INTO jobhost_kv (store, key, value) VALUES ($1, $2, $3)
-             ON CONFLICT (store, key) DO UPDATE SET value = EXCLUDED.value",
+            "INSERT INTO jobhost_kv (store, key, value) VALUES ($1, $2, $3)",
             &[&store, &key, &value],
         )
         .await?;
+        *held = Some(count + 1);
     }
     Ok(Ok(()))
 }
@@ -1810,8 +1815,12 @@ impl KeyValues for PostgresStore {
         self.named(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
+            // Writers of a store take turns: a batch adding keys counts them against the
+            // limit alone, and row locks are always taken under this one (no deadlock).
+            tx.execute(LOCK_KV_STORE, &[&store]).await?;
+            let mut held = None;
             for (key, value) in pairs {
-                if let Err(refused) = put(&tx, store, key, value, max_keys).await? {
+                if let Err(refused) = put(&tx, (store, key, value), max_keys, &mut held).await? {
                     return Ok(Err(refused));
                 }
             }
@@ -1888,8 +1897,9 @@ impl KeyValues for PostgresStore {
                 Ok(sum) => sum,
                 Err(refused) => return Ok(Err(refused)),
             };
-            if let Err(refused) = put(&tx, store, key, sum.to_string().as_bytes(), max_keys).await?
-            {
+            let text = sum.to_string();
+            let put = put(&tx, (store, key, text.as_bytes()), max_keys, &mut None).await?;
+            if let Err(refused) = put {
                 return Ok(Err(refused));
             }
             tx.commit().await?;

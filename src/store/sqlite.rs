@@ -137,7 +137,7 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE invocations ADD COLUMN callback_error TEXT;
     ALTER TABLE invocations ADD COLUMN callback_next INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX IF NOT EXISTS invocations_callbacks ON invocations (callback_next)
-        WHERE callback_state = 'pending';",
+        WHERE callback_state = 'pending' AND state IN ('succeeded', 'dead', 'cancelled');",
 ];
 
 fn db_path(data_dir: &Path) -> PathBuf {
@@ -243,7 +243,7 @@ fn insert(conn: &Connection, new: &NewInvocation, state: State) -> anyhow::Resul
              state, durable, payload, vars, created_at, run_after, timer, finished_at, input_dir,
              priority, idempotency_key, parent_id, depth, callback_url, callback_state)
          VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?6, 1, ?7, ?8, ?9, ?14, ?10, ?11, ?12, ?13, ?15, ?16,
-             ?17, ?18, CASE WHEN ?18 IS NOT NULL THEN 'pending' END)
+             ?17, ?18, CASE WHEN ?18 IS NOT NULL AND ?6 <> 'skipped' THEN 'pending' END)
          ON CONFLICT DO NOTHING",
     )?
     .execute(params![
@@ -1106,16 +1106,23 @@ impl Callbacks for SqliteStore {
         .await
     }
 
-    async fn callback_tried(&self, id: &str, tried: CallbackTry) -> anyhow::Result<()> {
-        let id = id.to_string();
+    async fn callback_tried(&self, due: &DueCallback, tried: CallbackTry) -> anyhow::Result<()> {
+        let (id, attempts) = (due.id.clone(), due.attempts);
         self.with(move |conn| {
             let (state, next) = super::after_try(&tried);
             conn.prepare_cached(
                 "UPDATE invocations SET callback_state = ?2, callback_status = ?3,
                      callback_error = ?4, callback_next = ?5
-                 WHERE id = ?1 AND callback_state = 'pending'",
+                 WHERE id = ?1 AND callback_state = 'pending' AND callback_attempts = ?6",
             )?
-            .execute(params![id, state, tried.status, tried.error, next])?;
+            .execute(params![
+                id,
+                state,
+                tried.status,
+                tried.error,
+                next,
+                attempts
+            ])?;
             Ok(())
         })
         .await
@@ -1123,23 +1130,27 @@ impl Callbacks for SqliteStore {
 }
 
 /// Inserts or replaces `key`; a key new to `store` only while it holds fewer than `max_keys`.
+/// `held` is how many keys the store holds, counted once per transaction when first needed.
 fn put(
     tx: &rusqlite::Transaction<'_>,
-    store: &str,
-    key: &str,
-    value: &[u8],
+    (store, key, value): (&str, &str, &[u8]),
     max_keys: u64,
+    held: &mut Option<u64>,
 ) -> Result<(), KvError> {
     let replaced = tx
         .prepare_cached("UPDATE kv SET value = ?3 WHERE store = ?1 AND key = ?2")
         .and_then(|mut s| s.execute(params![store, key, value]))
         .map_err(anyhow::Error::from)?;
     if replaced == 0 {
-        let held: i64 = tx
-            .prepare_cached("SELECT count(*) FROM kv WHERE store = ?1")
-            .and_then(|mut s| s.query_row(params![store], |r| r.get(0)))
-            .map_err(anyhow::Error::from)?;
-        if held.unsigned_abs() >= max_keys {
+        let count = match *held {
+            Some(n) => n,
+            None => tx
+                .prepare_cached("SELECT count(*) FROM kv WHERE store = ?1")
+                .and_then(|mut s| s.query_row(params![store], |r| r.get::<_, i64>(0)))
+                .map_err(anyhow::Error::from)?
+                .unsigned_abs(),
+        };
+        if count >= max_keys {
             return Err(KvError::TooManyKeys {
                 store: store.to_string(),
                 max: max_keys,
@@ -1148,6 +1159,7 @@ fn put(
         tx.prepare_cached("INSERT INTO kv (store, key, value) VALUES (?1, ?2, ?3)")
             .and_then(|mut s| s.execute(params![store, key, value]))
             .map_err(anyhow::Error::from)?;
+        *held = Some(count + 1);
     }
     Ok(())
 }
@@ -1180,8 +1192,10 @@ impl KeyValues for SqliteStore {
         let (store, pairs) = (store.to_string(), pairs.to_vec());
         self.with(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut held = None;
             for (key, value) in &pairs {
-                if let Err(refused) = super::lift(put(&tx, &store, key, value, max_keys))? {
+                let put = put(&tx, (&store, key, value), max_keys, &mut held);
+                if let Err(refused) = super::lift(put)? {
                     return Ok(Err(refused));
                 }
             }
@@ -1218,7 +1232,7 @@ impl KeyValues for SqliteStore {
     ) -> anyhow::Result<Vec<String>> {
         let (store, prefix) = (store.to_string(), prefix.to_string());
         self.with(move |conn| {
-            // Keys compare as bytes (BINARY): the prefix's range is [prefix, prefix + 0xFF..).
+            // Keys compare as bytes (BINARY); a prefix is text, never a pattern.
             let keys = conn
                 .prepare_cached(
                     "SELECT key FROM kv WHERE store = ?1 AND substr(key, 1, length(?2)) = ?2
@@ -1257,9 +1271,9 @@ impl KeyValues for SqliteStore {
                 Ok(sum) => sum,
                 Err(refused) => return Ok(Err(refused)),
             };
-            if let Err(refused) =
-                super::lift(put(&tx, &store, &key, sum.to_string().as_bytes(), max_keys))?
-            {
+            let text = sum.to_string();
+            let put = put(&tx, (&store, &key, text.as_bytes()), max_keys, &mut None);
+            if let Err(refused) = super::lift(put)? {
                 return Ok(Err(refused));
             }
             tx.commit()?;

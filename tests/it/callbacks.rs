@@ -8,7 +8,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::receiver::{Received, Receiver, Reply};
-use crate::support::{Host, P1, Project, probe, state, wait_until};
+use crate::support::{Host, P1, Project, probe, state};
 
 const SECRET: &str = "test-secret";
 
@@ -104,9 +104,11 @@ fn callback_survives_kill_9_between_tries() {
     let project = project(&receiver, "3s", "");
     let host = project.start();
     let id = submit(&host, "echo durable", &receiver.url("/done"));
-    wait_until(Duration::from_secs(30), || {
-        (receiver.received().len() == 1).then_some(())
+    // Killed once the first try's failure is stored: between tries.
+    host.wait_for_record(&id, Duration::from_secs(30), |r| {
+        r["callback"]["last_status"] == 500
     });
+    assert_eq!(receiver.received().len(), 1);
     host.kill9();
     let host = project.start();
     let record = callback_ends(&host, &id, "delivered");

@@ -61,8 +61,9 @@ fn keyvalue_get_set_delete_exists_and_batch() {
 fn keyvalue_list_keys_pages_with_a_cursor() {
     let project = project(&["default"], "");
     let host = project.start();
-    let pairs: Vec<String> = (0..1001).map(|i| format!("k{i:04}=v")).collect();
+    let pairs: Vec<String> = (0..1000).map(|i| format!("k{i:04}=v")).collect();
     assert_eq!(kv(&host, &format!("- setmany {}", pairs.join(","))), "set");
+    assert_eq!(kv(&host, "- set k1000 v"), "set");
     let first = kv(&host, "- list");
     let (keys, cursor) = first.rsplit_once(' ').unwrap();
     assert_eq!(keys.split(',').count(), 1000);
@@ -160,6 +161,14 @@ fn keyvalue_limits_refuse_and_store_nothing() {
     let answer = kv(&host, "- setmany a=one,c=3");
     assert!(answer.contains("its limit (max_kv_keys)"), "{answer}");
     assert_eq!(kv(&host, "- getmany a,c"), "a=1,none", "all or nothing");
+    let many: Vec<String> = (0..1001).map(|i| format!("k{i}")).collect();
+    let answer = kv(&host, &format!("- getmany {}", many.join(",")));
+    assert!(
+        answer.contains("more than the 1000 a batch may name"),
+        "{answer}"
+    );
+    let answer = kv(&host, "- set nul\u{0}key v");
+    assert!(answer.contains("NUL"), "{answer}");
 }
 
 #[test]
@@ -189,6 +198,11 @@ fn kv_cli_and_api_serve_operators() {
     let deleted = host.request("DELETE", "/_jobhost/kv/default/users%2Fann%20b", b"");
     assert_eq!(deleted.status, 200, "{}", deleted.body);
     assert_eq!(kv(&host, "- get users/ann b"), "none");
+    // A key may end in `/`, and may not hold a NUL.
+    let put = host.request("PUT", "/_jobhost/kv/default/dir/", b"slash");
+    assert_eq!(put.status, 200, "{}", put.body);
+    assert_eq!(kv(&host, "- get dir/"), "slash");
+    assert_eq!(host.get("/_jobhost/kv/default/a%00b").status, 400);
     let bad = host.get("/_jobhost/kv/no%20such");
     assert_eq!(bad.status, 400, "{}", bad.body);
     // A store no function lists: kept, and the operator is told.

@@ -273,3 +273,23 @@ fn outbound_connection_refused_is_told_as_such() {
     let answer = host.post("/probe", &format!("fetch GET http://127.0.0.1:{port}/"));
     assert!(answer.body.contains("ConnectionRefused"), "{}", answer.body);
 }
+
+#[test]
+fn outbound_a_guest_cannot_use_its_hosts_status_api() {
+    // Allowed to reach its own host by address, as examples/fetch is.
+    let project = project(&["http://127.0.0.1:*".to_string()], "");
+    let host = project.start();
+    let answer = host.post(
+        "/probe",
+        &format!("fetch GET http://{}/_jobhost/functions", host.addr),
+    );
+    assert!(answer.body.contains("status 403"), "{}", answer.body);
+    assert!(
+        answer.body.contains("not open to guests"),
+        "{}",
+        answer.body
+    );
+    // Its functions' routes are another matter.
+    let answer = host.post("/probe", &format!("fetch GET http://{}/healthz", host.addr));
+    assert!(answer.body.contains("status 200"), "{}", answer.body);
+}
