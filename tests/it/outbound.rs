@@ -214,33 +214,20 @@ fn outbound_bad_entries_are_refused_by_check() {
     assert!(!text.contains("allowed_outbound_hosts[2]"), "{text}");
 }
 
-/// A CA (its PEM) and a certificate it signed for 127.0.0.1 (chain and key, PEM).
-fn certificates() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
-    (
-        ca_cert.pem(),
-        leaf_cert.pem() + &ca_cert.pem(),
-        leaf_key.serialize_pem(),
-    )
-}
-
 #[test]
 fn outbound_https_is_verified_against_the_trusted_roots() {
-    let (ca, chain, key) = certificates();
-    let server = Receiver::start_tls(&chain, &key, |_, _| crate::receiver::Reply {
-        body: b"over TLS".to_vec(),
-        ..crate::receiver::Reply::status(200)
+    // A CA of the test's own, made with openssl as for the PostgreSQL TLS test.
+    let certs = tempfile::tempdir().unwrap();
+    let ca = crate::postgres_server::certificates(certs.path(), &None);
+    let read = |name: &str| std::fs::read_to_string(certs.path().join(name)).unwrap();
+    let server = Receiver::start_tls(&read("server.crt"), &read("server.key"), |_, _| {
+        crate::receiver::Reply {
+            body: b"over TLS".to_vec(),
+            ..crate::receiver::Reply::status(200)
+        }
     });
     let project = project(&[format!("https://{}", server.addr)], "");
-    project.write("ca.pem", ca.as_bytes());
+    project.write("ca.pem", &std::fs::read(ca).unwrap());
     let url = format!("https://{}/secure", server.addr);
     // Trusted (SSL_CERT_FILE names the CA, as for a private CA in production).
     let host = project.start_with(|cmd| {

@@ -175,8 +175,9 @@ impl Server {
     }
 }
 
-/// A CA and a server certificate for 127.0.0.1 in `dir`; returns the CA's certificate.
-fn certificates(dir: &Path, user: &Option<String>) -> PathBuf {
+/// A CA and a server certificate for 127.0.0.1 in `dir` (`ca.pem`, `server.crt`,
+/// `server.key`); returns the CA's certificate.
+pub fn certificates(dir: &Path, user: &Option<String>) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let openssl = |args: &[&str]| {
         run(Command::new("openssl").current_dir(dir).args(args));
