@@ -5,6 +5,8 @@
 mod access;
 mod kv;
 
+use std::collections::BTreeSet;
+
 use chrono::Utc;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -35,9 +37,11 @@ pub struct FunctionView {
     /// The next five runs of its timers, in each schedule's time zone.
     pub upcoming: Vec<String>,
     pub error: Option<String>,
+    /// An operator paused its background work (timers and queue).
+    pub paused: bool,
 }
 
-pub fn function_views(registry: &Registry) -> Vec<FunctionView> {
+pub fn function_views(registry: &Registry, paused: &BTreeSet<String>) -> Vec<FunctionView> {
     let now = Utc::now();
     let mut out: Vec<FunctionView> = registry
         .functions
@@ -67,6 +71,7 @@ pub fn function_views(registry: &Registry) -> Vec<FunctionView> {
                 triggers: f.spec.triggers.iter().map(ToString::to_string).collect(),
                 upcoming: upcoming.into_iter().map(|(_, text)| text).collect(),
                 error: None,
+                paused: paused.contains(&f.spec.name),
             }
         })
         .collect();
@@ -82,6 +87,7 @@ pub fn function_views(registry: &Registry) -> Vec<FunctionView> {
                 triggers: Vec::new(),
                 upcoming: Vec::new(),
                 error: Some(problem.message.clone()),
+                paused: paused.contains(&problem.function),
             }),
         }
     }
@@ -118,7 +124,13 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
     let segments: Vec<&str> = path.split('/').collect();
     let method = req.method().clone();
     match (method, segments.as_slice()) {
-        (Method::GET, ["functions"]) => json(StatusCode::OK, &function_views(&rt.functions())),
+        (Method::GET, ["functions"]) => {
+            let paused = rt.paused().await;
+            json(StatusCode::OK, &function_views(&rt.functions(), &paused))
+        }
+        (Method::POST, ["functions", name, action @ ("pause" | "resume")]) => {
+            pause(rt, name, *action == "pause").await
+        }
         (Method::GET, ["hosts"]) => match rt.store.cluster.hosts(rt.host.lease).await {
             Ok(hosts) => json(StatusCode::OK, &hosts),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
@@ -177,6 +189,29 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
             StatusCode::NOT_FOUND,
             format!("no such API: {} {}", req.method(), req.uri().path()),
         ),
+    }
+}
+
+/// `POST functions/{name}/pause` and `resume`: its timers fire no runs and its queued work
+/// waits while it is paused, on every host sharing the store, until resumed.
+async fn pause(rt: &Runtime, name: &str, paused: bool) -> Response<Body> {
+    let functions = rt.functions();
+    let known = functions.functions.contains_key(name)
+        || functions.problems.iter().any(|p| p.function == name);
+    if !known {
+        return error(StatusCode::NOT_FOUND, format!("no function named `{name}`"));
+    }
+    match rt.set_paused(name, paused).await {
+        Ok(changed) => {
+            if changed {
+                tracing::info!(function = %name, "{}", if paused { "paused" } else { "resumed" });
+            }
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "function": name, "paused": paused, "changed": changed }),
+            )
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     }
 }
 

@@ -1,7 +1,8 @@
 //! The `jobhost` command line: the clap definitions and what each command does. Commands
 //! other than `up` work on their own, beside a running host or without one: `check`,
 //! `functions` and `invoke` load the functions in this process; `invocations`, `logs`,
-//! `enqueue`, `retry`, `cancel`, `hosts` and `kv` open the store beside the host.
+//! `enqueue`, `retry`, `cancel`, `hosts`, `pause`, `resume` and `kv` open the store
+//! beside the host.
 
 mod kv;
 mod print;
@@ -107,6 +108,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pause a function's background work: its timers fire no runs and its queued work
+    /// waits, on every host sharing the store, until `resume`.
+    Pause { name: String },
+    /// Resume a paused function's background work.
+    Resume { name: String },
     /// Read and write the key-value stores guests use (wasi:keyvalue).
     #[command(subcommand)]
     Kv(kv::Kv),
@@ -196,7 +202,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Functions { json } => {
             let config = load(&path)?;
             let (_, registry) = load_functions(&config, &config::functions(&config), None)?;
-            print::functions(&api::function_views(&registry), json)?;
+            let store = runtime.block_on(Store::open_beside_host(&config.host))?;
+            let paused = runtime.block_on(store.triggers.paused())?;
+            print::functions(&api::function_views(&registry, &paused), json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Invocations {
@@ -304,6 +312,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print::hosts(&hosts, json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Pause { name } => runtime.block_on(pause(&load(&path)?, &name, true)),
+        Command::Resume { name } => runtime.block_on(pause(&load(&path)?, &name, false)),
         Command::Kv(command) => runtime.block_on(kv::run(&load(&path)?, command)),
         Command::Invoke { name, data } => {
             let data = match data.strip_prefix('@') {
@@ -315,6 +325,32 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(invoke(&load(&path)?, &name, data.into()))
         }
     }
+}
+
+/// `jobhost pause NAME` and `resume NAME`, beside a running host (which sees it within a
+/// second).
+async fn pause(config: &Config, name: &str, paused: bool) -> anyhow::Result<ExitCode> {
+    let specs = config::functions(config);
+    if !specs.contains_key(name) {
+        let known: Vec<&str> = specs.keys().map(String::as_str).collect();
+        bail!(
+            "no function named `{name}`: the functions are {}",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        );
+    }
+    let store = Store::open_beside_host(&config.host).await?;
+    let changed = store.triggers.set_paused(name, paused).await?;
+    let now = if paused { "paused" } else { "resumed" };
+    if changed {
+        println!("{now} {name}");
+    } else {
+        println!("{name} was {now} already");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load(path: &Path) -> anyhow::Result<Config> {

@@ -1,6 +1,8 @@
-//! The durable queue's worker: takes due invocations from the store within the limits and
-//! hands each to the dispatcher, which runs it and decides its retry.
+//! The durable queue's worker: takes due invocations from the store within the limits (and
+//! not those of paused functions) and hands each to the dispatcher, which runs it and
+//! decides its retry.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +30,8 @@ pub async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
     let hint = rt.store.queue.work_hint();
     let mut cancels_seen = std::time::Instant::now();
     loop {
-        if let Err(e) = start_due(&rt).await {
+        let paused = rt.paused().await;
+        if let Err(e) = start_due(&rt, &paused).await {
             // A lost store is logged once, by the store.
             if !is_unreachable(&e) {
                 tracing::error!("reading the invocation queue: {e:#}");
@@ -68,7 +71,7 @@ async fn hinted(hint: Option<&Notify>) {
     }
 }
 
-async fn start_due(rt: &Runtime) -> anyhow::Result<()> {
+async fn start_due(rt: &Runtime, paused: &BTreeSet<String>) -> anyhow::Result<()> {
     let functions = rt.functions();
     let free = rt.dispatch.free_slots();
     if free == 0 {
@@ -94,7 +97,8 @@ async fn start_due(rt: &Runtime) -> anyhow::Result<()> {
                     .iter()
                     .any(|t| matches!(t, Trigger::Timer(_))),
             })
-            .filter(|s| s.here > 0)
+            // A paused function's work waits in the queue until it is resumed.
+            .filter(|s| s.here > 0 && !paused.contains(&s.function))
             .collect(),
     };
     if wanted.functions.is_empty() {

@@ -1,9 +1,11 @@
 //! The handle the running parts share: the functions as they are now (swapped whole on
-//! reload), the dispatcher, the store, and the shutdown signals. It is built once, by
+//! reload), the dispatcher, the store, the paused functions, and the shutdown signals. It is built once, by
 //! `serve`; the HTTP front, the API, the queue worker, reload and the triggers receive it
 //! (or the part of it they need), never the code that started them.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -12,7 +14,7 @@ use crate::body::Budget;
 use crate::config::HostSettings;
 use crate::dispatch::Dispatcher;
 use crate::registry::Registry;
-use crate::store::Store;
+use crate::store::{Store, is_unreachable};
 
 pub struct Runtime {
     /// The `[host]` settings the host started with (they hold until a restart), with
@@ -27,7 +29,20 @@ pub struct Runtime {
     pub accept: CancellationToken,
     /// Every task the host spawns, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// The paused functions as last read from the store.
+    paused: Mutex<Paused>,
 }
+
+/// The functions paused, and when they were read.
+#[derive(Default)]
+struct Paused {
+    read: Option<Instant>,
+    functions: Arc<BTreeSet<String>>,
+}
+
+/// How long a read of the paused functions holds: a pause made on another host (or by the
+/// CLI) holds here within this.
+const PAUSED_FRESH: Duration = Duration::from_secs(1);
 
 impl Runtime {
     pub fn new(
@@ -44,7 +59,46 @@ impl Runtime {
             store,
             accept,
             tasks,
+            paused: Mutex::default(),
         }
+    }
+
+    /// The functions paused now, read from the store at most once a second (and at once
+    /// after a pause or resume made here). On a store error, the last read.
+    pub async fn paused(&self) -> Arc<BTreeSet<String>> {
+        {
+            let paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+            if paused.read.is_some_and(|at| at.elapsed() < PAUSED_FRESH) {
+                return paused.functions.clone();
+            }
+        }
+        match self.store.triggers.paused().await {
+            Ok(functions) => {
+                let functions = Arc::new(functions);
+                let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+                *paused = Paused {
+                    read: Some(Instant::now()),
+                    functions: functions.clone(),
+                };
+                functions
+            }
+            Err(e) => {
+                // A lost store is logged once, by the store.
+                if !is_unreachable(&e) {
+                    tracing::error!("reading paused functions: {e:#}");
+                }
+                let paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+                paused.functions.clone()
+            }
+        }
+    }
+
+    /// Pauses or resumes `function` in the store, and here at once; whether that changed
+    /// anything.
+    pub async fn set_paused(&self, function: &str, paused: bool) -> anyhow::Result<bool> {
+        let changed = self.store.triggers.set_paused(function, paused).await?;
+        self.paused.lock().unwrap_or_else(|e| e.into_inner()).read = None;
+        Ok(changed)
     }
 
     /// The functions as they are now. A request or a run keeps the snapshot it started

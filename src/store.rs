@@ -14,7 +14,7 @@ pub mod sqlite;
 #[cfg(test)]
 mod conformance;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -745,6 +745,12 @@ pub trait TriggerState: Send + Sync {
     async fn claim_startup(&self, key: &str, within: Duration) -> anyhow::Result<bool>;
     /// Forgets the cursors of timers no longer configured.
     async fn forget_timers_except(&self, keep: &[String]) -> anyhow::Result<()>;
+    /// Pauses (`true`) or resumes a function's background work: its timers fire no runs
+    /// and its queued work is not claimed while it is paused, on every host. Whether that
+    /// changed anything.
+    async fn set_paused(&self, function: &str, paused: bool) -> anyhow::Result<bool>;
+    /// The functions paused now.
+    async fn paused(&self) -> anyhow::Result<BTreeSet<String>>;
     async fn receipt(&self, watch: &str, path: &str) -> anyhow::Result<Option<Receipt>>;
     async fn receipts(&self, watch: &str) -> anyhow::Result<HashMap<String, Receipt>>;
     /// Moves a file's receipt from `before` (as the caller read it) to `now` (`None`

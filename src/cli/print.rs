@@ -23,10 +23,15 @@ pub(super) fn functions(functions: &[FunctionView], json: bool) -> anyhow::Resul
     );
     for f in functions {
         let detail = f.error.clone().unwrap_or_else(|| f.triggers.join("; "));
+        let status = if f.paused && f.status == "ready" {
+            "paused"
+        } else {
+            f.status
+        };
         println!(
             "{:<24} {:<8} {:<26} {detail}",
             f.name,
-            f.status,
+            status,
             f.shape.as_deref().unwrap_or("-")
         );
     }

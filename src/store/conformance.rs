@@ -41,6 +41,7 @@ pub(crate) async fn run<K, F: Future<Output = (Store, K)>>(make: impl Fn() -> F)
     increment_keeps_decimal_text_and_concurrent_increments_all_count(make().await).await;
     a_stores_key_limit_holds_and_a_refused_batch_sets_nothing(make().await).await;
     a_callback_is_due_once_its_invocation_ends_and_held_while_tried(make().await).await;
+    a_paused_function_stays_paused_until_resumed(make().await).await;
 }
 
 /// Each function may take up to `limit` here; `concurrency` as given.
@@ -1449,4 +1450,21 @@ async fn a_callback_is_due_once_its_invocation_ends_and_held_while_tried<K>(
             .unwrap()
             .is_empty()
     );
+}
+
+async fn a_paused_function_stays_paused_until_resumed<K>((store, _keep): (Store, K)) {
+    let state = &store.triggers;
+    assert!(state.paused().await.unwrap().is_empty());
+    assert!(state.set_paused("f", true).await.unwrap());
+    assert!(
+        !state.set_paused("f", true).await.unwrap(),
+        "already paused"
+    );
+    assert!(state.set_paused("g", true).await.unwrap());
+    let paused: Vec<String> = state.paused().await.unwrap().into_iter().collect();
+    assert_eq!(paused, ["f", "g"]);
+    assert!(state.set_paused("f", false).await.unwrap());
+    assert!(!state.set_paused("f", false).await.unwrap(), "not paused");
+    let paused: Vec<String> = state.paused().await.unwrap().into_iter().collect();
+    assert_eq!(paused, ["g"]);
 }

@@ -18,7 +18,7 @@
 
 mod records;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::future::Future;
 use std::path::PathBuf;
@@ -156,6 +156,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobhost_invocations ADD COLUMN callback_next BIGINT NOT NULL DEFAULT 0;
     CREATE INDEX jobhost_invocations_callbacks ON jobhost_invocations (callback_next)
         WHERE callback_state = 'pending' AND state IN ('succeeded', 'dead', 'cancelled');",
+    // 12: functions whose background work an operator paused.
+    "CREATE TABLE jobhost_paused (
+        function  TEXT PRIMARY KEY,
+        paused_at BIGINT NOT NULL
+    );",
 ];
 
 /// Locks one key-value store's new keys for the rest of the transaction, so that its key
@@ -1403,6 +1408,41 @@ impl TriggerState for PostgresStore {
                 )
                 .await?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn set_paused(&self, function: &str, paused: bool) -> anyhow::Result<bool> {
+        self.named(async {
+            let client = self.client().await?;
+            let changed = if paused {
+                client
+                    .execute(
+                        "INSERT INTO jobhost_paused (function, paused_at) VALUES ($1, $2)
+                         ON CONFLICT DO NOTHING",
+                        &[&function, &now_ms()],
+                    )
+                    .await?
+            } else {
+                client
+                    .execute(
+                        "DELETE FROM jobhost_paused WHERE function = $1",
+                        &[&function],
+                    )
+                    .await?
+            };
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn paused(&self) -> anyhow::Result<BTreeSet<String>> {
+        self.named(async {
+            let client = self.client().await?;
+            let rows = client
+                .query("SELECT function FROM jobhost_paused", &[])
+                .await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
         })
         .await
     }

@@ -10,7 +10,7 @@
 
 mod batch;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -138,6 +138,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE invocations ADD COLUMN callback_next INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX IF NOT EXISTS invocations_callbacks ON invocations (callback_next)
         WHERE callback_state = 'pending' AND state IN ('succeeded', 'dead', 'cancelled');",
+    // 14: functions whose background work an operator paused.
+    "CREATE TABLE IF NOT EXISTS paused (
+        function  TEXT PRIMARY KEY,
+        paused_at INTEGER NOT NULL
+    );",
 ];
 
 fn db_path(data_dir: &Path) -> PathBuf {
@@ -892,6 +897,34 @@ impl TriggerState for SqliteStore {
                 conn.execute("DELETE FROM timers WHERE key = ?1", params![key])?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn set_paused(&self, function: &str, paused: bool) -> anyhow::Result<bool> {
+        let function = function.to_string();
+        self.with(move |conn| {
+            let changed = if paused {
+                conn.execute(
+                    "INSERT INTO paused (function, paused_at) VALUES (?1, ?2)
+                     ON CONFLICT DO NOTHING",
+                    params![function, now_ms()],
+                )?
+            } else {
+                conn.execute("DELETE FROM paused WHERE function = ?1", params![function])?
+            };
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn paused(&self) -> anyhow::Result<BTreeSet<String>> {
+        self.with(|conn| {
+            let names = conn
+                .prepare_cached("SELECT function FROM paused")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(names)
         })
         .await
     }

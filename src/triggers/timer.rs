@@ -147,6 +147,25 @@ impl Timer {
         let name = &self.function.spec.name;
         let schedule = &self.timer.schedule;
         let scheduled_at = schedule.format(at);
+        // Paused: the occurrence passes without a run (nor one to catch up on resume).
+        match self.context.state.paused().await {
+            Ok(paused) if paused.contains(name) => {
+                tracing::info!(function = %name, "occurrence {scheduled_at} passes: the function is paused");
+                if let Err(e) = self
+                    .context
+                    .state
+                    .set_timer_cursor(&self.key, at.timestamp_millis())
+                    .await
+                {
+                    tracing::error!(timer = %self.key, "storing the timer's state: {e:#}");
+                }
+                return None;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(function = %name, "reading whether it is paused: {e:#}; the occurrence fires")
+            }
+        }
         let past_due = reason == Reason::PastDue;
         let vars = vec![
             ("JOBHOST_SCHEDULED_AT".to_string(), scheduled_at.clone()),

@@ -15,6 +15,7 @@ mod keyvalue;
 mod loading;
 mod metrics;
 mod outbound;
+mod pause;
 // Also compiled into the store's unit tests, which use part of it.
 #[allow(dead_code)]
 mod postgres_server;
