@@ -169,6 +169,10 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
             }
         }
+        (Method::POST, ["invocations", "retry"]) => {
+            let query = req.uri().query().unwrap_or_default().to_string();
+            retry_dead(rt, &query).await
+        }
         (Method::POST, ["invocations", id, "retry"]) => match rt.dispatch.retry(id).await {
             Ok(record) => json(StatusCode::ACCEPTED, &record),
             Err(e @ RetryError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
@@ -209,6 +213,52 @@ async fn pause(rt: &Runtime, name: &str, paused: bool) -> Response<Body> {
             json(
                 StatusCode::OK,
                 &serde_json::json!({ "function": name, "paused": paused, "changed": changed }),
+            )
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+/// The most dead invocations one bulk retry queues again.
+const MAX_BULK_RETRY: usize = 10_000;
+
+/// `POST invocations/retry?function=NAME&state=dead`: every dead invocation (of the
+/// function, or of all) queued again with a fresh round, at most `MAX_BULK_RETRY` a call.
+async fn retry_dead(rt: &Runtime, query: &str) -> Response<Body> {
+    let mut function = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("function", name) => function = Some(name.to_string()),
+            ("state" | "status", "dead") => {}
+            ("state" | "status", other) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "only dead invocations are retried, not {other:?}: give state=dead or leave it out"
+                    ),
+                );
+            }
+            (other, _) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown filter {other:?}: use function and state=dead"),
+                );
+            }
+        }
+    }
+    match rt
+        .store
+        .queue
+        .retry_dead(function.as_deref(), MAX_BULK_RETRY)
+        .await
+    {
+        Ok(retried) => {
+            if retried > 0 {
+                rt.dispatch.wake();
+            }
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "retried": retried, "more": retried == MAX_BULK_RETRY }),
             )
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),

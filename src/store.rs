@@ -620,6 +620,10 @@ pub struct CallbackTry {
 /// which holds just the ended invocations whose callback is pending.
 const ENDED: &str = "('succeeded', 'dead', 'cancelled')";
 
+/// What `retry` sets: a fresh round of attempts, due now (`?`/`$` 2 is now, in ms).
+const RETRIED: &str = "state = 'queued', reason = 'retry',
+    max_attempt = attempt + COALESCE(attempts, max_attempt)";
+
 /// What a retried invocation's callback becomes: due again once the new round ends.
 const CALLBACK_AGAIN: &str =
     "callback_state = CASE WHEN callback_url IS NOT NULL THEN 'pending' END,
@@ -715,6 +719,9 @@ pub trait Queue: Send + Sync {
     async fn recover(&self, owner: &HostId) -> anyhow::Result<Recovered>;
     /// Queues a dead invocation again with a fresh round of the attempts it was given.
     async fn retry(&self, id: &str) -> Result<Record, RetryError>;
+    /// Queues again, as `retry` does, up to `limit` dead invocations (of `function`, or of
+    /// all), oldest first; returns how many.
+    async fn retry_dead(&self, function: Option<&str>, limit: usize) -> anyhow::Result<usize>;
     /// Cancels an invocation: a waiting one is `cancelled` at once; a running one is marked
     /// for its host to interrupt, and `finish`, `release`, `recover` and `rescue` end it
     /// `cancelled` rather than run it again. Synchronous work (never queued) cannot be.

@@ -42,6 +42,7 @@ pub(crate) async fn run<K, F: Future<Output = (Store, K)>>(make: impl Fn() -> F)
     a_stores_key_limit_holds_and_a_refused_batch_sets_nothing(make().await).await;
     a_callback_is_due_once_its_invocation_ends_and_held_while_tried(make().await).await;
     a_paused_function_stays_paused_until_resumed(make().await).await;
+    dead_invocations_are_retried_in_bulk_by_function(make().await).await;
 }
 
 /// Each function may take up to `limit` here; `concurrency` as given.
@@ -1467,4 +1468,46 @@ async fn a_paused_function_stays_paused_until_resumed<K>((store, _keep): (Store,
     assert!(!state.set_paused("f", false).await.unwrap(), "not paused");
     let paused: Vec<String> = state.paused().await.unwrap().into_iter().collect();
     assert_eq!(paused, ["g"]);
+}
+
+async fn dead_invocations_are_retried_in_bulk_by_function<K>((store, _keep): (Store, K)) {
+    // Three dead of `f`, one dead of `g`, one of `f` that succeeded.
+    for (id, function, dies) in [
+        ("a", "f", true),
+        ("b", "f", true),
+        ("c", "f", true),
+        ("d", "g", true),
+        ("e", "f", false),
+    ] {
+        store.queue.enqueue(new(id, function)).await.unwrap();
+        let claimed = store.queue.claim(id, &owner()).await.unwrap().unwrap();
+        let (output, next) = if dies {
+            (failed(), Next::Dead)
+        } else {
+            (succeeded(), Next::Succeeded)
+        };
+        store
+            .queue
+            .finish(&claimed.lease, output, next, Chain::default())
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.queue.retry_dead(Some("f"), 2).await.unwrap(), 2);
+    assert_eq!(store.queue.retry_dead(Some("f"), 10).await.unwrap(), 1);
+    assert_eq!(store.queue.retry_dead(Some("f"), 10).await.unwrap(), 0);
+    for id in ["a", "b", "c"] {
+        let record = store.history.get(id).await.unwrap().unwrap();
+        assert_eq!(
+            (record.state, record.reason.as_str()),
+            (State::Queued, "retry")
+        );
+        assert_eq!(
+            record.max_attempts, 4,
+            "a fresh round after its one attempt"
+        );
+    }
+    assert_eq!(state_of(&store, "d").await, State::Dead);
+    assert_eq!(state_of(&store, "e").await, State::Succeeded);
+    assert_eq!(store.queue.retry_dead(None, 10).await.unwrap(), 1);
+    assert_eq!(state_of(&store, "d").await, State::Queued);
 }

@@ -1166,10 +1166,8 @@ impl Queue for PostgresStore {
                 }
                 tx.execute(
                     &format!(
-                        "UPDATE jobhost_invocations SET state = 'queued', reason = 'retry',
-                             max_attempt = attempt + COALESCE(attempts, max_attempt),
-                             run_after = $2, {}
-                         WHERE id = $1",
+                        "UPDATE jobhost_invocations SET {}, run_after = $2, {} WHERE id = $1",
+                        super::RETRIED,
                         super::CALLBACK_AGAIN
                     ),
                     &[&id, &now_ms()],
@@ -1182,6 +1180,33 @@ impl Queue for PostgresStore {
             })
             .await;
         result.map_err(RetryError::Store)?
+    }
+
+    async fn retry_dead(&self, function: Option<&str>, limit: usize) -> anyhow::Result<usize> {
+        self.named(async {
+            let client = self.client().await?;
+            // Queued work wakes the other hosts when it commits (see `work_hint`).
+            let rows = client
+                .query(
+                    &format!(
+                        "WITH retried AS (
+                             UPDATE jobhost_invocations SET {}, run_after = $2, {}
+                             WHERE id IN (SELECT id FROM jobhost_invocations
+                                 WHERE durable AND state = 'dead'
+                                     AND ($1::text IS NULL OR function = $1)
+                                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                             RETURNING 1)
+                         SELECT count(*), pg_notify('jobhost_work', '') FROM retried",
+                        super::RETRIED,
+                        super::CALLBACK_AGAIN
+                    ),
+                    &[&function, &now_ms(), &(limit as i64)],
+                )
+                .await?;
+            let count: i64 = rows.first().map_or(0, |r| r.get(0));
+            Ok(usize::try_from(count).unwrap_or(0))
+        })
+        .await
     }
 
     async fn cancel(&self, id: &str) -> Result<Cancelled, CancelError> {

@@ -687,10 +687,8 @@ impl Queue for SqliteStore {
                 }
                 tx.execute(
                     &format!(
-                        "UPDATE invocations SET state = 'queued', reason = 'retry',
-                             max_attempt = attempt + COALESCE(attempts, max_attempt),
-                             run_after = ?2, {}
-                         WHERE id = ?1",
+                        "UPDATE invocations SET {}, run_after = ?2, {} WHERE id = ?1",
+                        super::RETRIED,
                         super::CALLBACK_AGAIN
                     ),
                     params![id, now_ms()],
@@ -701,6 +699,26 @@ impl Queue for SqliteStore {
             })
             .await;
         result.map_err(RetryError::Store)?
+    }
+
+    async fn retry_dead(&self, function: Option<&str>, limit: usize) -> anyhow::Result<usize> {
+        let function = function.map(str::to_string);
+        self.with(move |conn| {
+            let retried = conn.execute(
+                &format!(
+                    "UPDATE invocations SET {}, run_after = ?2, {}
+                     WHERE id IN (SELECT id FROM invocations
+                         WHERE durable = 1 AND state = 'dead'
+                             AND (?1 IS NULL OR function = ?1)
+                         ORDER BY id LIMIT ?3)",
+                    super::RETRIED,
+                    super::CALLBACK_AGAIN
+                ),
+                params![function, now_ms(), limit as i64],
+            )?;
+            Ok(retried)
+        })
+        .await
     }
 
     async fn cancel(&self, id: &str) -> Result<Cancelled, CancelError> {

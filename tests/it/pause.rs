@@ -1,5 +1,6 @@
-//! Pausing a function (the README's "Pausing a function"): its timers fire no runs and its
-//! queued work waits, kept in the store through restarts, until it is resumed.
+//! Operating functions without editing files: pausing one (the README's "Pausing a
+//! function": its timers fire no runs and its queued work waits, kept in the store through
+//! restarts, until it is resumed), and retrying its dead invocations at once.
 
 use std::time::Duration;
 
@@ -94,4 +95,42 @@ fn pause_of_an_unknown_function_is_404_and_the_cli_names_the_functions() {
     let again = host.post("/_jobhost/functions/tick/pause", "");
     let said: serde_json::Value = serde_json::from_str(&again.body).unwrap();
     assert_eq!(said["changed"], false, "already paused by the CLI: {said}");
+}
+
+#[test]
+fn bulk_retry_queues_the_dead_invocations_of_a_function_again() {
+    let project = Project::new(
+        "[defaults]\nretry = { attempts = 1 }\n[functions.a]\nmodule = \"probe.wasm\"\ntriggers = []\n[functions.b]\nmodule = \"probe.wasm\"\ntriggers = []\n",
+    );
+    project.write("functions/probe.wasm", &std::fs::read(probe(P1)).unwrap());
+    let host = project.start();
+    let dead: Vec<String> = ["a", "a", "a", "b"]
+        .iter()
+        .map(|f| host.invoke(f, "exit 3"))
+        .collect();
+    for id in &dead {
+        host.wait_for_record(id, Duration::from_secs(30), |r| state(r) == "dead");
+    }
+    let answer = host.post("/_jobhost/invocations/retry?function=a&state=dead", "");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let said: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(
+        (&said["retried"], &said["more"]),
+        (&3.into(), &false.into())
+    );
+    for id in &dead[..3] {
+        let record = host.wait_for_record(id, Duration::from_secs(30), |r| {
+            state(r) == "dead" && r["attempt"] == 2
+        });
+        assert_eq!(record["reason"], "retry", "{record}");
+    }
+    let untouched = host.json(&format!("/_jobhost/invocations/{}", dead[3]));
+    assert_eq!(untouched["attempt"], 1, "{untouched}");
+    let bad = host.post("/_jobhost/invocations/retry?state=failed", "");
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(
+        bad.body.contains("only dead invocations are retried"),
+        "{}",
+        bad.body
+    );
 }
