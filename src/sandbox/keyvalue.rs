@@ -32,7 +32,6 @@ pub struct Bucket {
 /// Why a call failed, as the guest is told (`wasi:keyvalue/store.error`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvFailure {
-    NoSuchStore,
     AccessDenied,
     Other(String),
 }
@@ -40,7 +39,6 @@ pub enum KvFailure {
 impl From<KvFailure> for store::Error {
     fn from(e: KvFailure) -> store::Error {
         match e {
-            KvFailure::NoSuchStore => store::Error::NoSuchStore,
             KvFailure::AccessDenied => store::Error::AccessDenied,
             KvFailure::Other(why) => store::Error::Other(why),
         }

@@ -1283,6 +1283,21 @@ async fn a_stores_key_limit_holds_and_a_refused_batch_sets_nothing<K>((store, _k
     assert_eq!(kv.increment("small", "c", 1, 2).await.unwrap(), 1);
 }
 
+/// What one delivery try came to.
+fn tried(
+    delivered: bool,
+    status: Option<u16>,
+    error: Option<&str>,
+    retry_at: Option<i64>,
+) -> CallbackTry {
+    CallbackTry {
+        delivered,
+        status,
+        error: error.map(str::to_string),
+        retry_at,
+    }
+}
+
 async fn a_callback_is_due_once_its_invocation_ends_and_held_while_tried<K>(
     (store, _keep): (Store, K),
 ) {
@@ -1348,25 +1363,12 @@ async fn a_callback_is_due_once_its_invocation_ends_and_held_while_tried<K>(
     callbacks
         .callback_tried(
             &claimed[0],
-            CallbackTry {
-                delivered: false,
-                status: Some(503),
-                error: Some("answered 503".into()),
-                retry_at: Some(retry_at),
-            },
+            tried(false, Some(503), Some("answered 503"), Some(retry_at)),
         )
         .await
         .unwrap();
     callbacks
-        .callback_tried(
-            &claimed[1],
-            CallbackTry {
-                delivered: true,
-                status: Some(200),
-                error: None,
-                retry_at: None,
-            },
-        )
+        .callback_tried(&claimed[1], tried(true, Some(200), None, None))
         .await
         .unwrap();
     let view = store
@@ -1391,15 +1393,7 @@ async fn a_callback_is_due_once_its_invocation_ends_and_held_while_tried<K>(
     assert_eq!((again[0].id.as_str(), again[0].attempts), ("a", 2));
     // The first try, answering late, no longer speaks for the callback.
     callbacks
-        .callback_tried(
-            &claimed[0],
-            CallbackTry {
-                delivered: true,
-                status: Some(200),
-                error: None,
-                retry_at: None,
-            },
-        )
+        .callback_tried(&claimed[0], tried(true, Some(200), None, None))
         .await
         .unwrap();
     let view = store
@@ -1414,12 +1408,7 @@ async fn a_callback_is_due_once_its_invocation_ends_and_held_while_tried<K>(
     callbacks
         .callback_tried(
             &again[0],
-            CallbackTry {
-                delivered: false,
-                status: None,
-                error: Some("connection refused".into()),
-                retry_at: None,
-            },
+            tried(false, None, Some("connection refused"), None),
         )
         .await
         .unwrap();
