@@ -1,5 +1,5 @@
 //! `/_jobhost/`: the status API. Functions, invocations with filters, one invocation,
-//! manual invoke, queue messages, retry and cancel, the hosts sharing the store, and the
+//! counts by state and per minute (`stats`), manual invoke, queue messages, retry and cancel, the hosts sharing the store, and the
 //! key-value stores (`kv`); who may call it is `access`'s.
 
 mod access;
@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use chrono::Utc;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use percent_encoding::percent_decode_str;
 use serde::Serialize;
 
 use crate::answer::{self, API_PREFIX, Body, error, json};
@@ -105,7 +106,7 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
         .trim_start_matches(API_PREFIX)
         .trim_end_matches('/')
         .to_string();
-    if path.starts_with("invocations") {
+    if path.starts_with("invocations") || path == "stats" {
         // Read your writes: synchronous records are written in batches off the request path.
         if let Err(e) = rt.store.history.flush().await {
             tracing::error!("writing pending records: {e:#}");
@@ -152,6 +153,16 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
             filter.excerpt = Some(rt.host.record_excerpt);
             match rt.store.history.list(&filter).await {
                 Ok(list) => json(StatusCode::OK, &list),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+            }
+        }
+        (Method::GET, ["stats"]) => {
+            let minutes = match minutes(param(req.uri().query().unwrap_or_default(), "minutes")) {
+                Ok(n) => n,
+                Err(why) => return error(StatusCode::BAD_REQUEST, why),
+            };
+            match rt.store.history.stats(now_ms(), minutes).await {
+                Ok(stats) => json(StatusCode::OK, &stats),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
             }
         }
@@ -406,26 +417,48 @@ fn priority(value: Option<&str>) -> Result<Option<i32>, String> {
     })
 }
 
-/// `function`, `state`, `trigger` and `limit` (default 100, at most 1000).
+/// The window of `GET stats`: `?minutes=N`, 60 unless said, one day at most.
+fn minutes(value: Option<&str>) -> Result<usize, String> {
+    match value.map(str::parse::<usize>) {
+        None => Ok(60),
+        Some(Ok(n @ 1..=1440)) => Ok(n),
+        Some(_) => Err(format!(
+            "minutes {:?} is not a number from 1 to 1440: write ?minutes=60",
+            value.unwrap_or_default()
+        )),
+    }
+}
+
+/// `function`, `state`, `trigger`, `error` (text in the error), `before` (the last id of
+/// the page before) and `limit` (default 100, at most 1000); values percent-encoded.
 pub fn filter(query: &str) -> Result<Filter, String> {
     let mut filter = Filter::default();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode_str(&value.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned();
+        // An empty value (a form's blank field) filters nothing.
+        if value.is_empty() && key != "limit" {
+            continue;
+        }
         match key {
-            "function" => filter.function = Some(value.to_string()),
+            "function" => filter.function = Some(value),
             "state" | "status" => {
-                filter.state = Some(State::parse(value).ok_or_else(|| {
+                filter.state = Some(State::parse(&value).ok_or_else(|| {
                     format!("unknown state {value:?}: use one of {}", State::names())
                 })?);
             }
             "trigger" => {
-                filter.trigger = Some(TriggerKind::parse(value).ok_or_else(|| {
+                filter.trigger = Some(TriggerKind::parse(&value).ok_or_else(|| {
                     format!(
                         "unknown trigger {value:?}: use one of {}",
                         TriggerKind::names()
                     )
                 })?);
             }
+            "error" => filter.error = Some(value),
+            "before" => filter.before = Some(value),
             "limit" => {
                 let n: usize = value
                     .parse()
@@ -434,7 +467,7 @@ pub fn filter(query: &str) -> Result<Filter, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown filter {other:?}: use function, state, trigger or limit"
+                    "unknown filter {other:?}: use function, state, trigger, error, before or limit"
                 ));
             }
         }

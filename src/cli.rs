@@ -68,6 +68,12 @@ enum Command {
         /// http, timer, file, manual, queue or chain.
         #[arg(long)]
         trigger: Option<String>,
+        /// Only those whose error holds this text (ASCII letters in any case).
+        #[arg(long)]
+        error: Option<String>,
+        /// Only those older than this invocation id (the last one of the page before).
+        #[arg(long)]
+        before: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: usize,
         #[arg(long)]
@@ -211,6 +217,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             function,
             status,
             trigger,
+            error,
+            before,
             limit,
             json,
         } => {
@@ -233,6 +241,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .transpose()?,
                 limit: Some(limit),
                 excerpt: Some(config.host.record_excerpt),
+                error,
+                before,
             };
             let store = runtime.block_on(Store::open_beside_host(&config.host))?;
             let list = runtime.block_on(store.history.list(&filter))?;

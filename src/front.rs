@@ -24,6 +24,7 @@ use crate::api;
 use crate::metrics;
 use crate::runtime::Runtime;
 use crate::triggers;
+use crate::ui::{self, UI_PREFIX};
 
 /// How long accepting waits after it failed for want of a resource (file descriptors,
 /// memory): the failure is not this connection's, so trying again at once would spin.
@@ -120,6 +121,12 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
     }
     if rt.accept.is_cancelled() {
         return answer::unavailable("the host is shutting down");
+    }
+    if path
+        .strip_prefix(UI_PREFIX)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    {
+        return ui::handle(req.method(), path);
     }
     if path.starts_with(API_PREFIX) {
         return api::handle(rt, req).await;

@@ -3,8 +3,8 @@
 //!
 //! The map, top down (a module imports only those below it): `cli` parses commands and
 //! prints; `serve` builds everything at start and owns shutdown; `front` accepts HTTP and
-//! sends each request to `api` (`/_jobhost/`) or to a function's route
-//! (`triggers::http`); `queue` works off durable work; `reload` watches `functions/` and
+//! sends each request to `api` (`/_jobhost/`), to `ui` (the dashboard page) or to a
+//! function's route (`triggers::http`); `queue` works off durable work; `reload` watches `functions/` and
 //! `runtime.toml`; `triggers` own their event sources. They share a `runtime` handle: the
 //! functions (`registry`), the `dispatch`er that owns an invocation's whole life, the
 //! `store` (traits, with SQLite as the embedded implementation), `metrics`, and what guests
@@ -36,3 +36,4 @@ pub mod schedule;
 pub mod serve;
 pub mod store;
 pub mod triggers;
+pub mod ui;

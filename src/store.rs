@@ -670,6 +670,82 @@ pub struct Filter {
     /// Each record's payload, stdout and stderr cut to this many bytes (flagged as cut), so
     /// a list stays small whatever the records hold; `None` lists them whole.
     pub excerpt: Option<usize>,
+    /// Only records whose error holds this text (ASCII letters in any case).
+    pub error: Option<String>,
+    /// Paging by cursor: only records older than this id (the last of the page before).
+    pub before: Option<String>,
+}
+
+/// The dashboard's overview: records by state, and invocations ended per minute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Every record kept, by state (a state with none is left out).
+    pub states: BTreeMap<String, u64>,
+    /// Durable work waiting to run: queued, scheduled, or failed with a retry to come.
+    pub waiting: u64,
+    /// One bucket per minute of the window, oldest first, the current minute last.
+    pub minutes: Vec<Minute>,
+}
+
+/// The invocations whose last attempt ended in one minute, by how it ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Minute {
+    /// The minute's start.
+    #[serde(serialize_with = "time")]
+    pub at: i64,
+    pub succeeded: u64,
+    /// `failed` or `dead`.
+    pub failed: u64,
+    /// `cancelled` or `skipped`.
+    pub other: u64,
+}
+
+impl Stats {
+    /// The `minutes` buckets ending with the minute that holds `now` (ms), filled from
+    /// `(minute, state, count)` rows of ended invocations (minute = ms / 60,000).
+    pub fn gather(
+        states: Vec<(String, i64)>,
+        waiting: i64,
+        ended: Vec<(i64, String, i64)>,
+        now: i64,
+        minutes: usize,
+    ) -> Stats {
+        let last = now.div_euclid(60_000);
+        let first = last - minutes as i64 + 1;
+        let mut buckets: Vec<Minute> = (first..=last)
+            .map(|m| Minute {
+                at: m * 60_000,
+                ..Minute::default()
+            })
+            .collect();
+        for (minute, state, count) in ended {
+            let Some(bucket) = usize::try_from(minute - first)
+                .ok()
+                .and_then(|i| buckets.get_mut(i))
+            else {
+                continue;
+            };
+            let count = u64::try_from(count).unwrap_or(0);
+            match State::parse(&state) {
+                Some(State::Succeeded) => bucket.succeeded += count,
+                Some(State::Failed | State::Dead) => bucket.failed += count,
+                _ => bucket.other += count,
+            }
+        }
+        Stats {
+            states: states
+                .into_iter()
+                .map(|(state, n)| (state, u64::try_from(n).unwrap_or(0)))
+                .collect(),
+            waiting: u64::try_from(waiting).unwrap_or(0),
+            minutes: buckets,
+        }
+    }
+
+    /// The first ms the window of `minutes` ending at `now` covers.
+    pub fn since(now: i64, minutes: usize) -> i64 {
+        (now.div_euclid(60_000) - minutes as i64 + 1) * 60_000
+    }
 }
 
 impl Filter {
@@ -677,6 +753,63 @@ impl Filter {
     pub fn limit(&self) -> usize {
         self.limit.unwrap_or(100).clamp(1, 1000)
     }
+
+    /// The list query's `WHERE` clause (empty without filters) and the (text) values of
+    /// its placeholders in order; `mark(n)` writes the n-th placeholder (from 1) and `like` is
+    /// the store's case-insensitive LIKE. Only the filters given become conditions, so the
+    /// query planner can take the index of the one that narrows most (an `x IS NULL OR`
+    /// form would hide them all).
+    pub(crate) fn conditions(
+        &self,
+        mark: impl Fn(usize) -> String,
+        like: &str,
+    ) -> (String, Vec<String>) {
+        let mut terms = Vec::new();
+        let mut values = Vec::new();
+        let mut add = |term: &dyn Fn(String) -> String, value: String| {
+            values.push(value);
+            terms.push(term(mark(values.len())));
+        };
+        if let Some(function) = &self.function {
+            add(&|m| format!("function = {m}"), function.clone());
+        }
+        if let Some(state) = self.state {
+            add(&|m| format!("state = {m}"), state.as_str().into());
+        }
+        if let Some(trigger) = self.trigger {
+            add(&|m| format!("trigger = {m}"), trigger.as_str().into());
+        }
+        if let Some(text) = &self.error {
+            // `error IS NOT NULL` lets both stores read the partial index of records with
+            // an error instead of every record.
+            let pattern = format!("%{}%", escape_like(text));
+            add(
+                &|m| format!("error IS NOT NULL AND error {like} {m} ESCAPE '\\'"),
+                pattern,
+            );
+        }
+        if let Some(before) = &self.before {
+            add(&|m| format!("id < {m}"), before.clone());
+        }
+        let clause = if terms.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", terms.join(" AND "))
+        };
+        (clause, values)
+    }
+}
+
+/// `text` matched literally by LIKE with `\` as the escape character.
+fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The durable queue: what the dispatcher and the queue worker use.
@@ -788,6 +921,9 @@ pub trait History: Send + Sync {
     async fn children(&self, id: &str) -> anyhow::Result<Vec<String>>;
     /// Records newest first, filtered, their output cut to `filter.excerpt`.
     async fn list(&self, filter: &Filter) -> anyhow::Result<Vec<Record>>;
+    /// Records by state, and the invocations ended in each of the `minutes` minutes up to
+    /// `now` (ms), by the end of their last attempt.
+    async fn stats(&self, now: i64, minutes: usize) -> anyhow::Result<Stats>;
     /// Deletes finished records that ended before `before` (ms); returns how many.
     async fn prune(&self, before: i64) -> anyhow::Result<usize>;
     /// The bytes the store takes on disk.

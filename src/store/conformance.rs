@@ -26,6 +26,8 @@ pub(crate) async fn run<K, F: Future<Output = (Store, K)>>(make: impl Fn() -> F)
     a_startup_run_fires_once_within_its_window_on_any_host(make().await).await;
     a_file_event_and_its_receipt_are_stored_together(make().await).await;
     history_lists_newest_first_filtered_and_limited(make().await).await;
+    a_list_filters_by_text_in_the_error_and_pages_by_cursor(make().await).await;
+    stats_count_records_by_state_and_ends_per_minute(make().await).await;
     prune_deletes_only_finished_records_older_than_the_cut(make().await).await;
     a_list_shows_excerpts_and_one_record_all_it_keeps(make().await).await;
     a_silent_hosts_running_work_is_rescued_and_a_live_hosts_is_not(make().await).await;
@@ -554,6 +556,103 @@ async fn history_lists_newest_first_filtered_and_limited<K>((store, _keep): (Sto
         ("http", "http")
     );
     assert!(h.get("nope").await.unwrap().is_none());
+}
+
+async fn a_list_filters_by_text_in_the_error_and_pages_by_cursor<K>((store, _keep): (Store, K)) {
+    let h = &store.history;
+    let failing = |error: &str| Output {
+        error: Some(error.to_string()),
+        ..failed()
+    };
+    h.record(sync("01", "f", TriggerKind::Http, failed()));
+    h.record(sync(
+        "02",
+        "f",
+        TriggerKind::Http,
+        failing("Out of MEMORY: 100% used_up"),
+    ));
+    h.record(sync("03", "f", TriggerKind::Http, succeeded()));
+    h.record(sync("04", "g", TriggerKind::Http, failing("exit 100")));
+    h.flush().await.unwrap();
+    let ids = |records: Vec<super::Record>| -> Vec<String> {
+        records.into_iter().map(|r| r.id).collect()
+    };
+    let with_error = |text: &str| Filter {
+        error: Some(text.to_string()),
+        ..Filter::default()
+    };
+    // Any case; `%`, `_` and `\` are text, not patterns.
+    assert_eq!(ids(h.list(&with_error("memory")).await.unwrap()), ["02"]);
+    assert_eq!(ids(h.list(&with_error("100%")).await.unwrap()), ["02"]);
+    assert_eq!(ids(h.list(&with_error("d_u")).await.unwrap()), ["02"]);
+    assert_eq!(
+        ids(h.list(&with_error("exit _")).await.unwrap()),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        ids(h.list(&with_error("\\")).await.unwrap()),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        ids(h.list(&with_error("EXIT")).await.unwrap()),
+        ["04", "01"]
+    );
+    let both = Filter {
+        function: Some("f".to_string()),
+        ..with_error("exit")
+    };
+    assert_eq!(ids(h.list(&both).await.unwrap()), ["01"]);
+    // Pages of two, each after the last id of the one before, then none.
+    let mut pages = Vec::new();
+    let mut before = None;
+    loop {
+        let page = ids(h
+            .list(&Filter {
+                limit: Some(2),
+                before: before.clone(),
+                ..Filter::default()
+            })
+            .await
+            .unwrap());
+        if page.is_empty() {
+            break;
+        }
+        before = page.last().cloned();
+        pages.push(page);
+    }
+    assert_eq!(pages, [["04", "03"], ["02", "01"]]);
+}
+
+async fn stats_count_records_by_state_and_ends_per_minute<K>((store, _keep): (Store, K)) {
+    let h = &store.history;
+    h.record(sync("01", "f", TriggerKind::Http, succeeded()));
+    h.record(sync("02", "f", TriggerKind::Http, succeeded()));
+    h.record(sync("03", "g", TriggerKind::Http, failed()));
+    store.queue.enqueue(new("04", "f")).await.unwrap();
+    h.flush().await.unwrap();
+    // A little ahead of now, so that ends in this minute fall inside the window.
+    let now = now_ms() + 5_000;
+    let stats = h.stats(now, 60).await.unwrap();
+    let states: Vec<(&str, u64)> = stats.states.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+    assert_eq!(states, [("failed", 1), ("queued", 1), ("succeeded", 2)]);
+    assert_eq!(stats.waiting, 1);
+    assert_eq!(stats.minutes.len(), 60);
+    let last = stats.minutes.last().unwrap().at;
+    assert!(last <= now && now - last < 60_000, "{last} for {now}");
+    assert!(
+        stats
+            .minutes
+            .windows(2)
+            .all(|w| w[1].at - w[0].at == 60_000)
+    );
+    let sum = |f: fn(&super::Minute) -> u64| stats.minutes.iter().map(f).sum::<u64>();
+    assert_eq!(
+        (sum(|m| m.succeeded), sum(|m| m.failed), sum(|m| m.other)),
+        (2, 1, 0)
+    );
+    // A window that ended before they did holds none of them.
+    let earlier = h.stats(now - 3_600_000, 5).await.unwrap();
+    assert!(earlier.minutes.iter().all(|m| m.succeeded + m.failed == 0));
 }
 
 async fn prune_deletes_only_finished_records_older_than_the_cut<K>((store, _keep): (Store, K)) {

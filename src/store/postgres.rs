@@ -43,8 +43,8 @@ use super::{
     CANCELLED, CallbackTry, CallbackView, Callbacks, CancelError, Cancelled, Candidate, Chain,
     Claimed, Cluster, DueCallback, ENDED, Enqueued, Filter, Fired, History, HostId, HostView,
     KeyValues, KvError, Lease, NewInvocation, Next, Output, Progress, Queue, Receipt, Record,
-    Recovered, Rescued, RetryError, Slots, State, SyncRecord, TimerFire, TriggerState, Unreachable,
-    Wanted, choose, columns, millis, now_ms,
+    Recovered, Rescued, RetryError, Slots, State, Stats, SyncRecord, TimerFire, TriggerState,
+    Unreachable, Wanted, choose, columns, millis, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 
@@ -161,6 +161,15 @@ const MIGRATIONS: &[&str] = &[
         function  TEXT PRIMARY KEY,
         paused_at BIGINT NOT NULL
     );",
+    // 13: the dashboard's filters and overview read indexes, not every record: by state,
+    // by trigger, records with an error, and ends by time (which pruning reads too).
+    "CREATE INDEX jobhost_invocations_state ON jobhost_invocations (state, id);
+    CREATE INDEX jobhost_invocations_trigger ON jobhost_invocations (trigger, id);
+    CREATE INDEX jobhost_invocations_errors ON jobhost_invocations (id)
+        WHERE error IS NOT NULL;
+    DROP INDEX jobhost_invocations_finished;
+    CREATE INDEX jobhost_invocations_finished ON jobhost_invocations (finished_at, state)
+        WHERE finished_at IS NOT NULL;",
 ];
 
 /// Locks one key-value store's new keys for the rest of the transaction, so that its key
@@ -1639,29 +1648,67 @@ impl History for PostgresStore {
     async fn list(&self, filter: &Filter) -> anyhow::Result<Vec<Record>> {
         self.named(async {
             let client = self.client().await?;
-            let columns = columns(filter.excerpt.map(|_| "$5"));
+            let (clause, values) = filter.conditions(|n| format!("${n}"), "ILIKE");
+            let mut bound: Vec<Box<dyn ToSql + Sync + Send>> = values
+                .into_iter()
+                .map(|v| Box::new(v) as Box<dyn ToSql + Sync + Send>)
+                .collect();
+            bound.push(Box::new(filter.limit() as i64));
+            let limit = format!("${}", bound.len());
+            let excerpt = filter.excerpt.map(|n| {
+                bound.push(Box::new(i32::try_from(n).unwrap_or(i32::MAX)));
+                format!("${}", bound.len())
+            });
+            let columns = columns(excerpt.as_deref());
             let sql = format!(
-                "SELECT {columns} FROM jobhost_invocations
-                 WHERE ($1::text IS NULL OR function = $1) AND ($2::text IS NULL OR state = $2)
-                   AND ($3::text IS NULL OR trigger = $3)
-                 ORDER BY id DESC LIMIT $4"
+                "SELECT {columns} FROM jobhost_invocations {clause} ORDER BY id DESC LIMIT {limit}"
             );
             let stmt = client.prepare_cached(&sql).await?;
-            let state = filter.state.map(State::as_str);
-            let trigger = filter.trigger.map(TriggerKind::as_str);
-            let limit = filter.limit() as i64;
-            let excerpt = filter.excerpt.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
-            let mut bound: Vec<&(dyn ToSql + Sync)> =
-                vec![&filter.function, &state, &trigger, &limit];
-            if let Some(n) = &excerpt {
-                bound.push(n);
-            }
+            let bound: Vec<&(dyn ToSql + Sync)> = bound
+                .iter()
+                .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+                .collect();
             client
                 .query(&stmt, &bound)
                 .await?
                 .iter()
                 .map(record)
                 .collect()
+        })
+        .await
+    }
+
+    async fn stats(&self, now: i64, minutes: usize) -> anyhow::Result<Stats> {
+        self.named(async {
+            let client = self.client().await?;
+            let states = client
+                .query(
+                    "SELECT state, count(*) FROM jobhost_invocations GROUP BY state",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<anyhow::Result<_>>()?;
+            let waiting: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM jobhost_invocations
+                     WHERE durable AND state IN ('queued', 'failed', 'scheduled')",
+                    &[],
+                )
+                .await?
+                .try_get(0)?;
+            let ended = client
+                .query(
+                    "SELECT finished_at / 60000, state, count(*) FROM jobhost_invocations
+                     WHERE finished_at >= $1 GROUP BY 1, 2",
+                    &[&Stats::since(now, minutes)],
+                )
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+                .collect::<anyhow::Result<_>>()?;
+            Ok(Stats::gather(states, waiting, ended, now, minutes))
         })
         .await
     }

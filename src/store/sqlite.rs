@@ -26,8 +26,8 @@ use super::{
     CANCELLED, CallbackTry, CallbackView, Callbacks, CancelError, Cancelled, Candidate, Chain,
     Claimed, Cluster, DueCallback, ENDED, Enqueued, Filter, Fired, History, HostId, HostView,
     KeyValues, KvError, Lease, NewInvocation, Next, Output, Progress, Queue, Receipt, Record,
-    Recovered, Rescued, RetryError, State, SyncRecord, TimerFire, TriggerState, Wanted, choose,
-    columns, millis, now_ms,
+    Recovered, Rescued, RetryError, State, Stats, SyncRecord, TimerFire, TriggerState, Wanted,
+    choose, columns, millis, now_ms,
 };
 use crate::config::{Overlap, TriggerKind};
 use batch::Batcher;
@@ -143,6 +143,13 @@ const MIGRATIONS: &[&str] = &[
         function  TEXT PRIMARY KEY,
         paused_at INTEGER NOT NULL
     );",
+    // 15: the dashboard's filters and overview read indexes, not every record: by state,
+    // by trigger, records with an error, and ends by time.
+    "CREATE INDEX IF NOT EXISTS invocations_state ON invocations (state, id);
+    CREATE INDEX IF NOT EXISTS invocations_trigger ON invocations (trigger, id);
+    CREATE INDEX IF NOT EXISTS invocations_errors ON invocations (id) WHERE error IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS invocations_finished ON invocations (finished_at, state)
+        WHERE finished_at IS NOT NULL;",
 ];
 
 fn db_path(data_dir: &Path) -> PathBuf {
@@ -236,6 +243,31 @@ impl SqliteStore {
             .context("the store's worker thread failed")?
             .with_context(|| format!("the store {}", self.path.display()))
     }
+}
+
+/// Records by state, for `History::stats` (read from the index by state).
+const COUNT_BY_STATE: &str = "SELECT state, count(*) FROM invocations GROUP BY state";
+
+/// Invocations ended since `?1` (ms) per minute and state, for `History::stats`.
+const ENDED_PER_MINUTE: &str = "SELECT finished_at / 60000, state, count(*) FROM invocations
+     WHERE finished_at >= ?1 GROUP BY 1, 2";
+
+/// The query of `History::list` and the values of its placeholders.
+fn list_query(filter: &Filter) -> (String, Vec<Box<dyn rusqlite::ToSql + Send>>) {
+    let (clause, values) = filter.conditions(|n| format!("?{n}"), "LIKE");
+    let mut bound: Vec<Box<dyn rusqlite::ToSql + Send>> = values
+        .into_iter()
+        .map(|v| Box::new(v) as Box<dyn rusqlite::ToSql + Send>)
+        .collect();
+    bound.push(Box::new(filter.limit() as i64));
+    let limit = format!("?{}", bound.len());
+    let excerpt = filter.excerpt.map(|n| {
+        bound.push(Box::new(n as i64));
+        format!("?{}", bound.len())
+    });
+    let columns = columns(excerpt.as_deref());
+    let sql = format!("SELECT {columns} FROM invocations {clause} ORDER BY id DESC LIMIT {limit}");
+    (sql, bound)
 }
 
 /// Inserts a new invocation; `false` when its idempotency key is taken (nothing inserted).
@@ -1050,25 +1082,33 @@ impl History for SqliteStore {
     async fn list(&self, filter: &Filter) -> anyhow::Result<Vec<Record>> {
         let filter = filter.clone();
         self.with(move |conn| {
-            let columns = columns(filter.excerpt.map(|_| "?5"));
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {columns} FROM invocations
-                 WHERE (?1 IS NULL OR function = ?1) AND (?2 IS NULL OR state = ?2)
-                   AND (?3 IS NULL OR trigger = ?3)
-                 ORDER BY id DESC LIMIT ?4"
-            ))?;
-            let (state, trigger) = (
-                filter.state.map(State::as_str),
-                filter.trigger.map(TriggerKind::as_str),
-            );
-            let (limit, excerpt) = (filter.limit() as i64, filter.excerpt.map(|n| n as i64));
-            let mut bound: Vec<&dyn rusqlite::ToSql> =
-                vec![&filter.function, &state, &trigger, &limit];
-            if let Some(n) = &excerpt {
-                bound.push(n);
-            }
-            let rows = stmt.query_map(bound.as_slice(), record)?;
+            let (sql, bound) = list_query(&filter);
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(bound.iter()), record)?;
             Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn stats(&self, now: i64, minutes: usize) -> anyhow::Result<Stats> {
+        self.with(move |conn| {
+            let states = conn
+                .prepare_cached(COUNT_BY_STATE)?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let waiting = conn
+                .prepare_cached(
+                    "SELECT count(*) FROM invocations
+                     WHERE durable = 1 AND state IN ('queued', 'failed', 'scheduled')",
+                )?
+                .query_row([], |r| r.get(0))?;
+            let ended = conn
+                .prepare_cached(ENDED_PER_MINUTE)?
+                .query_map([Stats::since(now, minutes)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(Stats::gather(states, waiting, ended, now, minutes))
         })
         .await
     }
@@ -1415,6 +1455,79 @@ mod tests {
     use super::*;
     use crate::store::Store;
     use crate::store::conformance;
+
+    /// What SQLite's planner does for a query: its `EXPLAIN QUERY PLAN` lines.
+    fn plan(conn: &Connection, sql: &str, bound: &[Box<dyn rusqlite::ToSql + Send>]) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let lines: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(bound.iter()), |r| r.get(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        lines.join("; ")
+    }
+
+    #[test]
+    fn the_dashboards_lists_and_stats_read_indexes_not_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_connection(dir.path()).unwrap();
+        let filter = |f: fn(&mut Filter)| {
+            let mut filter = Filter {
+                excerpt: Some(4096),
+                ..Filter::default()
+            };
+            f(&mut filter);
+            filter
+        };
+        let cases: [(Filter, &str); 7] = [
+            (filter(|_| {}), "sqlite_autoindex_invocations_1"),
+            (
+                filter(|f| f.before = Some("x".into())),
+                "sqlite_autoindex_invocations_1",
+            ),
+            (
+                filter(|f| f.function = Some("f".into())),
+                "invocations_function",
+            ),
+            (filter(|f| f.state = Some(State::Dead)), "invocations_state"),
+            (
+                filter(|f| f.trigger = Some(TriggerKind::Timer)),
+                "invocations_trigger",
+            ),
+            (
+                filter(|f| f.error = Some("oops".into())),
+                "invocations_errors",
+            ),
+            (
+                filter(|f| {
+                    f.function = Some("f".into());
+                    f.state = Some(State::Dead);
+                    f.before = Some("x".into());
+                }),
+                "INDEX invocations_",
+            ),
+        ];
+        for (filter, index) in cases {
+            let (sql, bound) = list_query(&filter);
+            let plan = plan(&conn, &sql, &bound);
+            assert!(plan.contains(index), "{filter:?}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{filter:?} sorts: {plan}");
+            let scans_all = plan
+                .split("; ")
+                .any(|l| l.starts_with("SCAN") && !l.contains("INDEX"));
+            assert!(!scans_all, "{filter:?} reads every record: {plan}");
+        }
+        let ended = plan(&conn, ENDED_PER_MINUTE, &[Box::new(0i64)]);
+        assert!(
+            ended.contains("COVERING INDEX invocations_finished"),
+            "{ended}"
+        );
+        let states = plan(&conn, COUNT_BY_STATE, &[]);
+        assert!(
+            states.contains("COVERING INDEX invocations_state"),
+            "{states}"
+        );
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite_passes_the_store_conformance_suite() {

@@ -4,6 +4,7 @@
 // Helpers are `pub` for the sibling test modules; the crate itself is never a library.
 #![allow(unreachable_pub)]
 
+mod browser;
 mod callbacks;
 mod cli;
 mod durable;
