@@ -1680,34 +1680,64 @@ impl History for PostgresStore {
 
     async fn stats(&self, now: i64, minutes: usize) -> anyhow::Result<Stats> {
         self.named(async {
-            let client = self.client().await?;
-            let states = client
-                .query(
-                    "SELECT state, count(*) FROM jobhost_invocations GROUP BY state",
-                    &[],
-                )
-                .await?
-                .iter()
-                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-                .collect::<anyhow::Result<_>>()?;
-            let waiting: i64 = client
-                .query_one(
-                    "SELECT count(*) FROM jobhost_invocations
-                     WHERE durable AND state IN ('queued', 'failed', 'scheduled')",
-                    &[],
-                )
-                .await?
-                .try_get(0)?;
-            let ended = client
-                .query(
-                    "SELECT finished_at / 60000, state, count(*) FROM jobhost_invocations
-                     WHERE finished_at >= $1 GROUP BY 1, 2",
-                    &[&Stats::since(now, minutes)],
-                )
-                .await?
-                .iter()
-                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-                .collect::<anyhow::Result<_>>()?;
+            // Three reads on three connections at once: the answer takes the longest of
+            // them, not their sum.
+            let states = async {
+                let client = self.client().await?;
+                let names: Vec<&str> = State::ALL.iter().map(|s| s.as_str()).collect();
+                // One index range per state, counted from the index alone (a GROUP BY over
+                // the table reads every row).
+                let rows = client
+                    .query(
+                        "SELECT s, (SELECT count(*) FROM jobhost_invocations WHERE state = s)
+                         FROM unnest($1::text[]) s",
+                        &[&names],
+                    )
+                    .await?;
+                let mut states = Vec::new();
+                for row in rows {
+                    let n: i64 = row.try_get(1)?;
+                    if n > 0 {
+                        states.push((row.try_get(0)?, n));
+                    }
+                }
+                anyhow::Ok(states)
+            };
+            let waiting = async {
+                let client = self.client().await?;
+                let row = client
+                    .query_one(
+                        "SELECT count(*) FROM jobhost_invocations
+                         WHERE durable AND state IN ('queued', 'failed', 'scheduled')",
+                        &[],
+                    )
+                    .await?;
+                anyhow::Ok(row.try_get::<_, i64>(0)?)
+            };
+            let ended = async {
+                let client = self.client().await?;
+                // Grouped by minute alone (few groups), each kind counted in its group.
+                let rows = client
+                    .query(
+                        "SELECT finished_at / 60000,
+                             count(*) FILTER (WHERE state = 'succeeded'),
+                             count(*) FILTER (WHERE state IN ('failed', 'dead')),
+                             count(*) FILTER (WHERE state IN ('cancelled', 'skipped'))
+                         FROM jobhost_invocations WHERE finished_at >= $1 GROUP BY 1",
+                        &[&Stats::since(now, minutes)],
+                    )
+                    .await?;
+                let mut ended = Vec::new();
+                for row in rows {
+                    let minute: i64 = row.try_get(0)?;
+                    let kinds = [State::Succeeded, State::Failed, State::Cancelled];
+                    for (i, state) in kinds.into_iter().enumerate() {
+                        ended.push((minute, state.as_str().to_string(), row.try_get(i + 1)?));
+                    }
+                }
+                anyhow::Ok(ended)
+            };
+            let (states, waiting, ended) = tokio::try_join!(states, waiting, ended)?;
             Ok(Stats::gather(states, waiting, ended, now, minutes))
         })
         .await
