@@ -112,6 +112,8 @@ function failed(e) {
 }
 
 async function refresh() {
+  // Each tick is counted, paused or not, so that a test can wait for ticks to pass.
+  document.body.dataset.ticks = String(Number(document.body.dataset.ticks || 0) + 1);
   if (refreshPaused || !refreshView || document.hidden) return;
   try {
     await refreshView();

@@ -389,11 +389,16 @@ fn dashboard_pause_stops_a_timers_runs_and_resume_starts_them_again() {
 }
 
 #[test]
-fn dashboard_invokes_a_function_with_a_payload() {
-    let project = project("[functions.hello]\nmodule = \"probe.wasm\"\ntriggers = []\n");
+fn dashboard_invokes_a_function_with_a_payload_and_shows_load_problems() {
+    let project = project(
+        "[functions.hello]\nmodule = \"probe.wasm\"\ntriggers = []\n[functions.broken]\nmodule = \"broken.wasm\"\ntriggers = []\n",
+    );
+    project.write("functions/broken.wasm", b"not a module");
     let host = project.start();
     let browser = Browser::start();
     browser.goto(&format!("{}#/functions", ui(&host)));
+    let problem = browser.wait_text("tr[data-function=broken] .problem", |t| !t.is_empty());
+    assert!(problem.contains("broken.wasm"), "{problem}");
     browser.click("tr[data-function=hello] button.invoke");
     browser.type_into("#invoke-payload", "echo from the page");
     browser.click("#invoke-submit");
@@ -476,4 +481,77 @@ fn dashboard_page_loads_without_the_token_but_its_data_needs_it() {
     );
     assert_eq!(bad.status, 400, "{}", bad.body);
     assert!(bad.body.contains("from 1 to 1440"), "{}", bad.body);
+}
+
+#[test]
+fn dashboard_links_a_chain_step_to_its_parent_and_children() {
+    let project = project(
+        "[functions.first]\nmodule = \"probe.wasm\"\ntriggers = []\non_success = [\"second\"]\n[functions.second]\nmodule = \"probe.wasm\"\ntriggers = []\n",
+    );
+    let host = project.start();
+    let first = host.invoke("first", "relay step");
+    let record = host.wait_for_record(&first, PATIENCE, |r| {
+        r["children"].as_array().is_some_and(|c| !c.is_empty())
+    });
+    let second = record["children"][0].as_str().unwrap().to_string();
+    let browser = Browser::start();
+    browser.goto(&format!("{}#/invocation/{first}", ui(&host)));
+    browser.wait_text("#field-children", |t| t.contains(&second));
+    browser.click("#field-children a");
+    browser.wait_text("h1", |t| t.starts_with("second"));
+    assert_eq!(
+        browser.text("#field-parent").as_deref(),
+        Some(first.as_str())
+    );
+    browser.click("#field-parent a");
+    browser.wait_text("h1", |t| t.starts_with("first"));
+}
+
+#[test]
+fn dashboard_cancel_button_ends_a_running_invocation() {
+    let project =
+        project("[functions.slow]\nmodule = \"probe.wasm\"\ntriggers = []\ntimeout = \"5m\"\n");
+    let host = project.start();
+    let id = host.invoke("slow", "sleep 120000");
+    host.wait_for_record(&id, PATIENCE, |r| state(r) == "running");
+    let browser = Browser::start();
+    browser.goto(&format!("{}#/invocation/{id}", ui(&host)));
+    browser.wait_text("#field-state", |t| t == "running");
+    browser.click("#cancel");
+    browser.wait_text("#field-state", |t| t == "cancelled");
+    assert_eq!(
+        browser.text("#cancel"),
+        None,
+        "an ended invocation has no Cancel"
+    );
+    let record = host.json(&format!("/_jobhost/invocations/{id}"));
+    assert_eq!(state(&record), "cancelled", "{record}");
+}
+
+#[test]
+fn dashboard_auto_refresh_can_be_paused_and_resumed() {
+    let project = project("[functions.hello]\nmodule = \"probe.wasm\"\ntriggers = []\n");
+    let host = project.start();
+    let browser = Browser::start();
+    browser.goto(&ui(&host));
+    browser.wait_text("#count-succeeded .n", |t| t == "0");
+    browser.click("#refresh-toggle");
+    browser.wait_text("#refresh-toggle", |t| t == "Resume auto-refresh");
+    let ticks = || {
+        browser
+            .eval("return Number(document.body.dataset.ticks || 0);")
+            .as_u64()
+            .unwrap()
+    };
+    // A refresh that was on its way when the button was pressed has landed a tick later.
+    let paused = ticks();
+    wait_until(PATIENCE, || (ticks() > paused).then_some(()));
+    let id = host.invoke("hello", "echo while paused");
+    host.wait_for_record(&id, PATIENCE, |r| state(r) == "succeeded");
+    // Two refresh ticks pass after the run ended: the page keeps what it showed.
+    let after = ticks();
+    wait_until(PATIENCE, || (ticks() >= after + 2).then_some(()));
+    assert_eq!(browser.text("#count-succeeded .n").as_deref(), Some("0"));
+    browser.click("#refresh-toggle");
+    browser.wait_text("#count-succeeded .n", |t| t == "1");
 }
