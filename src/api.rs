@@ -1,6 +1,7 @@
 //! `/_jobhost/`: the status API. Functions, invocations with filters, one invocation,
-//! counts by state and per minute (`stats`), manual invoke, queue messages, retry and cancel, the hosts sharing the store, and the
-//! key-value stores (`kv`); who may call it is `access`'s.
+//! counts by state and per minute (`stats`), manual invoke, queue messages, retry and
+//! cancel, the hosts sharing the store, and the key-value stores (`kv`); who may call it
+//! is `access`'s.
 
 mod access;
 mod kv;

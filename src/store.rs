@@ -676,6 +676,70 @@ pub struct Filter {
     pub before: Option<String>,
 }
 
+impl Filter {
+    /// The number of records asked for: 100 unless said, at most 1000.
+    pub fn limit(&self) -> usize {
+        self.limit.unwrap_or(100).clamp(1, 1000)
+    }
+
+    /// The list query's `WHERE` clause (empty without filters) and the (text) values of
+    /// its placeholders in order; `mark(n)` writes the n-th placeholder (from 1) and `like` is
+    /// the store's case-insensitive LIKE. Only the filters given become conditions, so the
+    /// query planner can take the index of the one that narrows most (an `x IS NULL OR`
+    /// form would hide them all).
+    pub(crate) fn conditions(
+        &self,
+        mark: impl Fn(usize) -> String,
+        like: &str,
+    ) -> (String, Vec<String>) {
+        let mut terms = Vec::new();
+        let mut values = Vec::new();
+        let mut add = |term: &dyn Fn(String) -> String, value: String| {
+            values.push(value);
+            terms.push(term(mark(values.len())));
+        };
+        if let Some(function) = &self.function {
+            add(&|m| format!("function = {m}"), function.clone());
+        }
+        if let Some(state) = self.state {
+            add(&|m| format!("state = {m}"), state.as_str().into());
+        }
+        if let Some(trigger) = self.trigger {
+            add(&|m| format!("trigger = {m}"), trigger.as_str().into());
+        }
+        if let Some(text) = &self.error {
+            // `error IS NOT NULL` lets both stores read the partial index of records with
+            // an error instead of every record.
+            let pattern = format!("%{}%", escape_like(text));
+            add(
+                &|m| format!("error IS NOT NULL AND error {like} {m} ESCAPE '\\'"),
+                pattern,
+            );
+        }
+        if let Some(before) = &self.before {
+            add(&|m| format!("id < {m}"), before.clone());
+        }
+        let clause = if terms.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", terms.join(" AND "))
+        };
+        (clause, values)
+    }
+}
+
+/// `text` matched literally by LIKE with `\` as the escape character.
+fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The dashboard's overview: records by state, and invocations ended per minute.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Stats {
@@ -746,70 +810,6 @@ impl Stats {
     pub fn since(now: i64, minutes: usize) -> i64 {
         (now.div_euclid(60_000) - minutes as i64 + 1) * 60_000
     }
-}
-
-impl Filter {
-    /// The number of records asked for: 100 unless said, at most 1000.
-    pub fn limit(&self) -> usize {
-        self.limit.unwrap_or(100).clamp(1, 1000)
-    }
-
-    /// The list query's `WHERE` clause (empty without filters) and the (text) values of
-    /// its placeholders in order; `mark(n)` writes the n-th placeholder (from 1) and `like` is
-    /// the store's case-insensitive LIKE. Only the filters given become conditions, so the
-    /// query planner can take the index of the one that narrows most (an `x IS NULL OR`
-    /// form would hide them all).
-    pub(crate) fn conditions(
-        &self,
-        mark: impl Fn(usize) -> String,
-        like: &str,
-    ) -> (String, Vec<String>) {
-        let mut terms = Vec::new();
-        let mut values = Vec::new();
-        let mut add = |term: &dyn Fn(String) -> String, value: String| {
-            values.push(value);
-            terms.push(term(mark(values.len())));
-        };
-        if let Some(function) = &self.function {
-            add(&|m| format!("function = {m}"), function.clone());
-        }
-        if let Some(state) = self.state {
-            add(&|m| format!("state = {m}"), state.as_str().into());
-        }
-        if let Some(trigger) = self.trigger {
-            add(&|m| format!("trigger = {m}"), trigger.as_str().into());
-        }
-        if let Some(text) = &self.error {
-            // `error IS NOT NULL` lets both stores read the partial index of records with
-            // an error instead of every record.
-            let pattern = format!("%{}%", escape_like(text));
-            add(
-                &|m| format!("error IS NOT NULL AND error {like} {m} ESCAPE '\\'"),
-                pattern,
-            );
-        }
-        if let Some(before) = &self.before {
-            add(&|m| format!("id < {m}"), before.clone());
-        }
-        let clause = if terms.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", terms.join(" AND "))
-        };
-        (clause, values)
-    }
-}
-
-/// `text` matched literally by LIKE with `\` as the escape character.
-fn escape_like(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// The durable queue: what the dispatcher and the queue worker use.

@@ -125,10 +125,13 @@ async function refresh() {
 
 function loginView() {
   refreshView = null;
+  const refused = sessionStorage.getItem(TOKEN) !== null;
+  sessionStorage.removeItem(TOKEN);
   const input = el("input", { id: "token", type: "password", autocomplete: "current-password", required: true });
   const form = el("form", { id: "login", class: "login" },
     el("h1", {}, "Sign in"),
     el("p", { class: "muted" }, "This host asks for its admin token (host.admin_token in runtime.toml). It is kept in this tab's session storage until the tab closes."),
+    refused ? el("p", { id: "login-refused", class: "problem" }, "The host refused that token.") : null,
     el("label", {}, "Admin token ", input),
     el("button", { type: "submit", class: "primary" }, "Sign in"));
   form.addEventListener("submit", (event) => {

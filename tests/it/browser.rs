@@ -440,6 +440,9 @@ fn dashboard_asks_for_the_token_when_the_host_listens_beyond_loopback() {
     browser.goto(&format!("http://127.0.0.1:{port}/_jobhost/ui/"));
     browser.wait_text("#login h1", |t| t == "Sign in");
     browser.screenshot("login");
+    browser.type_into("#token", "not-the-token");
+    browser.click("#login button[type=submit]");
+    browser.wait_text("#login-refused", |t| t.contains("refused"));
     browser.type_into("#token", "s3cret-token");
     browser.click("#login button[type=submit]");
     browser.wait_text("#count-succeeded .n", |t| t == "0");
