@@ -172,6 +172,26 @@ const MIGRATIONS: &[&str] = &[
         WHERE finished_at IS NOT NULL;",
 ];
 
+/// The query of `History::list` and the values of its placeholders.
+fn list_query(filter: &Filter) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+    let (clause, values) = filter.conditions(|n| format!("${n}"), "ILIKE");
+    let mut bound: Vec<Box<dyn ToSql + Sync + Send>> = values
+        .into_iter()
+        .map(|v| Box::new(v) as Box<dyn ToSql + Sync + Send>)
+        .collect();
+    bound.push(Box::new(filter.limit() as i64));
+    let limit = format!("${}", bound.len());
+    let excerpt = filter.excerpt.map(|n| {
+        bound.push(Box::new(i32::try_from(n).unwrap_or(i32::MAX)));
+        format!("${}", bound.len())
+    });
+    let columns = columns(excerpt.as_deref());
+    let sql = format!(
+        "SELECT {columns} FROM jobhost_invocations {clause} ORDER BY id DESC LIMIT {limit}"
+    );
+    (sql, bound)
+}
+
 /// Locks one key-value store's new keys for the rest of the transaction, so that its key
 /// limit holds while several hosts add keys at once.
 const LOCK_KV_STORE: &str =
@@ -1648,21 +1668,7 @@ impl History for PostgresStore {
     async fn list(&self, filter: &Filter) -> anyhow::Result<Vec<Record>> {
         self.named(async {
             let client = self.client().await?;
-            let (clause, values) = filter.conditions(|n| format!("${n}"), "ILIKE");
-            let mut bound: Vec<Box<dyn ToSql + Sync + Send>> = values
-                .into_iter()
-                .map(|v| Box::new(v) as Box<dyn ToSql + Sync + Send>)
-                .collect();
-            bound.push(Box::new(filter.limit() as i64));
-            let limit = format!("${}", bound.len());
-            let excerpt = filter.excerpt.map(|n| {
-                bound.push(Box::new(i32::try_from(n).unwrap_or(i32::MAX)));
-                format!("${}", bound.len())
-            });
-            let columns = columns(excerpt.as_deref());
-            let sql = format!(
-                "SELECT {columns} FROM jobhost_invocations {clause} ORDER BY id DESC LIMIT {limit}"
-            );
+            let (sql, bound) = list_query(filter);
             let stmt = client.prepare_cached(&sql).await?;
             let bound: Vec<&(dyn ToSql + Sync)> = bound
                 .iter()
@@ -2213,6 +2219,84 @@ mod tests {
         );
         assert!(message.contains("is the server running"), "{message}");
         assert!(!message.contains("secret"), "{message}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_dashboards_lists_read_indexes_not_the_whole_table() {
+        let url = server::database();
+        let store = PostgresStore::open(&url, None).await.unwrap();
+        let client = store.client().await.unwrap();
+        // 20,000 records over five functions and a rare one, one in a hundred dead with an
+        // error. A filter that most records pass may walk the ids and skip the rest; one that
+        // few pass must read its own index.
+        client
+            .batch_execute(
+                "INSERT INTO jobhost_invocations (id, function, trigger, reason, attempt,
+                     max_attempt, state, durable, payload, vars, created_at, run_after,
+                     finished_at, error)
+                 SELECT lpad(n::text, 8, '0'),
+                     CASE WHEN n % 97 = 0 THEN 'rare' ELSE 'f' || (n % 5) END, 'http', 'http', 1, 1,
+                     CASE WHEN n % 100 = 0 THEN 'dead' ELSE 'succeeded' END, false, '', '[]',
+                     n, n, n, CASE WHEN n % 100 = 0 THEN 'exit 3' END
+                 FROM generate_series(1, 20000) AS n;
+                 ANALYZE jobhost_invocations;",
+            )
+            .await
+            .unwrap();
+        let filter = |f: fn(&mut Filter)| {
+            let mut filter = Filter {
+                excerpt: Some(4096),
+                ..Filter::default()
+            };
+            f(&mut filter);
+            filter
+        };
+        let cases: [(Filter, &str); 6] = [
+            (filter(|_| {}), "jobhost_invocations_pkey"),
+            (
+                filter(|f| f.before = Some("00010000".into())),
+                "jobhost_invocations_pkey",
+            ),
+            (
+                filter(|f| f.function = Some("rare".into())),
+                "jobhost_invocations_function",
+            ),
+            (
+                filter(|f| f.state = Some(State::Dead)),
+                "jobhost_invocations_state",
+            ),
+            (
+                filter(|f| f.error = Some("exit".into())),
+                "jobhost_invocations_errors",
+            ),
+            (
+                filter(|f| {
+                    f.function = Some("rare".into());
+                    f.state = Some(State::Dead);
+                    f.before = Some("00010000".into());
+                }),
+                "jobhost_invocations_",
+            ),
+        ];
+        for (filter, index) in cases {
+            let (sql, bound) = list_query(&filter);
+            let bound: Vec<&(dyn ToSql + Sync)> = bound
+                .iter()
+                .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            let plan: Vec<String> = client
+                .query(&format!("EXPLAIN {sql}"), &bound)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let plan = plan.join("\n");
+            assert!(plan.contains(index), "{filter:?}: {plan}");
+            assert!(!plan.contains("Seq Scan"), "{filter:?}: {plan}");
+        }
+        let stats = store.stats(20_000, 60).await.unwrap();
+        assert_eq!(stats.states["dead"], 200);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
