@@ -558,3 +558,32 @@ fn dashboard_auto_refresh_can_be_paused_and_resumed() {
     browser.click("#refresh-toggle");
     browser.wait_text("#count-succeeded .n", |t| t == "1");
 }
+
+#[test]
+fn dashboard_overview_lists_the_hosts_sharing_a_store() {
+    let url = crate::postgres_server::database();
+    let config = "[host]\nstore = { postgres = { env = \"DATABASE_URL\" } }\n[functions.hello]\nmodule = \"probe.wasm\"\ntriggers = []\n";
+    let (one, two) = (project(config), project(config));
+    let start = |p: &Project| {
+        p.start_with(|cmd| {
+            cmd.env("DATABASE_URL", &url);
+        })
+    };
+    let (first, second) = (start(&one), start(&two));
+    let id = |p: &Project| {
+        std::fs::read_to_string(p.path(".jobhost/host-id"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let browser = Browser::start();
+    browser.goto(&ui(&first));
+    wait_until(PATIENCE, || {
+        let mut shown = browser.texts("#hosts tbody tr td:first-child");
+        shown.sort();
+        let mut ids = vec![id(&one), id(&two)];
+        ids.sort();
+        (shown == ids).then_some(())
+    });
+    let _ = second;
+}
