@@ -218,7 +218,7 @@ async function functionsView() {
       el("td", { class: "muted" }, f.upcoming.map((t) => el("div", {}, t))),
       el("td", {}, f.paused
         ? [el("span", { class: "paused" }, "paused "), el("button", { class: "resume", type: "button", onclick: () => pause(f.name, false) }, "Resume")]
-        : [el("span", { class: "running" }, "running "), el("button", { class: "pause", type: "button", onclick: () => pause(f.name, true) }, "Pause")]),
+        : [el("span", { class: "active" }, "active "), el("button", { class: "pause", type: "button", onclick: () => pause(f.name, true) }, "Pause")]),
       el("td", {}, f.status === "ready" ? el("button", { class: "invoke", type: "button", onclick: () => invokeForm(invokeBox, f.name) }, "Invoke…") : null))));
   };
   const pause = async (name, paused) => {

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use fantoccini::elements::Element;
+use fantoccini::error::CmdError;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
@@ -145,8 +147,14 @@ impl Browser {
             .unwrap_or_else(|_| panic!("{css} never showed the text wanted; it last said {last:?}"))
     }
 
-    /// Clicks the element `css` finds, as a user would (WebDriver's pointer input).
-    fn click(&self, css: &str) {
+    /// Does `act` to the element `css` finds once it is there (`doing` names it in a
+    /// failure).
+    fn with_element(
+        &self,
+        css: &str,
+        doing: &str,
+        act: impl AsyncFnOnce(Element) -> Result<(), CmdError>,
+    ) {
         self.runtime
             .block_on(async {
                 let element = self
@@ -155,40 +163,29 @@ impl Browser {
                     .at_most(PATIENCE)
                     .for_element(Locator::Css(css))
                     .await?;
-                element.click().await
+                act(element).await
             })
-            .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+            .unwrap_or_else(|e| panic!("{doing} {css}: {e}"));
+    }
+
+    /// Clicks the element `css` finds, as a user would (WebDriver's pointer input).
+    fn click(&self, css: &str) {
+        self.with_element(css, "clicking", async |e| e.click().await);
     }
 
     /// Types `text` into the field `css` finds.
     fn type_into(&self, css: &str, text: &str) {
-        self.runtime
-            .block_on(async {
-                let element = self
-                    .client()
-                    .wait()
-                    .at_most(PATIENCE)
-                    .for_element(Locator::Css(css))
-                    .await?;
-                element.clear().await?;
-                element.send_keys(text).await
-            })
-            .unwrap_or_else(|e| panic!("typing into {css}: {e}"));
+        self.with_element(css, "typing into", async |e| {
+            e.clear().await?;
+            e.send_keys(text).await
+        });
     }
 
     /// Chooses `value` in the select box `css` finds.
     fn choose(&self, css: &str, value: &str) {
-        self.runtime
-            .block_on(async {
-                let element = self
-                    .client()
-                    .wait()
-                    .at_most(PATIENCE)
-                    .for_element(Locator::Css(css))
-                    .await?;
-                element.select_by_value(value).await
-            })
-            .unwrap_or_else(|e| panic!("choosing {value} in {css}: {e}"));
+        self.with_element(css, &format!("choosing {value} in"), async |e| {
+            e.select_by_value(value).await
+        });
     }
 
     /// Keeps a picture of the page as `NAME.png` in `$JOBHOST_SCREENSHOTS`, when set.
@@ -384,7 +381,7 @@ fn dashboard_pause_stops_a_timers_runs_and_resume_starts_them_again() {
     let during = runs(&host);
     assert!(during <= before + 1, "{before} -> {during}");
     browser.click("tr[data-function=tick] button.resume");
-    browser.wait_text("tr[data-function=tick] .running", |t| t.contains("running"));
+    browser.wait_text("tr[data-function=tick] .active", |t| t.contains("active"));
     wait_until(PATIENCE, || (runs(&host) > during + 1).then_some(()));
 }
 
