@@ -1519,6 +1519,11 @@ mod tests {
         for (filter, index) in cases {
             let (sql, bound) = list_query(&filter);
             let plan = plan(&conn, &sql, &bound);
+            // Shown with --nocapture: the plans BENCHMARKS.md quotes.
+            eprintln!(
+                "{}: {plan}",
+                sql.split("FROM invocations").nth(1).unwrap_or(&sql)
+            );
             assert!(plan.contains(index), "{filter:?}: {plan}");
             assert!(!plan.contains("TEMP B-TREE"), "{filter:?} sorts: {plan}");
             let scans_all = plan
@@ -1527,6 +1532,7 @@ mod tests {
             assert!(!scans_all, "{filter:?} reads every record: {plan}");
         }
         let ended = plan(&conn, ENDED_PER_MINUTE, &[Box::new(0i64)]);
+        eprintln!("ends per minute: {ended}");
         assert!(ended.contains("INDEX invocations_ended"), "{ended}");
         assert!(!ended.contains("TEMP B-TREE"), "{ended}");
         let states = plan(&conn, COUNT_IN_STATE, &[Box::new("dead")]);
