@@ -67,20 +67,34 @@ impl Supervisor {
                 .is_some_and(|old| Arc::ptr_eq(old, function));
             if !kept {
                 let stop = rt.accept.child_token();
-                start(rt, &context, function, &stop);
+                // A function that ran before this reload restarts its sources: its timers'
+                // `run_on_startup` runs fired when it first started.
+                let restarted = previous.functions.contains_key(name);
+                start(rt, &context, function, &stop, restarted);
                 running.insert(name.clone(), stop);
             }
         }
     }
 }
 
-fn start(rt: &Runtime, context: &Context, function: &Arc<Function>, stop: &CancellationToken) {
+fn start(
+    rt: &Runtime,
+    context: &Context,
+    function: &Arc<Function>,
+    stop: &CancellationToken,
+    restarted: bool,
+) {
     for trigger in &function.spec.triggers {
         let (context, function, stop) = (context.clone(), function.clone(), stop.clone());
         match trigger {
             Trigger::Timer(timer) => {
-                rt.tasks
-                    .spawn(timer::run(context, function, timer.clone(), stop));
+                rt.tasks.spawn(timer::run(
+                    context,
+                    function,
+                    timer.clone(),
+                    stop,
+                    restarted,
+                ));
             }
             Trigger::Watch(watch) => {
                 rt.tasks

@@ -31,11 +31,14 @@ struct Timer {
     key: String,
 }
 
+/// Runs one timer of `function` until `stop`. `restarted` when a reload restarted a
+/// function that was already running: its `run_on_startup` run fired at its first start.
 pub async fn run(
     context: Context,
     function: Arc<Function>,
     timer: TimerTrigger,
     stop: CancellationToken,
+    restarted: bool,
 ) {
     let key = key(&function.spec.name, &timer);
     let t = Timer {
@@ -48,8 +51,8 @@ pub async fn run(
     let schedule = &t.timer.schedule;
     let now = Utc::now();
     let caught_up = t.catch_up(now).await;
-    // `run_on_startup` never adds a second run to a catch-up run.
-    if t.timer.run_on_startup && !caught_up {
+    // `run_on_startup` fires once per start, never as a second run beside a catch-up run.
+    if t.timer.run_on_startup && !caught_up && !restarted {
         let window = t.context.startup_window;
         match t.context.state.claim_startup(&t.key, window).await {
             Ok(true) => {

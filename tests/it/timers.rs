@@ -271,6 +271,39 @@ fn run_on_startup_with_a_due_catch_up_runs_once_not_twice() {
 }
 
 #[test]
+fn run_on_startup_fires_once_per_start_and_not_when_a_reload_restarts_the_timer() {
+    let trigger = r#"{ cron = "0 0 1 1 *", run_on_startup = true }"#;
+    let project = timer_project(trigger, "env = { PROBE_EVENT = \"echo one\" }");
+    let host = project.start();
+    let startups = |host: &Host| with_reason(&records(host), "startup").len();
+    wait_until(Duration::from_secs(30), || {
+        (startups(&host) == 1).then_some(())
+    });
+    // An edit restarts the function's timer (it logs its next occurrences again).
+    let occurrences = |host: &Host| {
+        host.log()
+            .iter()
+            .filter(|l| l.contains("next occurrences"))
+            .count()
+    };
+    assert_eq!(occurrences(&host), 1);
+    let edited = std::fs::read_to_string(project.path("runtime.toml"))
+        .unwrap()
+        .replace("echo one", "echo two");
+    project.write("runtime.toml", edited.as_bytes());
+    wait_until(Duration::from_secs(30), || {
+        (occurrences(&host) == 2).then_some(())
+    });
+    assert_eq!(startups(&host), 1, "{:?}", records(&host));
+    // A new start is a start.
+    drop(host);
+    let host = project.start();
+    wait_until(Duration::from_secs(30), || {
+        (startups(&host) == 2).then_some(())
+    });
+}
+
+#[test]
 fn a_failing_run_does_not_disturb_the_next_occurrence() {
     let project = timer_project(
         r#"{ every = "200ms" }"#,
