@@ -2405,4 +2405,40 @@ mod tests {
             "{message}"
         );
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_the_server_refuses_costs_only_itself_not_its_batch() {
+        let url = server::database();
+        let store = PostgresStore::open(&url, None).await.unwrap();
+        let client = store.client().await.unwrap();
+        // Something the server refuses in one record of a batch (here a rule of the test's).
+        client
+            .batch_execute(
+                "ALTER TABLE jobhost_invocations ADD CONSTRAINT no_bad CHECK (function <> 'bad')",
+            )
+            .await
+            .unwrap();
+        for (id, function) in [("01", "good"), ("02", "bad"), ("03", "good")] {
+            store.record(SyncRecord {
+                id: id.to_string(),
+                function: function.to_string(),
+                trigger: TriggerKind::Http,
+                reason: super::super::Reason::Http,
+                started_at: now_ms(),
+                host: HostId("h".into()),
+                payload: bytes::Bytes::from_static(b"asked"),
+                payload_truncated: false,
+                output: super::super::Output::default(),
+            });
+        }
+        store.flush().await.unwrap();
+        let kept: Vec<String> = store
+            .list(&Filter::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(kept, ["03", "01"]);
+    }
 }

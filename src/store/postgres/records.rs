@@ -2,6 +2,8 @@
 //! and written in batches (one `INSERT ... UNNEST` each) by a task of their own. While the
 //! server cannot be reached they wait in memory, up to `MAX_PENDING`, and are written when
 //! it is back; what does not fit is dropped and counted (`jobhost_records_dropped_total`).
+//! A batch the server refuses for another reason is written again one record at a time,
+//! so only a record it refuses alone is dropped (logged with its id, and counted).
 //! A batch written twice (its answer lost with the connection) is written once: ids are
 //! unique and the insert skips those it finds.
 
@@ -90,7 +92,19 @@ pub(super) async fn write(pool: Pool, mut rx: mpsc::UnboundedReceiver<Write>, ou
             tokio::time::sleep_until(next_try).await;
         }
         let writing = pending.len();
-        match write_pending(&pool, &mut pending).await {
+        let written = match write_pending(&pool, &mut pending).await {
+            Err(e) if !lost(&e) => {
+                // Not the connection: the server refused something in the batch. Each
+                // record alone, so that only what it refuses is lost, not the batch.
+                tracing::warn!(
+                    "{} refused a batch of synchronous records ({e:#}): writing them one at a time",
+                    outage.store
+                );
+                write_singly(&pool, &mut pending, &outage.store).await
+            }
+            other => other,
+        };
+        match written {
             Ok(()) => {
                 // Only a write says the server is back; an empty flush asked it nothing.
                 if writing > 0 {
@@ -102,19 +116,9 @@ pub(super) async fn write(pool: Pool, mut rx: mpsc::UnboundedReceiver<Write>, ou
                     let _ = done.send(Ok(()));
                 }
             }
+            // Only the connection is left to fail here (`write_singly` keeps the rest).
             Err(e) => {
-                if lost(&e) {
-                    outage.begin(&e);
-                } else {
-                    // Not the connection: writing them again would fail again.
-                    tracing::error!(
-                        "cannot record {} synchronous invocations in {}: {e:#}",
-                        pending.len(),
-                        outage.store
-                    );
-                    metrics::get().records_dropped(pending.len());
-                    pending.clear();
-                }
+                outage.begin(&e);
                 for done in flushed.drain(..) {
                     let _ = done.send(Err(format!("{e:#}")));
                 }
@@ -137,6 +141,36 @@ async fn write_pending(pool: &Pool, pending: &mut Vec<SyncRecord>) -> anyhow::Re
         pending.drain(..n);
     }
     Ok(())
+}
+
+/// Writes what waits one record at a time, dropping (logged and counted) each one the
+/// server refuses; stops at a lost connection, keeping what is not written yet.
+async fn write_singly(
+    pool: &Pool,
+    pending: &mut Vec<SyncRecord>,
+    store: &str,
+) -> anyhow::Result<()> {
+    let mut done = 0;
+    let result = loop {
+        let Some(record) = pending.get(done) else {
+            break Ok(());
+        };
+        match insert_sync(pool, std::slice::from_ref(record)).await {
+            Ok(()) => {}
+            Err(e) if lost(&e) => break Err(e),
+            Err(e) => {
+                tracing::error!(
+                    id = %record.id,
+                    function = %record.function,
+                    "cannot record a synchronous invocation in {store}: {e:#}"
+                );
+                metrics::get().records_dropped(1);
+            }
+        }
+        done += 1;
+    };
+    pending.drain(..done);
+    result
 }
 
 /// Records finished synchronous invocations, all in one statement.
