@@ -106,4 +106,27 @@ fn invoke_prints_the_output_once_and_is_recorded_as_a_manual_invocation() {
         list[1]["stdout"],
         "Content-Type: text/plain\n\nprinted once\n"
     );
+
+    // The dashboard's filters, from the command line: text in the error, and the page
+    // after an id.
+    let ids = |args: &[&str]| -> Vec<String> {
+        let output = project.jobhost().args(args).output().unwrap();
+        let list: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let failed = list[0]["id"].as_str().unwrap().to_string();
+    let succeeded = list[1]["id"].as_str().unwrap().to_string();
+    let json = ["invocations", "--json"];
+    assert_eq!(
+        ids(&[&json[..], &["--error", "EXIT"]].concat()),
+        [failed.as_str()]
+    );
+    assert_eq!(
+        ids(&[&json[..], &["--before", &failed]].concat()),
+        [succeeded]
+    );
 }
