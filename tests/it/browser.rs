@@ -34,7 +34,7 @@ struct Browser {
     driver: Child,
     client: Option<Client>,
     runtime: tokio::runtime::Runtime,
-    _profile: tempfile::TempDir,
+    profile: tempfile::TempDir,
 }
 
 impl Browser {
@@ -60,7 +60,7 @@ impl Browser {
             driver,
             client: None,
             runtime,
-            _profile: profile,
+            profile,
         };
         wait_until(PATIENCE, || {
             std::net::TcpStream::connect(("127.0.0.1", port))
@@ -78,9 +78,11 @@ impl Browser {
             "--disable-sync".into(),
             "--disable-quic".into(),
             "--window-size=1280,900".into(),
-            // Only loopback: every other name resolves to nothing.
+            // Only loopback: every other name resolves to nothing, and every other address
+            // goes to a proxy that is not there (loopback bypasses proxies).
             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1".into(),
-            format!("--user-data-dir={}", browser._profile.path().display()),
+            "--proxy-server=http://127.0.0.1:9".into(),
+            format!("--user-data-dir={}", browser.profile.path().display()),
         ];
         let mut capabilities = serde_json::Map::new();
         capabilities.insert(
