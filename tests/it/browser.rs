@@ -586,3 +586,29 @@ fn dashboard_overview_lists_the_hosts_sharing_a_store() {
     });
     let _ = second;
 }
+
+#[test]
+fn dashboard_retries_every_dead_invocation_the_filter_matches() {
+    let project = project(
+        "[defaults]\nretry = { attempts = 1 }\n[functions.a]\nmodule = \"probe.wasm\"\ntriggers = []\n[functions.b]\nmodule = \"probe.wasm\"\ntriggers = []\n",
+    );
+    let host = project.start();
+    let dead: Vec<String> = ["a", "a", "b"]
+        .iter()
+        .map(|f| host.invoke(f, "exit 3"))
+        .collect();
+    for id in &dead {
+        host.wait_for_record(id, PATIENCE, |r| state(r) == "dead");
+    }
+    let browser = Browser::start();
+    browser.goto(&format!("{}#/invocations?function=a&state=dead", ui(&host)));
+    browser.wait_text("#retry-dead", |t| t.contains("of a"));
+    browser.click("#retry-dead");
+    browser.wait_text("#retry-dead-result", |t| t == "2 queued again");
+    // Each of a's ran again (and failed again); b's was left alone.
+    for id in &dead[..2] {
+        host.wait_for_record(id, PATIENCE, |r| state(r) == "dead" && r["attempt"] == 2);
+    }
+    let other = host.json(&format!("/_jobhost/invocations/{}", dead[2]));
+    assert_eq!(other["attempt"], 1, "{other}");
+}
