@@ -6,7 +6,7 @@
 mod access;
 mod kv;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::Utc;
 use http::{Method, Request, Response, StatusCode};
@@ -22,7 +22,8 @@ use crate::registry::{Function, Registry};
 use crate::runtime::Runtime;
 use crate::sandbox::Shape;
 use crate::store::{
-    CancelError, Cancelled, Filter, LATEST, Reason, RetryError, State, is_unreachable, now_ms,
+    CancelError, Cancelled, Filter, LATEST, Minute, Reason, RetryError, State, is_unreachable,
+    now_ms,
 };
 
 /// Largest payload `POST functions/{name}/invoke` takes.
@@ -41,6 +42,17 @@ pub struct FunctionView {
     pub error: Option<String>,
     /// An operator paused its background work (timers and queue).
     pub paused: bool,
+}
+
+/// `GET stats`: what the dashboard's overview shows.
+#[derive(Serialize)]
+struct Overview {
+    /// Every record kept, by state.
+    states: BTreeMap<String, u64>,
+    /// The queue's depth: durable work queued, scheduled or waiting to retry.
+    waiting: i64,
+    /// Invocations ended per minute, oldest first.
+    minutes: Vec<Minute>,
 }
 
 pub fn function_views(registry: &Registry, paused: &BTreeSet<String>) -> Vec<FunctionView> {
@@ -162,8 +174,16 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
                 Ok(n) => n,
                 Err(why) => return error(StatusCode::BAD_REQUEST, why),
             };
-            match rt.store.history.stats(now_ms(), minutes).await {
-                Ok(stats) => json(StatusCode::OK, &stats),
+            let stats = rt.store.history.stats(now_ms(), minutes);
+            match tokio::try_join!(stats, rt.store.queue.depth()) {
+                Ok((stats, depth)) => json(
+                    StatusCode::OK,
+                    &Overview {
+                        states: stats.states,
+                        waiting: depth,
+                        minutes: stats.minutes,
+                    },
+                ),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
             }
         }
@@ -418,6 +438,13 @@ fn priority(value: Option<&str>) -> Result<Option<i32>, String> {
     })
 }
 
+/// A query-string value as written by a form: percent-decoded, `+` for a space.
+fn decoded(value: &str) -> String {
+    percent_decode_str(&value.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 /// The window of `GET stats`: `?minutes=N`, 60 unless said, one day at most.
 fn minutes(value: Option<&str>) -> Result<usize, String> {
     match value.map(str::parse::<usize>) {
@@ -436,9 +463,7 @@ pub fn filter(query: &str) -> Result<Filter, String> {
     let mut filter = Filter::default();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode_str(&value.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned();
+        let value = decoded(value);
         // An empty value (a form's blank field) filters nothing.
         if value.is_empty() && key != "limit" {
             continue;

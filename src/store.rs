@@ -745,8 +745,6 @@ fn escape_like(text: &str) -> String {
 pub struct Stats {
     /// Every record kept, by state (a state with none is left out).
     pub states: BTreeMap<String, u64>,
-    /// Durable work waiting to run: queued, scheduled, or failed with a retry to come.
-    pub waiting: u64,
     /// One bucket per minute of the window, oldest first, the current minute last.
     pub minutes: Vec<Minute>,
 }
@@ -769,7 +767,6 @@ impl Stats {
     /// `(minute, state, count)` rows of ended invocations (minute = ms / 60,000).
     pub fn gather(
         states: Vec<(String, i64)>,
-        waiting: i64,
         ended: Vec<(i64, String, i64)>,
         now: i64,
         minutes: usize,
@@ -801,7 +798,6 @@ impl Stats {
                 .into_iter()
                 .map(|(state, n)| (state, u64::try_from(n).unwrap_or(0)))
                 .collect(),
-            waiting: u64::try_from(waiting).unwrap_or(0),
             minutes: buckets,
         }
     }

@@ -14,7 +14,7 @@ use crate::keyvalue::{self, MAX_LIST, MAX_VALUE, check_key, check_prefix, check_
 use crate::runtime::Runtime;
 use crate::store::KvError;
 
-use super::param;
+use super::{decoded, param};
 
 #[derive(Serialize)]
 struct Page {
@@ -77,11 +77,7 @@ fn failed(e: &anyhow::Error) -> Response<Body> {
 }
 
 async fn list(rt: &Runtime, store: &str, query: &str) -> Response<Body> {
-    let prefix = param(query, "prefix").map_or_else(String::new, |p| {
-        percent_decode_str(&p.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned()
-    });
+    let prefix = param(query, "prefix").map_or_else(String::new, decoded);
     let number = |name: &str, default: u64| -> Result<u64, String> {
         param(query, name).map_or(Ok(default), |v| {
             v.parse()

@@ -1686,8 +1686,8 @@ impl History for PostgresStore {
 
     async fn stats(&self, now: i64, minutes: usize) -> anyhow::Result<Stats> {
         self.named(async {
-            // Three reads on three connections at once: the answer takes the longest of
-            // them, not their sum.
+            // Both reads on connections of their own at once: the answer takes the longer
+            // of them, not their sum.
             let states = async {
                 let client = self.client().await?;
                 let names: Vec<&str> = State::ALL.iter().map(|s| s.as_str()).collect();
@@ -1708,17 +1708,6 @@ impl History for PostgresStore {
                     }
                 }
                 anyhow::Ok(states)
-            };
-            let waiting = async {
-                let client = self.client().await?;
-                let row = client
-                    .query_one(
-                        "SELECT count(*) FROM jobhost_invocations
-                         WHERE durable AND state IN ('queued', 'failed', 'scheduled')",
-                        &[],
-                    )
-                    .await?;
-                anyhow::Ok(row.try_get::<_, i64>(0)?)
             };
             let ended = async {
                 let client = self.client().await?;
@@ -1743,8 +1732,8 @@ impl History for PostgresStore {
                 }
                 anyhow::Ok(ended)
             };
-            let (states, waiting, ended) = tokio::try_join!(states, waiting, ended)?;
-            Ok(Stats::gather(states, waiting, ended, now, minutes))
+            let (states, ended) = tokio::try_join!(states, ended)?;
+            Ok(Stats::gather(states, ended, now, minutes))
         })
         .await
     }

@@ -1105,19 +1105,13 @@ impl History for SqliteStore {
                     states.push((state.as_str().to_string(), n));
                 }
             }
-            let waiting = conn
-                .prepare_cached(
-                    "SELECT count(*) FROM invocations
-                     WHERE durable = 1 AND state IN ('queued', 'failed', 'scheduled')",
-                )?
-                .query_row([], |r| r.get(0))?;
             let ended = conn
                 .prepare_cached(ENDED_PER_MINUTE)?
                 .query_map([Stats::since(now, minutes) / 60_000], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })?
                 .collect::<Result<_, _>>()?;
-            Ok(Stats::gather(states, waiting, ended, now, minutes))
+            Ok(Stats::gather(states, ended, now, minutes))
         })
         .await
     }
