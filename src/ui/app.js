@@ -10,7 +10,6 @@ const STATES = ["queued", "scheduled", "running", "succeeded", "failed", "dead",
 const TRIGGERS = ["http", "timer", "file", "manual", "queue", "chain"];
 
 let refreshPaused = false;
-let timer = null;
 // What the current view redraws on each refresh (set by the view).
 let refreshView = null;
 
@@ -379,6 +378,6 @@ function toggleRefresh() {
 document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("refresh-toggle").addEventListener("click", toggleRefresh);
   window.addEventListener("hashchange", render);
-  timer = setInterval(refresh, REFRESH_MS);
+  setInterval(refresh, REFRESH_MS);
   render();
 });
