@@ -452,6 +452,11 @@ impl Dispatcher {
         self.permits.available_permits()
     }
 
+    /// The background invocations this host runs now (claimed, not yet stored).
+    pub fn running_ids(&self) -> Vec<String> {
+        lock(&self.running).keys().cloned().collect()
+    }
+
     /// Invocations running now.
     pub fn running(&self) -> usize {
         self.max_concurrency - self.permits.available_permits()
@@ -605,7 +610,7 @@ impl Dispatcher {
 
     /// Interrupts the runs here that a user cancelled through another host or the CLI.
     pub async fn interrupt_cancelled(&self) -> anyhow::Result<()> {
-        let here: Vec<String> = lock(&self.running).keys().cloned().collect();
+        let here = self.running_ids();
         if here.is_empty() {
             return Ok(());
         }
@@ -695,8 +700,18 @@ impl Dispatcher {
             Err(unknown) => unknown.clone(),
         };
         let span = span(&function.spec.name, &trigger_text, &lease.id);
-        // Off the list (and a cancel waiting on it told) once the result is stored.
-        let mut registered = None;
+        // On the list from its claim until its result is stored (then a cancel waiting on
+        // it is told): what is not on it, the host does not run (`release_lost`).
+        let cancel = CancellationToken::new();
+        let interrupt = Interrupt {
+            cancel: cancel.clone(),
+            ended: CancellationToken::new(),
+        };
+        lock(&self.running).insert(lease.id.clone(), interrupt);
+        let registered = Registered {
+            running: &self.running,
+            id: lease.id.clone(),
+        };
         async {
             let (outcome, next) = match claimed.trigger {
                 Err(unknown) => {
@@ -707,16 +722,6 @@ impl Dispatcher {
                 }
                 Ok(trigger) => {
                     let job = self.job(&lease.id, depth, Some(lease.clone()));
-                    let cancel = CancellationToken::new();
-                    let interrupt = Interrupt {
-                        cancel: cancel.clone(),
-                        ended: CancellationToken::new(),
-                    };
-                    lock(&self.running).insert(lease.id.clone(), interrupt);
-                    registered = Some(Registered {
-                        running: &self.running,
-                        id: lease.id.clone(),
-                    });
                     let invocation = Invocation {
                         id: lease.id.clone(),
                         function: function.clone(),

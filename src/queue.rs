@@ -126,7 +126,7 @@ async fn start_due(rt: &Runtime, paused: &BTreeSet<String>) -> anyhow::Result<()
             _ => {
                 // Not `?`: the rest of this batch is claimed too and must still start.
                 if let Err(e) = rt.store.queue.release(&claimed.lease).await {
-                    tracing::error!(id = %claimed.lease.id, "cannot put a claimed invocation back in the queue: {e:#}; it runs again after the next start");
+                    tracing::error!(id = %claimed.lease.id, "cannot put a claimed invocation back in the queue: {e:#}; it goes back after the lease");
                 }
             }
         }

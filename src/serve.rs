@@ -174,7 +174,8 @@ async fn watch_store(rt: Arc<Runtime>, fatal: CancellationToken, stop: Cancellat
 /// Says every `heartbeat` that this host is alive, and rescues the running background work
 /// of hosts silent for longer than `lease`: it runs again, here or on another host (same
 /// id, next attempt), as after a crash. A silent host that comes back finds its claims
-/// fenced: its late results are dropped.
+/// fenced: its late results are dropped. Its own claims older than the lease that it does
+/// not run (the claim's answer was lost on the way) go back to the queue.
 async fn heartbeat(rt: Arc<Runtime>, started_ms: i64) {
     let (every, lease) = (rt.host.heartbeat, rt.host.lease);
     let owner = rt.dispatch.owner().clone();
@@ -184,7 +185,15 @@ async fn heartbeat(rt: Arc<Runtime>, started_ms: i64) {
         let cluster = &rt.store.cluster;
         let beat = async {
             cluster.heartbeat(&owner, started_ms).await?;
-            cluster.rescue(lease).await
+            let rescued = cluster.rescue(lease).await?;
+            // A run is listed here from the moment its claim is answered, so a claim
+            // older than the lease and not listed never reached this host.
+            let claimed_before = now_ms() - lease.as_millis() as i64;
+            let running = rt.dispatch.running_ids();
+            let lost = (rt.store.queue)
+                .release_lost(&owner, &running, claimed_before)
+                .await?;
+            anyhow::Ok((rescued, lost))
         };
         // A beat that hangs (a half-open connection) must not go unnoticed past the lease.
         let beat = async {
@@ -198,7 +207,7 @@ async fn heartbeat(rt: Arc<Runtime>, started_ms: i64) {
                 })
         };
         match beat.await {
-            Ok(rescued) => {
+            Ok((rescued, lost)) => {
                 if failing {
                     tracing::info!("this host's heartbeat reaches the store again");
                     failing = false;
@@ -218,7 +227,13 @@ async fn heartbeat(rt: Arc<Runtime>, started_ms: i64) {
                     rt.tasks
                         .spawn(async move { dispatch.fail_over(&dead).await });
                 }
-                if !rescued.is_empty() {
+                if !lost.is_empty() {
+                    tracing::warn!(
+                        ids = %lost.join(","),
+                        "claimed by this host more than the lease ({lease:?}) ago but not running here (the store's answer to the claim was lost on the way, or a release failed): queued again without using an attempt"
+                    );
+                }
+                if !rescued.is_empty() || !lost.is_empty() {
                     rt.dispatch.wake();
                 }
             }

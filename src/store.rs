@@ -842,6 +842,18 @@ pub trait Queue: Send + Sync {
     /// Puts an invocation interrupted by a graceful shutdown back in the queue without
     /// using its attempt; `false` when the lease is no longer current.
     async fn release(&self, lease: &Lease) -> anyhow::Result<bool>;
+    /// Claims of `owner` made before `claimed_before` (ms, by `owner`'s clock) that it is
+    /// not running (`running` lists what it runs): a claim the store committed but whose
+    /// answer never reached the host (a connection that broke on the way), or a release
+    /// that failed. Each goes back to the queue without using its attempt, as `release`
+    /// does (one marked for cancel ends `cancelled`); returns their ids. Without this they
+    /// would stay `running` under a host that lives, so no rescue takes them.
+    async fn release_lost(
+        &self,
+        owner: &HostId,
+        running: &[String],
+        claimed_before: i64,
+    ) -> anyhow::Result<Vec<String>>;
     /// After an unclean stop of `owner`: its running invocations run again (same id, next
     /// attempt), or end `dead` when that was their last attempt. (An implementation that
     /// only one host can use at a time may take every running row as the owner's.)

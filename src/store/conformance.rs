@@ -20,6 +20,7 @@ pub(crate) async fn run<K, F: Future<Output = (Store, K)>>(make: impl Fn() -> F)
     a_failed_attempt_waits_for_its_retry_time(make().await).await;
     only_a_dead_invocation_is_retried_with_a_fresh_round(make().await).await;
     recover_queues_running_work_again_for_the_next_attempt(make().await).await;
+    claims_a_host_does_not_run_go_back_to_the_queue_after_the_lease(make().await).await;
     a_timer_occurrence_fires_once_and_overlap_decides_skip_or_queue(make().await).await;
     a_timer_run_is_not_due_nor_claimed_while_another_run_of_it_is_going(make().await).await;
     timer_cursors_move_only_forward_and_forgotten_timers_lose_theirs(make().await).await;
@@ -285,6 +286,38 @@ async fn recover_queues_running_work_again_for_the_next_attempt<K>((store, _keep
     let last = store.history.get("last").await.unwrap().unwrap();
     assert_eq!(last.state, State::Dead);
     assert!(last.error.unwrap().contains("no attempts were left"));
+}
+
+async fn claims_a_host_does_not_run_go_back_to_the_queue_after_the_lease<K>(
+    (store, _keep): (Store, K),
+) {
+    for id in ["lost", "runs", "cancelled", "other"] {
+        store.queue.enqueue(new(id, "f")).await.unwrap();
+    }
+    for id in ["lost", "runs", "cancelled"] {
+        store.queue.claim(id, &owner()).await.unwrap().unwrap();
+    }
+    let other = HostId("host-b".into());
+    store.queue.claim("other", &other).await.unwrap().unwrap();
+    store.queue.cancel("cancelled").await.unwrap();
+    let running = ["runs".to_string()];
+    // Claimed within the lease: perhaps on its way to the host still.
+    let recent = now_ms() - 60_000;
+    let released = store.queue.release_lost(&owner(), &running, recent).await;
+    assert!(released.unwrap().is_empty());
+    let mut released = (store.queue)
+        .release_lost(&owner(), &running, now_ms() + 1)
+        .await
+        .unwrap();
+    released.sort();
+    assert_eq!(released, ["cancelled", "lost"]);
+    let lost = store.history.get("lost").await.unwrap().unwrap();
+    assert_eq!((lost.state, lost.attempt), (State::Queued, 0));
+    assert_eq!(state_of(&store, "cancelled").await, State::Cancelled);
+    assert_eq!(state_of(&store, "runs").await, State::Running);
+    assert_eq!(state_of(&store, "other").await, State::Running);
+    let again = store.queue.claim("lost", &owner()).await.unwrap().unwrap();
+    assert_eq!(again.attempt, 1, "a lost claim uses no attempt");
 }
 
 fn timer_fire(id: &str, advance: Option<(i64, i64)>, overlap: Overlap) -> TimerFire {

@@ -1133,6 +1133,43 @@ impl Queue for PostgresStore {
         .await
     }
 
+    async fn release_lost(
+        &self,
+        owner: &HostId,
+        running: &[String],
+        claimed_before: i64,
+    ) -> anyhow::Result<Vec<String>> {
+        self.named(async {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "WITH released AS (
+                         UPDATE jobhost_invocations SET
+                             state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
+                             finished_at = CASE WHEN cancel_requested THEN $4::int8 END,
+                             error = CASE WHEN cancel_requested THEN $5::text ELSE error END,
+                             attempt = attempt - 1, started_at = NULL, run_after = $4
+                         WHERE state = 'running' AND durable AND owner = $1 AND started_at < $2
+                           AND NOT (id = ANY($3))
+                         RETURNING id)
+                     SELECT id, pg_notify('jobhost_work', '') FROM released",
+                    &[
+                        &owner.as_str(),
+                        &claimed_before,
+                        &running,
+                        &now_ms(),
+                        &CANCELLED,
+                    ],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<Vec<String>, _>>()
+                .map_err(anyhow::Error::from)
+        })
+        .await
+    }
+
     async fn recover(&self, owner: &HostId) -> anyhow::Result<Recovered> {
         // Only this host's own: other hosts' running work is theirs while they live.
         self.named(async {

@@ -674,6 +674,37 @@ impl Queue for SqliteStore {
         .await
     }
 
+    async fn release_lost(
+        &self,
+        owner: &HostId,
+        running: &[String],
+        claimed_before: i64,
+    ) -> anyhow::Result<Vec<String>> {
+        // The ids it runs go in as one JSON array, read by SQLite's own `json_each`.
+        let running = serde_json::to_string(running)?;
+        let owner = owner.as_str().to_string();
+        self.with(move |conn| {
+            let released = conn
+                .prepare(
+                    "UPDATE invocations SET
+                         state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
+                         finished_at = CASE WHEN cancel_requested THEN ?3 END,
+                         error = CASE WHEN cancel_requested THEN ?4 ELSE error END,
+                         attempt = attempt - 1, started_at = NULL, run_after = ?3
+                     WHERE state = 'running' AND durable = 1 AND owner = ?5 AND started_at < ?1
+                       AND id NOT IN (SELECT value FROM json_each(?2))
+                     RETURNING id",
+                )?
+                .query_map(
+                    params![claimed_before, running, now_ms(), CANCELLED, owner],
+                    |r| r.get(0),
+                )?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(released)
+        })
+        .await
+    }
+
     async fn recover(&self, _owner: &HostId) -> anyhow::Result<Recovered> {
         // The host lock makes this host the only one on the file, so every running row is
         // one of its own, whatever owner it was claimed under.

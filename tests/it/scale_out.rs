@@ -613,3 +613,35 @@ fn a_cancel_through_one_host_interrupts_the_run_on_another() {
     let record = other.wait_for_record(&id, Duration::from_secs(10), |r| state(r) == "cancelled");
     assert_eq!(record["attempt"], 1, "{record}");
 }
+
+#[test]
+fn a_claim_whose_answer_was_lost_runs_after_the_lease_on_the_host_that_made_it() {
+    let url = postgres_server::database();
+    let project = project_with(QUICK_LEASE);
+    let mut host = start(&project, &url);
+    let own = host_id(&project);
+    // Held in the queue while the store is given the state a lost answer leaves: the row
+    // claimed (running, next attempt, new fence) by this live host, which never heard so.
+    let paused = host.post("/_jobhost/functions/probe/pause", "");
+    assert_eq!(paused.status, 200, "{}", paused.body);
+    let id = host.invoke("probe", "echo hello");
+    postgres_server::execute(
+        &url,
+        &format!(
+            "UPDATE jobhost_invocations SET state = 'running', owner = '{own}',
+                 attempt = attempt + 1, fence = fence + 1,
+                 started_at = (extract(epoch FROM now()) * 1000)::bigint
+             WHERE id = '{id}'"
+        ),
+    );
+    let resumed = host.post("/_jobhost/functions/probe/resume", "");
+    assert_eq!(resumed.status, 200, "{}", resumed.body);
+    let record = host.wait_for_record(&id, Duration::from_secs(30), |r| state(r) == "succeeded");
+    assert_eq!(
+        record["attempt"], 1,
+        "the lost claim used no attempt: {record}"
+    );
+    assert_eq!(record["host"].as_str(), Some(own.as_str()));
+    let said = host.wait_for_log("not running here", Duration::from_secs(10));
+    assert!(said.contains(&id), "the log names the invocation: {said}");
+}
