@@ -254,7 +254,13 @@ async fn prune(rt: Arc<Runtime>, stop: CancellationToken) {
     let every = Duration::from_secs(600).min(retention.max(Duration::from_secs(1)));
     loop {
         let before = now_ms() - retention.as_millis() as i64;
-        match rt.store.history.prune(before).await {
+        // A long prune (it goes in chunks) does not hold up a shutdown: what it had not
+        // reached yet goes in the next one.
+        let pruned = tokio::select! {
+            _ = stop.cancelled() => break,
+            pruned = rt.store.history.prune(before) => pruned,
+        };
+        match pruned {
             Ok(0) => {}
             Ok(n) => tracing::info!("pruned {n} invocation records older than the retention"),
             Err(e) if is_unreachable(&e) => {}

@@ -205,6 +205,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The store in `data/jobhost.db`.
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// Shared with the records writer's connection.
+    turns: Turns,
     batch: Batcher,
     /// `data/jobhost.db`, named in every error.
     path: PathBuf,
@@ -219,9 +221,11 @@ impl SqliteStore {
     pub fn open(data_dir: &Path, lock: Option<File>) -> anyhow::Result<SqliteStore> {
         let conn = open_connection(data_dir)?;
         let path = db_path(data_dir);
+        let turns = Turns::default();
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
-            batch: Batcher::start(data_dir)?,
+            batch: Batcher::start(data_dir, turns.clone())?,
+            turns,
             identity: identity(&path).ok(),
             path,
             _lock: lock,
@@ -232,18 +236,47 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Runs `f` on the connection, on a blocking thread; an error names the file.
+    /// Runs `f` on the connection, on a blocking thread, in its turn; an error names the
+    /// file.
     async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> anyhow::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || f(&mut lock(&conn)))
-            .await
-            .context("the store's worker thread failed")?
-            .with_context(|| format!("the store {}", self.path.display()))
+        let (conn, turns) = (self.conn.clone(), self.turns.clone());
+        tokio::task::spawn_blocking(move || {
+            let _turn = turns.blocking_lock();
+            f(&mut lock(&conn))
+        })
+        .await
+        .context("the store's worker thread failed")?
+        .with_context(|| format!("the store {}", self.path.display()))
     }
 }
+
+/// The store's connections in this process (the store's own and the records writer's) use
+/// the database in turns, first come first served. SQLite lets one connection write at a
+/// time and has the others poll for the lock, sleeping up to 100 ms between looks, until
+/// `busy_timeout`: under a steady stream of record batches a submission could poll for
+/// seconds and then fail. A queue does not lose its place; the polling stays only for
+/// other processes (the CLI). Taken on blocking threads only, before the connection.
+#[derive(Clone, Default)]
+struct Turns(Arc<tokio::sync::Mutex<()>>);
+
+impl Turns {
+    fn blocking_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0.blocking_lock()
+    }
+}
+
+/// One chunk of `History::prune`: up to ?3 finished records that ended before ?2 (ms),
+/// found through the index of ends per minute (?1 is ?2's minute; `+state` keeps the
+/// planner off the index by state, which holds nearly every record under `succeeded`).
+const PRUNE_CHUNK: &str = "DELETE FROM invocations WHERE rowid IN (
+    SELECT rowid FROM invocations
+    WHERE finished_at / 60000 <= ?1 AND finished_at < ?2
+      AND (+state IN ('succeeded', 'dead', 'skipped', 'cancelled') OR (+state = 'failed' AND durable = 0))
+    LIMIT ?3)";
+const PRUNE_CHUNK_ROWS: usize = 2000;
 
 /// Records in one state, for `History::stats`: a range of the index by state, counted
 /// without reading a row (for every state in turn, three times faster than one `GROUP BY`
@@ -1188,14 +1221,28 @@ impl History for SqliteStore {
     async fn prune(&self, before: i64) -> anyhow::Result<usize> {
         self.with(move |conn| {
             conn.execute("DELETE FROM hosts WHERE heartbeat_at < ?1", params![before])?;
-            Ok(conn.execute(
-                "DELETE FROM invocations
-                 WHERE finished_at IS NOT NULL AND finished_at < ?1
-                   AND (state IN ('succeeded', 'dead', 'skipped', 'cancelled') OR (state = 'failed' AND durable = 0))",
-                params![before],
-            )?)
+            Ok(())
         })
-        .await
+        .await?;
+        // In chunks, each a transaction and a turn of its own: one DELETE of a busy day's
+        // records holds SQLite's only writer (and the store's connection) for seconds, and
+        // submissions, claims and the records writer would wait all that time.
+        let mut pruned = 0;
+        loop {
+            let deleted = self
+                .with(move |conn| {
+                    Ok(conn.prepare_cached(PRUNE_CHUNK)?.execute(params![
+                        before.div_euclid(60_000),
+                        before,
+                        PRUNE_CHUNK_ROWS as i64
+                    ])?)
+                })
+                .await?;
+            pruned += deleted;
+            if deleted < PRUNE_CHUNK_ROWS {
+                return Ok(pruned);
+            }
+        }
     }
 }
 
@@ -1567,6 +1614,57 @@ mod tests {
         );
     }
 
+    #[test]
+    fn pruning_finds_old_records_through_the_index_of_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_connection(dir.path()).unwrap();
+        let bound: [Box<dyn rusqlite::ToSql + Send>; 3] =
+            [Box::new(1i64), Box::new(60_000i64), Box::new(10i64)];
+        let pruned = plan(&conn, PRUNE_CHUNK, &bound);
+        assert!(pruned.contains("INDEX invocations_ended"), "{pruned}");
+        let scans_all = pruned
+            .split("; ")
+            .any(|l| l.starts_with("SCAN") && !l.contains("INDEX"));
+        assert!(!scans_all, "pruning reads every record: {pruned}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pruning_deletes_in_chunks_until_nothing_old_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), None).unwrap();
+        let old = now_ms() - 3_600_000;
+        let record = |n: usize, started_at: i64| SyncRecord {
+            id: format!("{n:08}"),
+            function: "f".to_string(),
+            trigger: TriggerKind::Http,
+            reason: crate::store::Reason::Http,
+            started_at,
+            host: HostId("h".into()),
+            payload: Bytes::new(),
+            payload_truncated: false,
+            output: Output::default(),
+        };
+        // More than two chunks of old records, and a few recent ones that stay.
+        let total = 2 * PRUNE_CHUNK_ROWS + 10;
+        for n in 0..total {
+            store.record(record(n, old));
+        }
+        for n in total..total + 3 {
+            store.record(record(n, now_ms()));
+        }
+        store.flush().await.unwrap();
+        let pruned = store.prune(now_ms() - 60_000).await.unwrap();
+        assert_eq!(pruned, total);
+        let left = store
+            .list(&Filter {
+                limit: Some(100),
+                ..Filter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 3);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite_passes_the_store_conformance_suite() {
         conformance::run(|| async {
@@ -1607,18 +1705,10 @@ mod tests {
         open_connection(dir.path()).unwrap();
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn store_errors_name_the_file_and_a_deleted_file_is_noticed() {
-        use crate::store::{History, Queue};
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path(), None).unwrap();
-        store.check().await.unwrap();
-        Connection::open(db_path(dir.path()))
-            .unwrap()
-            .execute_batch("DROP TABLE invocations")
-            .unwrap();
-        let new = crate::store::NewInvocation {
-            id: "x".to_string(),
+    /// A manual invocation of `f` to queue.
+    fn manual(id: &str) -> crate::store::NewInvocation {
+        crate::store::NewInvocation {
+            id: id.to_string(),
             function: "f".to_string(),
             trigger: crate::config::TriggerKind::Manual,
             reason: crate::store::Reason::Manual,
@@ -1633,7 +1723,20 @@ mod tests {
             parent_id: None,
             depth: 0,
             callback: None,
-        };
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn store_errors_name_the_file_and_a_deleted_file_is_noticed() {
+        use crate::store::{History, Queue};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), None).unwrap();
+        store.check().await.unwrap();
+        Connection::open(db_path(dir.path()))
+            .unwrap()
+            .execute_batch("DROP TABLE invocations")
+            .unwrap();
+        let new = manual("x");
         let message = format!("{:#}", store.enqueue(new).await.unwrap_err());
         assert!(message.contains("jobhost.db"), "{message}");
         std::fs::remove_file(db_path(dir.path())).unwrap();
@@ -1642,6 +1745,32 @@ mod tests {
             message.contains("was deleted while the host ran"),
             "{message}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_submission_waits_its_turn_behind_the_records_writer_rather_than_fail() {
+        use crate::store::{Enqueued, Queue};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), None).unwrap();
+        // A batch of records written in its turn that holds SQLite's lock for longer than
+        // `busy_timeout` (5 s): a submission polling for the lock would give up.
+        let (turns, path) = (store.turns.clone(), dir.path().to_path_buf());
+        let (held, holding) = std::sync::mpsc::channel();
+        let writer = std::thread::spawn(move || {
+            let _turn = turns.blocking_lock();
+            let mut conn = open_connection(&path).unwrap();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .unwrap();
+            held.send(()).unwrap();
+            std::thread::sleep(Duration::from_secs(6));
+            tx.commit().unwrap();
+        });
+        holding.recv().unwrap();
+        let new = manual("x");
+        let enqueued = store.enqueue(new).await;
+        assert!(matches!(enqueued, Ok(Enqueued::New(_))), "{enqueued:?}");
+        writer.join().unwrap();
     }
 
     #[test]

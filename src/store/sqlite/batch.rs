@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::{insert_sync, lock, open_connection};
+use super::{Turns, insert_sync, lock, open_connection};
 use crate::store::SyncRecord;
 
 #[derive(Clone)]
@@ -29,6 +29,8 @@ struct Shared {
     arrived: Condvar,
     /// Held while a batch is taken and written, so a flush sees every earlier batch done.
     conn: Mutex<Connection>,
+    /// The store's: a batch is written in its turn.
+    turns: Turns,
     /// A normal-priority task is writing a backlog.
     helping: AtomicBool,
 }
@@ -42,12 +44,14 @@ const BEHIND: usize = 4 * BATCH;
 
 impl Batcher {
     /// Starts the writer on a connection of its own, so that its commits (and the WAL
-    /// checkpoints they trigger) never hold up the store's other users.
-    pub(super) fn start(data_dir: &Path) -> anyhow::Result<Batcher> {
+    /// checkpoints they trigger) are off the store's connection; it writes in its `turns`
+    /// with the store's.
+    pub(super) fn start(data_dir: &Path, turns: Turns) -> anyhow::Result<Batcher> {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Vec::new()),
             arrived: Condvar::new(),
             conn: Mutex::new(open_connection(data_dir)?),
+            turns,
             helping: AtomicBool::new(false),
         });
         let writer = shared.clone();
@@ -111,6 +115,7 @@ impl Batcher {
 
 impl Shared {
     fn write_pending(&self) {
+        let _turn = self.turns.blocking_lock();
         let mut conn = lock(&self.conn);
         let batch = std::mem::take(&mut *lock(&self.pending));
         if !batch.is_empty()
@@ -166,7 +171,7 @@ mod tests {
     #[test]
     fn every_sync_record_is_written_including_a_backlog_past_the_writer() {
         let dir = tempfile::tempdir().unwrap();
-        let batcher = Batcher::start(dir.path()).unwrap();
+        let batcher = Batcher::start(dir.path(), Turns::default()).unwrap();
         // Far more than the writer gathers at once: the backlog path writes part of them.
         let total = 3 * BEHIND;
         for n in 0..total {
