@@ -485,6 +485,15 @@ impl Outage {
     }
 }
 
+/// A claimed invocation given back without using its attempt ($3 is now, $4 the cancel
+/// text): to the queue, or `cancelled` when a cancel was asked meanwhile (it ends rather
+/// than run again).
+const RELEASED: &str = "
+    state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
+    finished_at = CASE WHEN cancel_requested THEN $3::int8 END,
+    error = CASE WHEN cancel_requested THEN $4::text ELSE error END,
+    attempt = attempt - 1, started_at = NULL, run_after = $3";
+
 /// Listens for `NOTIFY jobhost_work` (sent when queued work commits, on any host) on a
 /// connection of its own, and wakes `hint` for each; reconnects with backoff when the
 /// connection is lost. A hint only: the queue worker polls as well.
@@ -1116,15 +1125,12 @@ impl Queue for PostgresStore {
             let client = self.client().await?;
             let changed = client
                 .query(
-                    // Cancelled meanwhile: it ends here rather than run again.
-                    "WITH released AS (
-                         UPDATE jobhost_invocations SET
-                             state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
-                             finished_at = CASE WHEN cancel_requested THEN $3::int8 END,
-                             error = CASE WHEN cancel_requested THEN $4::text ELSE error END,
-                             attempt = attempt - 1, started_at = NULL, run_after = $3
-                         WHERE id = $1 AND state = 'running' AND fence = $2 RETURNING id)
-                     SELECT pg_notify('jobhost_work', '') FROM released",
+                    &format!(
+                        "WITH released AS (
+                             UPDATE jobhost_invocations SET {RELEASED}
+                             WHERE id = $1 AND state = 'running' AND fence = $2 RETURNING id)
+                         SELECT pg_notify('jobhost_work', '') FROM released"
+                    ),
                     &[&lease.id, &lease.fence, &now_ms(), &CANCELLED],
                 )
                 .await?;
@@ -1143,22 +1149,20 @@ impl Queue for PostgresStore {
             let client = self.client().await?;
             let rows = client
                 .query(
-                    "WITH released AS (
-                         UPDATE jobhost_invocations SET
-                             state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
-                             finished_at = CASE WHEN cancel_requested THEN $4::int8 END,
-                             error = CASE WHEN cancel_requested THEN $5::text ELSE error END,
-                             attempt = attempt - 1, started_at = NULL, run_after = $4
-                         WHERE state = 'running' AND durable AND owner = $1 AND started_at < $2
-                           AND NOT (id = ANY($3))
-                         RETURNING id)
-                     SELECT id, pg_notify('jobhost_work', '') FROM released",
+                    &format!(
+                        "WITH released AS (
+                             UPDATE jobhost_invocations SET {RELEASED}
+                             WHERE state = 'running' AND durable AND owner = $1
+                               AND started_at < $2 AND NOT (id = ANY($5))
+                             RETURNING id)
+                         SELECT id, pg_notify('jobhost_work', '') FROM released"
+                    ),
                     &[
                         &owner.as_str(),
                         &claimed_before,
-                        &running,
                         &now_ms(),
                         &CANCELLED,
+                        &running,
                     ],
                 )
                 .await?;

@@ -253,6 +253,15 @@ impl SqliteStore {
     }
 }
 
+/// A claimed invocation given back without using its attempt (?3 is now, ?4 the cancel
+/// text): to the queue, or `cancelled` when a cancel was asked meanwhile (it ends rather
+/// than run again).
+const RELEASED: &str = "
+    state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
+    finished_at = CASE WHEN cancel_requested THEN ?3 END,
+    error = CASE WHEN cancel_requested THEN ?4 ELSE error END,
+    attempt = attempt - 1, started_at = NULL, run_after = ?3";
+
 /// The store's connections in this process (the store's own and the records writer's) use
 /// the database in turns, first come first served. SQLite lets one connection write at a
 /// time and has the others poll for the lock, sleeping up to 100 ms between looks, until
@@ -693,13 +702,10 @@ impl Queue for SqliteStore {
     async fn release(&self, lease: &Lease) -> anyhow::Result<bool> {
         let lease = lease.clone();
         self.with(move |conn| {
-            // Cancelled meanwhile: it ends here rather than run again.
             let changed = conn.execute(
-                "UPDATE invocations SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
-                     finished_at = CASE WHEN cancel_requested THEN ?3 END,
-                     error = CASE WHEN cancel_requested THEN ?4 ELSE error END,
-                     attempt = attempt - 1, started_at = NULL, run_after = ?3
-                 WHERE id = ?1 AND state = 'running' AND fence = ?2",
+                &format!(
+                    "UPDATE invocations SET {RELEASED} WHERE id = ?1 AND state = 'running' AND fence = ?2"
+                ),
                 params![lease.id, lease.fence, now_ms(), CANCELLED],
             )?;
             Ok(changed == 1)
@@ -718,16 +724,12 @@ impl Queue for SqliteStore {
         let owner = owner.as_str().to_string();
         self.with(move |conn| {
             let released = conn
-                .prepare(
-                    "UPDATE invocations SET
-                         state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
-                         finished_at = CASE WHEN cancel_requested THEN ?3 END,
-                         error = CASE WHEN cancel_requested THEN ?4 ELSE error END,
-                         attempt = attempt - 1, started_at = NULL, run_after = ?3
+                .prepare(&format!(
+                    "UPDATE invocations SET {RELEASED}
                      WHERE state = 'running' AND durable = 1 AND owner = ?5 AND started_at < ?1
                        AND id NOT IN (SELECT value FROM json_each(?2))
-                     RETURNING id",
-                )?
+                     RETURNING id"
+                ))?
                 .query_map(
                     params![claimed_before, running, now_ms(), CANCELLED, owner],
                     |r| r.get(0),
