@@ -33,7 +33,7 @@ struct Shared {
     conn: Mutex<Connection>,
     /// The store's: a batch is written in its turn.
     turns: Turns,
-    /// A normal-priority task is writing a backlog.
+    /// A blocking task is writing a backlog besides the writer thread.
     helping: AtomicBool,
 }
 
