@@ -95,16 +95,18 @@ pub fn for_run(store: &Arc<dyn KeyValues>, function: &Arc<Function>, max_keys: u
     })))
 }
 
-/// What a guest is told when the store did not answer; the host's log has the details.
-fn failed(e: anyhow::Error) -> KvFailure {
-    tracing::error!("key-value store: {e:#}");
-    KvFailure::Other("the host's store failed; see the host's log".to_string())
-}
+impl Buckets {
+    /// What a guest is told when the store did not answer; the host's log has the details.
+    fn failed(&self, e: anyhow::Error) -> KvFailure {
+        tracing::error!(function = %self.function.spec.name, "key-value store: {e:#}");
+        KvFailure::Other("the host's store failed; see the host's log".to_string())
+    }
 
-fn refused(e: KvError) -> KvFailure {
-    match e {
-        KvError::Store(e) => failed(e),
-        other => KvFailure::Other(other.to_string()),
+    fn refused(&self, e: KvError) -> KvFailure {
+        match e {
+            KvError::Store(e) => self.failed(e),
+            other => KvFailure::Other(other.to_string()),
+        }
     }
 }
 
@@ -195,7 +197,12 @@ impl KeyValue for Buckets {
         let mut values = Vec::with_capacity(keys.len());
         let mut bytes = 0;
         for chunk in keys.chunks(GET_CHUNK) {
-            for value in self.store.get(store, chunk).await.map_err(failed)? {
+            for value in self
+                .store
+                .get(store, chunk)
+                .await
+                .map_err(|e| self.failed(e))?
+            {
                 bytes += value.as_ref().map_or(0, Vec::len);
                 if bytes > MAX_BATCH_BYTES {
                     return Err(KvFailure::Other(format!(
@@ -223,7 +230,7 @@ impl KeyValue for Buckets {
         self.store
             .set(store, &pairs, self.max_keys)
             .await
-            .map_err(refused)
+            .map_err(|e| self.refused(e))
     }
 
     async fn delete(&self, store: &str, keys: Vec<String>) -> Result<(), KvFailure> {
@@ -232,7 +239,7 @@ impl KeyValue for Buckets {
             .delete(store, &keys)
             .await
             .map(drop)
-            .map_err(failed)
+            .map_err(|e| self.failed(e))
     }
 
     async fn list(
@@ -245,7 +252,7 @@ impl KeyValue for Buckets {
             .store
             .keys(store, "", from, PAGE)
             .await
-            .map_err(failed)?;
+            .map_err(|e| self.failed(e))?;
         let next = (keys.len() as u64 == PAGE).then_some(from + PAGE);
         Ok((keys, next))
     }
@@ -255,6 +262,6 @@ impl KeyValue for Buckets {
         self.store
             .increment(store, &key, delta, self.max_keys)
             .await
-            .map_err(refused)
+            .map_err(|e| self.refused(e))
     }
 }

@@ -239,7 +239,7 @@ fn load_function(
         (Some(n), _) => Some(Arc::new(tokio::sync::Semaphore::new(n))),
         (None, _) => None,
     };
-    let config = GuestConfig::new(&spec.config);
+    let config = GuestConfig::new(&spec.name, &spec.config);
     Ok(Arc::new(Function {
         spec: spec.clone(),
         prepared,

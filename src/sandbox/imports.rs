@@ -76,12 +76,15 @@ wasi_config!(
 #[derive(Clone, Default)]
 pub struct GuestConfig {
     values: Arc<BTreeMap<String, Setting>>,
+    /// Named in the log: a synchronous run has no span to name it (`dispatch`).
+    function: Arc<str>,
 }
 
 impl GuestConfig {
-    pub fn new(config: &BTreeMap<String, Setting>) -> GuestConfig {
+    pub fn new(function: &str, config: &BTreeMap<String, Setting>) -> GuestConfig {
         GuestConfig {
             values: Arc::new(config.clone()),
+            function: function.into(),
         }
     }
 
@@ -92,7 +95,10 @@ impl GuestConfig {
             None => Ok(None),
             Some(Ok(value)) => Ok(Some(value.clone())),
             Some(Err(unset)) => {
-                tracing::warn!("the guest read config `{key}`, which has no value: {unset}");
+                tracing::warn!(
+                    function = %self.function,
+                    "the guest read config `{key}`, which has no value: {unset}"
+                );
                 Err(unset.to_string())
             }
         }

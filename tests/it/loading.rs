@@ -247,6 +247,18 @@ module = "cfg1.wasm"
         "greeting=hello\nwho: its environment variable is not set (see the host's log)\n"
     );
     assert_eq!(host.post("/cfg1", "greeting").body, "greeting=hello\n");
+    // The host's log names the function that read it (a synchronous run has no span of
+    // its own unless it ends with a line to write).
+    wait_until(std::time::Duration::from_secs(10), || {
+        host.log()
+            .iter()
+            .any(|l| {
+                l.contains("WARN")
+                    && l.contains("function=cfg1")
+                    && l.contains("`who`, which has no value")
+            })
+            .then_some(())
+    });
 }
 
 #[test]
