@@ -4,9 +4,10 @@
 //! `flush` gives readers (the API, shutdown) every record handed over before.
 //!
 //! The writer thread runs at normal priority: it writes in turns with the store's
-//! connection (see `Turns`), and a batch that holds the turn must end quickly, which a
-//! thread at the lowest priority on a busy machine does not (submissions waited up to a
-//! second behind it in the soak; at normal priority some 15 ms, with sync p99 unchanged).
+//! connection (see `Turns`), one chunk of a batch a turn, and a chunk that holds the turn
+//! must end quickly, which a thread at the lowest priority on a busy machine does not
+//! (submissions waited up to a second behind it in the soak; at normal priority some
+//! 15 ms, with sync p99 unchanged).
 //! When requests keep the writer from keeping up, once `BEHIND` records wait a blocking
 //! task writes them as well: pending records stay bounded.
 
@@ -47,7 +48,7 @@ const BATCH: usize = 512;
 const CHUNK: usize = 64;
 /// How long the writer gathers records before it commits them.
 const WINDOW: Duration = Duration::from_millis(20);
-/// Records waiting beyond which a normal-priority task writes them.
+/// Records waiting beyond which a blocking task writes them besides the writer thread.
 const BEHIND: usize = 4 * BATCH;
 
 impl Batcher {
