@@ -7,6 +7,7 @@ mod access;
 mod kv;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use chrono::Utc;
 use http::{Method, Request, Response, StatusCode};
@@ -242,6 +243,10 @@ async fn pause(rt: &Runtime, name: &str, paused: bool) -> Response<Body> {
             if changed {
                 tracing::info!(function = %name, "{}", if paused { "paused" } else { "resumed" });
             }
+            if !paused {
+                // Its waiting work starts now here (other hosts find it within a second).
+                rt.dispatch.wake();
+            }
             json(
                 StatusCode::OK,
                 &serde_json::json!({ "function": name, "paused": paused, "changed": changed }),
@@ -339,7 +344,7 @@ async fn post_message(rt: &Runtime, queue: &str, req: Request<Incoming>) -> Resp
 /// `Idempotency-Key`, `?priority=` and `?delay=`/`?at=`; 202 with its `Location`.
 async fn submit(
     rt: &Runtime,
-    function: &Function,
+    function: &Arc<Function>,
     (trigger, reason, vars): (TriggerKind, Reason, Vec<(String, String)>),
     req: Request<Incoming>,
 ) -> Response<Body> {
@@ -375,7 +380,7 @@ async fn submit(
     if callback.is_some() {
         new.callback = callback;
     }
-    match rt.dispatch.submit(new).await {
+    match rt.submit(function, new).await {
         Ok(enqueued) => answer::submitted(enqueued),
         Err(e) => {
             if !is_unreachable(&e) {

@@ -181,8 +181,9 @@ pub enum StoreSettings {
     /// `data/jobhost.db`: the embedded default, for one host.
     Sqlite,
     /// A PostgreSQL database that several hosts share; the URL as given (it may hold a
-    /// password, so `Debug` leaves it out).
-    Postgres { url: String },
+    /// password, so `Debug` leaves it out), and the most connections this host opens to it
+    /// (besides the one that listens for new work).
+    Postgres { url: String, connections: usize },
 }
 
 impl std::fmt::Debug for StoreSettings {
@@ -221,6 +222,9 @@ pub struct DirMount {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
 const DEFAULT_MAX_CONCURRENCY: usize = 64;
+/// Connections a host opens to PostgreSQL at most: a few per database core serve best, so
+/// a cluster's hosts together should not hold many more than that.
+const DEFAULT_STORE_CONNECTIONS: usize = 8;
 const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_BODY_MEMORY: u64 = 256 << 20;
@@ -486,7 +490,7 @@ fn host_settings(
             let span = value.span();
             match value.into_inner() {
                 RawStore::Sqlite => StoreSettings::Sqlite,
-                RawStore::Postgres(url) => match url.resolve() {
+                RawStore::Postgres { url, connections } => match url.resolve() {
                     Ok(url) => {
                         if let Err(e) = url.parse::<tokio_postgres::Config>() {
                             problems.push(source.problem(
@@ -495,7 +499,17 @@ fn host_settings(
                                 format!("invalid PostgreSQL URL ({e}): write postgres://user:password@host:5432/database"),
                             ));
                         }
-                        StoreSettings::Postgres { url }
+                        if connections == Some(0) {
+                            problems.push(source.problem(
+                                Some(&span),
+                                "host.store.connections",
+                                "a host needs at least one connection: write connections = 1 or more, or leave it out for the default (8)".to_string(),
+                            ));
+                        }
+                        StoreSettings::Postgres {
+                            url,
+                            connections: connections.unwrap_or(DEFAULT_STORE_CONNECTIONS).max(1),
+                        }
                     }
                     Err(var) => {
                         problems.push(source.problem(
@@ -730,6 +744,14 @@ mod tests {
                 "[host]\nstore = { postgres = \"postgres://h:port/db\" }\n",
                 "2|host.store.postgres|invalid PostgreSQL URL",
             ),
+            (
+                "[host]\nstore = { postgres = \"postgres://h/db\", connections = 0 }\n",
+                "2|host.store.connections|at least one connection",
+            ),
+            (
+                "[host]\nstore = { postgres = \"postgres://h/db\", connections = \"many\" }\n",
+                "2|host.store|connections = N",
+            ),
         ];
         for (text, expect) in cases {
             let got = first_problem(text);
@@ -739,6 +761,25 @@ mod tests {
                 "for {text:?}: got {got:?}, want {expect:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_postgres_store_opens_the_connections_it_is_given_or_eight() {
+        let connections = |text: &str| match load_text(text).unwrap().host.store {
+            StoreSettings::Postgres { connections, .. } => connections,
+            StoreSettings::Sqlite => panic!("not a PostgreSQL store"),
+        };
+        let url = "postgres://u@h/db";
+        assert_eq!(
+            connections(&format!("[host]\nstore = {{ postgres = \"{url}\" }}\n")),
+            8
+        );
+        assert_eq!(
+            connections(&format!(
+                "[host]\nstore = {{ postgres = \"{url}\", connections = 3 }}\n"
+            )),
+            3
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -181,6 +181,10 @@ pub struct Dispatcher {
     /// by a synchronous call is found by the worker's next poll, within a second: waking it
     /// for every request would cost a look at the store per request.)
     wake: Arc<Notify>,
+    /// Whether the worker's last look found work that waits for a slot here (or could not
+    /// tell): then every run that ends wakes it. Else one that ends quietly does not, so
+    /// that work started as it was submitted costs no look at the store when it ends.
+    slot_wanted: AtomicBool,
     /// The functions as they are now (swapped whole on reload): what chains and guests'
     /// `enqueue` name.
     functions: Arc<RwLock<Arc<Registry>>>,
@@ -403,6 +407,7 @@ impl Dispatcher {
             permits: Arc::new(Semaphore::new(parts.max_concurrency)),
             max_concurrency: parts.max_concurrency,
             wake: Arc::new(Notify::new()),
+            slot_wanted: AtomicBool::new(true),
             functions: Arc::new(RwLock::new(Arc::new(Registry::default()))),
             max_chain_depth: parts.max_chain_depth,
             outbound: parts.outbound,
@@ -493,6 +498,12 @@ impl Dispatcher {
         })
     }
 
+    /// What the worker's last look found: whether work may wait for a slot here (see
+    /// `slot_wanted`).
+    pub fn slots_wanted(&self, wanted: bool) {
+        self.slot_wanted.store(wanted, Ordering::Release);
+    }
+
     /// Wakes the queue worker: durable work was written, or a background run ended.
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -521,6 +532,30 @@ impl Dispatcher {
         let enqueued = self.store.queue.enqueue(new).await?;
         if let Enqueued::New(_) = enqueued {
             self.wake();
+        }
+        Ok(enqueued)
+    }
+
+    /// As `submit`, but started here at once when this host has a free slot for it (it is
+    /// due, and `function` has no `concurrency` counted across hosts, and is not
+    /// `paused`): stored already claimed, it takes no look at the queue and wakes no
+    /// other host to race for it. Else it is queued for whichever host claims it first.
+    pub async fn submit_here(
+        self: &Arc<Self>,
+        function: &Arc<Function>,
+        new: NewInvocation,
+        paused: bool,
+    ) -> anyhow::Result<Enqueued> {
+        let here = !paused
+            && function.spec.concurrency.is_none()
+            && new.run_after.is_none_or(|at| at <= now_ms());
+        let Some(permit) = here.then(|| self.admit(function).ok()).flatten() else {
+            return self.submit(new).await;
+        };
+        let (enqueued, claimed) = self.store.queue.enqueue_claimed(new, &self.owner).await?;
+        if let Some(claimed) = claimed {
+            let run = self.clone().run_claimed(function.clone(), claimed, permit);
+            self.tasks.spawn(run);
         }
         Ok(enqueued)
     }
@@ -705,7 +740,7 @@ impl Dispatcher {
             running: &self.running,
             id: lease.id.clone(),
         };
-        async {
+        let queued = async {
             let (outcome, next) = match claimed.trigger {
                 Err(unknown) => {
                     let outcome = Outcome::host_failure(format!(
@@ -739,7 +774,7 @@ impl Dispatcher {
                                 "cannot queue the interrupted invocation again ({e:#}); it runs again on the next start"
                             ),
                         }
-                        return;
+                        return true;
                     };
                     // A chain that would go on past max_chain_depth ends here, without
                     // retries: another attempt would only try the same.
@@ -768,13 +803,21 @@ impl Dispatcher {
                 }
             };
             let chain = chain(&self.functions(), &function, &lease.id, depth, &outcome, next);
+            let queues = matches!(next, Next::RetryAt(_))
+                || !chain.on_success.is_empty()
+                || chain.on_failure.is_some();
             self.finish(&lease, &outcome, next, chain).await;
+            queues
         }
         .instrument(span)
         .await;
         drop(registered);
         drop(permit);
-        self.wake();
+        // The worker looks again when this run's end queued work (a retry, a chain's next
+        // step), or may have freed a slot that queued work waits for.
+        if queued || self.slot_wanted.load(Ordering::Acquire) {
+            self.wake();
+        }
     }
 
     /// Runs the guest on a task of its own, so that even a panic in the host's code for

@@ -31,10 +31,14 @@ pub async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
     let mut cancels_seen = std::time::Instant::now();
     loop {
         let paused = rt.paused().await;
-        if let Err(e) = start_due(&rt, &paused).await {
-            // A lost store is logged once, by the store.
-            if !is_unreachable(&e) {
-                tracing::error!("reading the invocation queue: {e:#}");
+        match start_due(&rt, &paused).await {
+            Ok(wanted) => rt.dispatch.slots_wanted(wanted),
+            Err(e) => {
+                rt.dispatch.slots_wanted(true);
+                // A lost store is logged once, by the store.
+                if !is_unreachable(&e) {
+                    tracing::error!("reading the invocation queue: {e:#}");
+                }
             }
         }
         // Cancels made through another host or the CLI; at most a few looks a second, as
@@ -71,15 +75,17 @@ async fn hinted(hint: Option<&Notify>) {
     }
 }
 
-async fn start_due(rt: &Runtime, paused: &BTreeSet<String>) -> anyhow::Result<()> {
+/// Claims and starts what is due and fits; whether work may be left waiting for a slot
+/// (this look was short of slots, or found work: there may be more).
+async fn start_due(rt: &Runtime, paused: &BTreeSet<String>) -> anyhow::Result<bool> {
     let functions = rt.functions();
     let free = rt.dispatch.free_slots();
     if free == 0 {
-        return Ok(());
+        return Ok(true);
     }
     // What this host can run now; a function that is not loaded keeps its work queued
     // until it is (here or on another host).
-    let wanted = Wanted {
+    let mut wanted = Wanted {
         limit: free.min(BATCH),
         functions: functions
             .functions
@@ -97,17 +103,27 @@ async fn start_due(rt: &Runtime, paused: &BTreeSet<String>) -> anyhow::Result<()
                     .iter()
                     .any(|t| matches!(t, Trigger::Timer(_))),
             })
-            // A paused function's work waits in the queue until it is resumed.
-            .filter(|s| s.here > 0 && !paused.contains(&s.function))
             .collect(),
     };
+    // Work may wait for a slot that a run ending here frees: of a function with no room
+    // here, or with a `concurrency` counted on all hosts, or a timer's next run (runs of
+    // one timer never overlap).
+    let short = wanted
+        .functions
+        .iter()
+        .any(|s| s.here == 0 || s.everywhere.is_some() || s.timers);
+    // A paused function's work waits in the queue until it is resumed.
+    wanted
+        .functions
+        .retain(|s| s.here > 0 && !paused.contains(&s.function));
     if wanted.functions.is_empty() {
-        return Ok(());
+        return Ok(short);
     }
     let owner = rt.dispatch.owner();
     let started = std::time::Instant::now();
     let claimed = rt.store.queue.claim_due(owner, &wanted).await?;
     metrics::get().claim(started.elapsed());
+    let found = !claimed.is_empty();
     for claimed in claimed {
         let admitted = functions
             .functions
@@ -131,5 +147,5 @@ async fn start_due(rt: &Runtime, paused: &BTreeSet<String>) -> anyhow::Result<()
             }
         }
     }
-    Ok(())
+    Ok(short || found)
 }

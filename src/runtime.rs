@@ -13,8 +13,8 @@ use tokio_util::task::TaskTracker;
 use crate::body::Budget;
 use crate::config::HostSettings;
 use crate::dispatch::Dispatcher;
-use crate::registry::Registry;
-use crate::store::{Store, is_unreachable};
+use crate::registry::{Function, Registry};
+use crate::store::{Enqueued, NewInvocation, Store, is_unreachable};
 
 pub struct Runtime {
     /// The `[host]` settings the host started with (they hold until a restart), with
@@ -99,6 +99,18 @@ impl Runtime {
         let changed = self.store.triggers.set_paused(function, paused).await?;
         self.paused.lock().unwrap_or_else(|e| e.into_inner()).read = None;
         Ok(changed)
+    }
+
+    /// Durable work of `function` submitted through this host (the API, an async HTTP
+    /// route): started here at once when this host can (`Dispatcher::submit_here`), else
+    /// queued.
+    pub async fn submit(
+        &self,
+        function: &Arc<Function>,
+        new: NewInvocation,
+    ) -> anyhow::Result<Enqueued> {
+        let paused = self.paused().await.contains(&function.spec.name);
+        self.dispatch.submit_here(function, new, paused).await
     }
 
     /// The functions as they are now. A request or a run keeps the snapshot it started

@@ -276,6 +276,26 @@ fn waiting(new: &NewInvocation, state: State, now: i64) -> (State, i64) {
     }
 }
 
+/// The claim of `new`, stored as its first attempt by `owner` (see
+/// [`Queue::enqueue_claimed`]).
+fn claimed_new(new: NewInvocation, owner: &HostId) -> Claimed {
+    Claimed {
+        lease: Lease {
+            id: new.id,
+            owner: owner.clone(),
+            fence: 1,
+        },
+        function: new.function,
+        trigger: Ok(new.trigger),
+        attempt: 1,
+        max_attempt: new.attempts,
+        payload: new.payload,
+        vars: new.vars,
+        input_dir: new.input_dir,
+        depth: new.depth,
+    }
+}
+
 /// What a host can start now, for [`Queue::claim_due`].
 #[derive(Debug, Clone, Default)]
 pub struct Wanted {
@@ -814,6 +834,15 @@ pub trait Queue: Send + Sync {
     /// Records durable work; once this returns `New`, it will run. With an idempotency
     /// key the function already used, nothing is recorded and the first one is named.
     async fn enqueue(&self, new: NewInvocation) -> anyhow::Result<Enqueued>;
+    /// Records durable work already claimed by `owner`, for a host that starts it at once:
+    /// its first attempt, `running` under a lease as `claim` would leave it, and no other
+    /// host told of it. Nothing is claimed with an idempotency key already used (as
+    /// `enqueue`), nor for work not due yet (it is queued as `enqueue` would).
+    async fn enqueue_claimed(
+        &self,
+        new: NewInvocation,
+        owner: &HostId,
+    ) -> anyhow::Result<(Enqueued, Option<Claimed>)>;
     /// Claims for `owner` what it can start now: up to `wanted.limit` due invocations of
     /// the wanted functions, highest priority first, then the oldest due; within each
     /// function's slots here and its `concurrency` counted on every host together; never a
@@ -1138,8 +1167,8 @@ impl Store {
                 let name = store.path().display().to_string();
                 Store::new(store, name)
             }
-            StoreSettings::Postgres { url } => {
-                let store = postgres::PostgresStore::open(url, lock).await?;
+            StoreSettings::Postgres { url, connections } => {
+                let store = postgres::PostgresStore::open(url, *connections, lock).await?;
                 let name = store.name().to_string();
                 Store::new(store, name)
             }

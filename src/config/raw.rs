@@ -85,11 +85,15 @@ section!(RawHost {
 });
 
 /// `store = "sqlite"` or `store = { postgres = "postgres://..." }` (the URL may come from
-/// the environment: `{ postgres = { env = "DATABASE_URL" } }`).
+/// the environment: `{ postgres = { env = "DATABASE_URL" } }`), with the most connections
+/// a host opens (`connections = 8`).
 #[derive(Debug, Clone)]
 pub(crate) enum RawStore {
     Sqlite,
-    Postgres(RawValue),
+    Postgres {
+        url: RawValue,
+        connections: Option<usize>,
+    },
 }
 
 impl<'de> Deserialize<'de> for RawStore {
@@ -98,6 +102,7 @@ impl<'de> Deserialize<'de> for RawStore {
         #[serde(deny_unknown_fields)]
         struct Postgres {
             postgres: RawValue,
+            connections: Option<usize>,
         }
         #[derive(Deserialize)]
         #[serde(untagged)]
@@ -105,13 +110,16 @@ impl<'de> Deserialize<'de> for RawStore {
             Name(String),
             Postgres(Postgres),
         }
-        let shapes = "write store = \"sqlite\" (the default), store = { postgres = \"postgres://user@host/db\" } or store = { postgres = { env = \"DATABASE_URL\" } }";
+        let shapes = "write store = \"sqlite\" (the default), store = { postgres = \"postgres://user@host/db\" } or store = { postgres = { env = \"DATABASE_URL\" } }, with connections = N if you like";
         match Either::deserialize(d).map_err(|_| serde::de::Error::custom(shapes))? {
             Either::Name(name) if name == "sqlite" => Ok(RawStore::Sqlite),
             Either::Name(name) => Err(serde::de::Error::custom(format!(
                 "unknown store {name:?}: {shapes}"
             ))),
-            Either::Postgres(p) => Ok(RawStore::Postgres(p.postgres)),
+            Either::Postgres(p) => Ok(RawStore::Postgres {
+                url: p.postgres,
+                connections: p.connections,
+            }),
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::config::{Overlap, TriggerKind};
 
 pub(crate) async fn run<K, F: Future<Output = (Store, K)>>(make: impl Fn() -> F) {
     enqueued_work_is_claimed_once_and_finished(make().await).await;
+    work_claimed_as_it_is_stored_runs_under_a_lease_like_a_claim(make().await).await;
     a_result_under_an_old_lease_changes_nothing(make().await).await;
     a_released_claim_gives_its_attempt_back(make().await).await;
     a_failed_attempt_waits_for_its_retry_time(make().await).await;
@@ -170,6 +171,98 @@ async fn enqueued_work_is_claimed_once_and_finished<K>((store, _keep): (Store, K
     assert!(record.finished_at.is_some());
     assert_eq!(record.host.as_deref(), Some("host-a"));
     assert_eq!(store.queue.depth().await.unwrap(), 0);
+}
+
+async fn work_claimed_as_it_is_stored_runs_under_a_lease_like_a_claim<K>(
+    (store, _keep): (Store, K),
+) {
+    let (enqueued, claimed) = store
+        .queue
+        .enqueue_claimed(new("a", "f"), &owner())
+        .await
+        .unwrap();
+    assert_eq!(enqueued, Enqueued::New("a".to_string()));
+    let claimed = claimed.expect("due work is claimed as it is stored");
+    assert_eq!((claimed.attempt, claimed.max_attempt), (1, 3));
+    assert_eq!(claimed.lease.owner, owner());
+    assert_eq!(claimed.trigger, Ok(TriggerKind::Manual));
+    assert_eq!(claimed.payload.as_ref(), b"payload");
+    let record = store.history.get("a").await.unwrap().unwrap();
+    assert_eq!((record.state, record.attempt), (State::Running, 1));
+    assert_eq!(record.host.as_deref(), Some("host-a"));
+    assert!(record.started_at.is_some());
+    // Nobody else claims it, and it is not waiting.
+    assert!(store.queue.claim("a", &owner()).await.unwrap().is_none());
+    assert!(
+        claim_due(
+            &store,
+            &HostId("host-b".into()),
+            &wanted(&[("f", None)], 10)
+        )
+        .await
+        .is_empty()
+    );
+    assert_eq!(store.queue.depth().await.unwrap(), 0);
+    // Its host's crash uses up the attempt, as a claim's would; the rescued run's fence
+    // is newer, so the first lease's result is dropped.
+    store.queue.recover(&owner()).await.unwrap();
+    let again = store.queue.claim("a", &owner()).await.unwrap().unwrap();
+    assert_eq!(again.attempt, 2);
+    assert!(again.lease.fence > claimed.lease.fence);
+    let late = store
+        .queue
+        .finish(
+            &claimed.lease,
+            succeeded(),
+            Next::Succeeded,
+            Chain::default(),
+        )
+        .await
+        .unwrap();
+    assert!(!late);
+    assert!(
+        store
+            .queue
+            .finish(&again.lease, succeeded(), Next::Succeeded, Chain::default())
+            .await
+            .unwrap()
+    );
+    assert_eq!(state_of(&store, "a").await, State::Succeeded);
+
+    // A second submission with the same idempotency key claims nothing.
+    let keyed = |id: &str| NewInvocation {
+        idempotency_key: Some("k".to_string()),
+        ..new(id, "f")
+    };
+    store
+        .queue
+        .enqueue_claimed(keyed("k1"), &owner())
+        .await
+        .unwrap();
+    let (enqueued, claimed) = store
+        .queue
+        .enqueue_claimed(keyed("k2"), &owner())
+        .await
+        .unwrap();
+    assert_eq!(
+        enqueued,
+        Enqueued::Existing {
+            id: "k1".to_string(),
+            same_payload: true
+        }
+    );
+    assert!(claimed.is_none());
+    assert!(store.history.get("k2").await.unwrap().is_none());
+
+    // Work not due yet waits as `scheduled`, unclaimed.
+    let later = NewInvocation {
+        run_after: Some(now_ms() + 60_000),
+        ..new("later", "f")
+    };
+    let (enqueued, claimed) = store.queue.enqueue_claimed(later, &owner()).await.unwrap();
+    assert_eq!(enqueued, Enqueued::New("later".to_string()));
+    assert!(claimed.is_none());
+    assert_eq!(state_of(&store, "later").await, State::Scheduled);
 }
 
 async fn a_result_under_an_old_lease_changes_nothing<K>((store, _keep): (Store, K)) {

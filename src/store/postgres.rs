@@ -263,9 +263,6 @@ const CLAIM_SIMPLE: &str = "UPDATE jobhost_invocations AS i SET state = 'running
     RETURNING i.id, i.function, i.trigger, i.attempt, i.max_attempt, i.payload, i.vars,
         i.input_dir, i.fence, i.depth, i.priority, i.run_after";
 
-/// Connections one host keeps open at most.
-const POOL_SIZE: usize = 16;
-
 /// The store in a PostgreSQL database.
 pub struct PostgresStore {
     pool: Pool,
@@ -284,9 +281,14 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects, creates or migrates the schema, and starts the records writer.
-    /// A host passes the lock it holds on its data folder.
-    pub async fn open(url: &str, lock: Option<File>) -> anyhow::Result<PostgresStore> {
+    /// Connects to the database at `url`, through at most `connections` connections (and
+    /// one more that listens for new work), creates or migrates the schema, and starts the
+    /// records writer. A host passes the lock it holds on its data folder.
+    pub async fn open(
+        url: &str,
+        connections: usize,
+        lock: Option<File>,
+    ) -> anyhow::Result<PostgresStore> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .context("invalid PostgreSQL URL: write postgres://user:password@host:5432/database")?;
@@ -311,7 +313,7 @@ impl PostgresStore {
         // Waiting for a connection is bounded too: a full or stuck pool is an error, not a
         // caller that hangs.
         let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
+            .max_size(connections.max(1))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_secs(30)))
             .create_timeout(Some(Duration::from_secs(10)))
@@ -615,9 +617,13 @@ async fn insert(
     client: &impl GenericClient,
     new: &NewInvocation,
     state: State,
+    owner: Option<&HostId>,
 ) -> anyhow::Result<bool> {
     let now = now_ms();
-    let (state, run_after) = super::waiting(new, state, now);
+    let (state, run_after) = match owner {
+        Some(_) => (State::Running, now),
+        None => super::waiting(new, state, now),
+    };
     let vars = serde_json::to_string(&new.vars)?;
     let attempts = i32::try_from(new.attempts).unwrap_or(i32::MAX);
     let finished = (state == State::Skipped).then_some(now);
@@ -625,21 +631,30 @@ async fn insert(
         .input_dir
         .as_ref()
         .map(|p| p.to_string_lossy().into_owned());
-    // Queued work wakes the other hosts when it commits (see `work_hint`).
-    let inserted = client
-        .query(
+    // Queued work wakes the other hosts when it commits (see `work_hint`); work claimed
+    // as it is stored wakes nobody.
+    let statement = client
+        .prepare_cached(
             "WITH inserted AS (
                  INSERT INTO jobhost_invocations (id, function, trigger, reason, attempt,
                      max_attempt, attempts, state, durable, payload, vars, created_at, run_after,
                      timer, finished_at, input_dir, priority, idempotency_key, parent_id, depth,
-                     callback_url, callback_state)
-                 VALUES ($1, $2, $3, $4, 0, $5, $5, $6, TRUE, $7, $8, $9, $14, $10, $11, $12, $13,
-                     $15, $16, $17, $18::text,
-                     CASE WHEN $18::text IS NOT NULL AND $6 <> 'skipped' THEN 'pending' END)
+                     callback_url, callback_state, owner, fence, started_at)
+                 VALUES ($1, $2, $3, $4, CASE WHEN $19::text IS NULL THEN 0 ELSE 1 END, $5, $5,
+                     $6, TRUE, $7, $8, $9, $14, $10, $11, $12, $13, $15, $16, $17, $18::text,
+                     CASE WHEN $18::text IS NOT NULL AND $6 <> 'skipped' THEN 'pending' END,
+                     $19::text, CASE WHEN $19::text IS NULL THEN 0 ELSE 1 END,
+                     CASE WHEN $19::text IS NOT NULL THEN $9::int8 END)
                  ON CONFLICT DO NOTHING
                  RETURNING state)
-             SELECT CASE WHEN state <> 'skipped' THEN pg_notify('jobhost_work', '') END
+             SELECT CASE WHEN state NOT IN ('skipped', 'running')
+                 THEN pg_notify('jobhost_work', '') END
              FROM inserted",
+        )
+        .await?;
+    let inserted = client
+        .query(
+            &statement,
             &[
                 &new.id,
                 &new.function,
@@ -659,10 +674,35 @@ async fn insert(
                 &new.parent_id,
                 &i32::try_from(new.depth).unwrap_or(i32::MAX),
                 &new.callback,
+                &owner.map(HostId::as_str),
             ],
         )
         .await?;
     Ok(inserted.len() == 1)
+}
+
+/// Stores `new` (running for `owner` when given), or names the invocation that holds its
+/// idempotency key.
+async fn enqueue(
+    client: &impl GenericClient,
+    new: &NewInvocation,
+    owner: Option<&HostId>,
+) -> anyhow::Result<Enqueued> {
+    if insert(client, new, State::Queued, owner).await? {
+        return Ok(Enqueued::New(new.id.clone()));
+    }
+    let row = client
+        .query_one(
+            "SELECT id, payload FROM jobhost_invocations
+             WHERE function = $1 AND idempotency_key = $2",
+            &[&new.function, &new.idempotency_key],
+        )
+        .await?;
+    let payload: Vec<u8> = row.try_get(1)?;
+    Ok(Enqueued::Existing {
+        id: row.try_get(0)?,
+        same_payload: payload == new.payload.as_ref(),
+    })
 }
 
 /// Stores an attempt's result under its lease; the state it ended in (a run a user
@@ -726,7 +766,7 @@ async fn start_chain(
         false => None,
     };
     for new in chain.starts(state, record.as_ref())? {
-        insert(client, &new, State::Queued).await?;
+        insert(client, &new, State::Queued, None).await?;
     }
     Ok(())
 }
@@ -986,21 +1026,23 @@ impl Queue for PostgresStore {
     async fn enqueue(&self, new: NewInvocation) -> anyhow::Result<Enqueued> {
         self.named(async {
             let client = self.client().await?;
-            if insert(&client, &new, State::Queued).await? {
-                return Ok(Enqueued::New(new.id));
-            }
-            let row = client
-                .query_one(
-                    "SELECT id, payload FROM jobhost_invocations
-                     WHERE function = $1 AND idempotency_key = $2",
-                    &[&new.function, &new.idempotency_key],
-                )
-                .await?;
-            let payload: Vec<u8> = row.try_get(1)?;
-            Ok(Enqueued::Existing {
-                id: row.try_get(0)?,
-                same_payload: payload == new.payload.as_ref(),
-            })
+            enqueue(&client, &new, None).await
+        })
+        .await
+    }
+
+    async fn enqueue_claimed(
+        &self,
+        new: NewInvocation,
+        owner: &HostId,
+    ) -> anyhow::Result<(Enqueued, Option<Claimed>)> {
+        self.named(async {
+            let client = self.client().await?;
+            let due = new.run_after.is_none_or(|at| at <= now_ms());
+            let enqueued = enqueue(&client, &new, due.then_some(owner)).await?;
+            let claimed = (due && matches!(enqueued, Enqueued::New(_)))
+                .then(|| super::claimed_new(new, owner));
+            Ok((enqueued, claimed))
         })
         .await
     }
@@ -1466,7 +1508,7 @@ impl TriggerState for PostgresStore {
             } else {
                 (State::Queued, Fired::Queued)
             };
-            insert(&tx, &fire.invocation, state).await?;
+            insert(&tx, &fire.invocation, state, None).await?;
             tx.commit().await?;
             Ok(fired)
         })
@@ -1642,7 +1684,7 @@ impl TriggerState for PostgresStore {
                 return Ok(false);
             }
             if let Some(new) = &invocation {
-                insert(&tx, new, State::Queued).await?;
+                insert(&tx, new, State::Queued, None).await?;
             }
             tx.commit().await?;
             Ok(true)
@@ -2199,12 +2241,18 @@ mod tests {
     use super::*;
     use crate::store::{Store, conformance};
 
+    /// The default of `[host] store = { postgres = ..., connections }`.
+    const CONNECTIONS: usize = 8;
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres_passes_the_store_conformance_suite() {
         conformance::run(|| async {
             let url = server::database();
             (
-                Store::new(PostgresStore::open(&url, None).await.unwrap(), "test"),
+                Store::new(
+                    PostgresStore::open(&url, CONNECTIONS, None).await.unwrap(),
+                    "test",
+                ),
                 (),
             )
         })
@@ -2215,14 +2263,14 @@ mod tests {
     async fn hosts_starting_together_migrate_the_schema_once() {
         let url = server::database();
         let (a, b, c) = tokio::join!(
-            PostgresStore::open(&url, None),
-            PostgresStore::open(&url, None),
-            PostgresStore::open(&url, None)
+            PostgresStore::open(&url, CONNECTIONS, None),
+            PostgresStore::open(&url, CONNECTIONS, None),
+            PostgresStore::open(&url, CONNECTIONS, None)
         );
         for store in [a, b, c] {
             store.expect("each host opens the store");
         }
-        let store = PostgresStore::open(&url, None).await.unwrap();
+        let store = PostgresStore::open(&url, CONNECTIONS, None).await.unwrap();
         let client = store.client().await.unwrap();
         let versions: Vec<i32> = client
             .query("SELECT version FROM jobhost_schema", &[])
@@ -2242,7 +2290,13 @@ mod tests {
             .unwrap()
             .port();
         let url = format!("postgres://jobhost:secret@127.0.0.1:{port}/jobs");
-        let message = format!("{:#}", PostgresStore::open(&url, None).await.err().unwrap());
+        let message = format!(
+            "{:#}",
+            PostgresStore::open(&url, CONNECTIONS, None)
+                .await
+                .err()
+                .unwrap()
+        );
         assert!(
             message.contains(&format!("postgres://jobhost@127.0.0.1:{port}/jobs")),
             "{message}"
@@ -2254,7 +2308,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_dashboards_lists_read_indexes_not_the_whole_table() {
         let url = server::database();
-        let store = PostgresStore::open(&url, None).await.unwrap();
+        let store = PostgresStore::open(&url, CONNECTIONS, None).await.unwrap();
         let client = store.client().await.unwrap();
         // 20,000 records over five functions and a rare one, one in a hundred dead with an
         // error. A filter that most records pass may walk the ids and skip the rest; one that
@@ -2332,7 +2386,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_claim_reads_indexes_not_the_whole_table() {
         let url = server::database();
-        let store = PostgresStore::open(&url, None).await.unwrap();
+        let store = PostgresStore::open(&url, CONNECTIONS, None).await.unwrap();
         let client = store.client().await.unwrap();
         // Many finished records and 1,000 waiting, over five functions, as statistics know.
         client
@@ -2390,8 +2444,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn work_queued_by_another_host_wakes_this_one() {
         let url = server::database();
-        let here = PostgresStore::open(&url, None).await.unwrap();
-        let there = PostgresStore::open(&url, None).await.unwrap();
+        let here = PostgresStore::open(&url, CONNECTIONS, None).await.unwrap();
+        let there = PostgresStore::open(&url, CONNECTIONS, None).await.unwrap();
         let hint = here.work_hint().expect("PostgreSQL gives hints");
         let within = Duration::from_secs(30);
         // The first wake comes once the listener listens.
@@ -2422,7 +2476,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn dropped_tables_are_noticed_and_named() {
         let url = server::database();
-        let store = PostgresStore::open(&url, None).await.unwrap();
+        let store = PostgresStore::open(&url, CONNECTIONS, None).await.unwrap();
         store.check().await.unwrap();
         let client = store.client().await.unwrap();
         client
@@ -2439,7 +2493,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_record_the_server_refuses_costs_only_itself_not_its_batch() {
         let url = server::database();
-        let store = PostgresStore::open(&url, None).await.unwrap();
+        let store = PostgresStore::open(&url, CONNECTIONS, None).await.unwrap();
         let client = store.client().await.unwrap();
         // Something the server refuses in one record of a batch (here a rule of the test's).
         client

@@ -318,16 +318,29 @@ fn list_query(filter: &Filter) -> (String, Vec<Box<dyn rusqlite::ToSql + Send>>)
 }
 
 /// Inserts a new invocation; `false` when its idempotency key is taken (nothing inserted).
-fn insert(conn: &Connection, new: &NewInvocation, state: State) -> anyhow::Result<bool> {
+/// Inserts a new invocation in `state`, or running its first attempt for `owner` (see
+/// [`Queue::enqueue_claimed`]); `false` when its idempotency key is taken (nothing
+/// inserted).
+fn insert(
+    conn: &Connection,
+    new: &NewInvocation,
+    state: State,
+    owner: Option<&HostId>,
+) -> anyhow::Result<bool> {
     let now = now_ms();
-    let (state, run_after) = super::waiting(new, state, now);
+    let (state, run_after) = match owner {
+        Some(_) => (State::Running, now),
+        None => super::waiting(new, state, now),
+    };
     let vars = serde_json::to_string(&new.vars)?;
     let inserted = conn.prepare_cached(
         "INSERT INTO invocations (id, function, trigger, reason, attempt, max_attempt, attempts,
              state, durable, payload, vars, created_at, run_after, timer, finished_at, input_dir,
-             priority, idempotency_key, parent_id, depth, callback_url, callback_state)
-         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?6, 1, ?7, ?8, ?9, ?14, ?10, ?11, ?12, ?13, ?15, ?16,
-             ?17, ?18, CASE WHEN ?18 IS NOT NULL AND ?6 <> 'skipped' THEN 'pending' END)
+             priority, idempotency_key, parent_id, depth, callback_url, callback_state,
+             owner, fence, started_at)
+         VALUES (?1, ?2, ?3, ?4, ?19 IS NOT NULL, ?5, ?5, ?6, 1, ?7, ?8, ?9, ?14, ?10, ?11, ?12,
+             ?13, ?15, ?16, ?17, ?18, CASE WHEN ?18 IS NOT NULL AND ?6 <> 'skipped' THEN 'pending' END,
+             ?19, ?19 IS NOT NULL, CASE WHEN ?19 IS NOT NULL THEN ?9 END)
          ON CONFLICT DO NOTHING",
     )?
     .execute(params![
@@ -350,9 +363,31 @@ fn insert(conn: &Connection, new: &NewInvocation, state: State) -> anyhow::Resul
         new.idempotency_key,
         new.parent_id,
         new.depth,
-        new.callback
+        new.callback,
+        owner.map(HostId::as_str)
     ])?;
     Ok(inserted == 1)
+}
+
+/// Stores `new` (running for `owner` when given), or names the invocation that holds its
+/// idempotency key.
+fn enqueue(
+    conn: &Connection,
+    new: &NewInvocation,
+    owner: Option<&HostId>,
+) -> anyhow::Result<Enqueued> {
+    if insert(conn, new, State::Queued, owner)? {
+        return Ok(Enqueued::New(new.id.clone()));
+    }
+    let (id, payload): (String, Vec<u8>) = conn.query_row(
+        "SELECT id, payload FROM invocations WHERE function = ?1 AND idempotency_key = ?2",
+        params![new.function, new.idempotency_key],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(Enqueued::Existing {
+        id,
+        same_payload: payload == new.payload.as_ref(),
+    })
 }
 
 /// Queues what a finished invocation's chain starts in `state` (see [`Queue::finish`]).
@@ -362,7 +397,7 @@ fn start_chain(conn: &Connection, id: &str, state: State, chain: Chain) -> anyho
         false => None,
     };
     for new in chain.starts(state, record.as_ref())? {
-        insert(conn, &new, State::Queued)?;
+        insert(conn, &new, State::Queued, None)?;
     }
     Ok(())
 }
@@ -540,19 +575,21 @@ fn claim_row(
 #[async_trait]
 impl Queue for SqliteStore {
     async fn enqueue(&self, new: NewInvocation) -> anyhow::Result<Enqueued> {
+        self.with(move |conn| enqueue(conn, &new, None)).await
+    }
+
+    async fn enqueue_claimed(
+        &self,
+        new: NewInvocation,
+        owner: &HostId,
+    ) -> anyhow::Result<(Enqueued, Option<Claimed>)> {
+        let owner = owner.clone();
         self.with(move |conn| {
-            if insert(conn, &new, State::Queued)? {
-                return Ok(Enqueued::New(new.id));
-            }
-            let (id, payload): (String, Vec<u8>) = conn.query_row(
-                "SELECT id, payload FROM invocations WHERE function = ?1 AND idempotency_key = ?2",
-                params![new.function, new.idempotency_key],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            Ok(Enqueued::Existing {
-                id,
-                same_payload: payload == new.payload.as_ref(),
-            })
+            let due = new.run_after.is_none_or(|at| at <= now_ms());
+            let enqueued = enqueue(conn, &new, due.then_some(&owner))?;
+            let claimed = (due && matches!(enqueued, Enqueued::New(_)))
+                .then(|| super::claimed_new(new, &owner));
+            Ok((enqueued, claimed))
         })
         .await
     }
@@ -982,7 +1019,7 @@ impl TriggerState for SqliteStore {
             } else {
                 (State::Queued, Fired::Queued)
             };
-            insert(&tx, &fire.invocation, state)?;
+            insert(&tx, &fire.invocation, state, None)?;
             tx.commit()?;
             Ok(fired)
         })
@@ -1088,7 +1125,7 @@ impl TriggerState for SqliteStore {
                 return Ok(false);
             }
             if let Some(new) = &invocation {
-                insert(&tx, new, State::Queued)?;
+                insert(&tx, new, State::Queued, None)?;
             }
             match now {
                 Some(r) => tx.execute(

@@ -53,7 +53,8 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
             Ok(callback) => callback,
             Err(why) => return answer::error(StatusCode::BAD_REQUEST, why),
         };
-        // Durable: written to the store, so read whole; its admission is the queue's.
+        // Durable: written to the store, so read whole; started here when a slot is free
+        // (`Runtime::submit`), else queued.
         let (payload, _share) = match body::collect(body, &rt.bodies).await {
             Ok(read) => read,
             Err(why) => return refused(why, entry),
@@ -70,7 +71,7 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
         if callback.is_some() {
             new.callback = callback;
         }
-        return match rt.dispatch.submit(new).await {
+        return match rt.submit(function, new).await {
             Ok(enqueued) => answer::submitted(enqueued),
             Err(e) => {
                 // A lost store is logged once, by the store.

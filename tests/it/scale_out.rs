@@ -138,6 +138,46 @@ fn three_hosts_on_one_database_run_each_of_1000_jobs_exactly_once_and_each_runs_
 }
 
 #[test]
+fn a_submission_starts_on_the_host_it_lands_on_when_that_has_a_free_slot_and_else_on_another() {
+    let url = postgres_server::database();
+    let one_slot = |p: &Project| {
+        p.write(
+            "runtime.toml",
+            "[host]\nstore = { postgres = { env = \"DATABASE_URL\" }, connections = 2 }\nmax_concurrency = 1\n[defaults]\ntimeout = \"60s\"\n[functions.probe]\ntriggers = []\n".as_bytes(),
+        );
+    };
+    let (busy, free) = (project(), project());
+    one_slot(&busy);
+    let hosts = [start(&busy, &url), start(&free, &url)];
+    let ids = [host_id(&busy), host_id(&free)];
+    // Work landing on a host with room runs there, once, though both are free: the other
+    // host is not woken to race for it.
+    for n in 0..20 {
+        let id = hosts[n % 2].invoke("probe", "job 1");
+        let done =
+            hosts[n % 2].wait_for_record(&id, Duration::from_secs(30), |r| state(r) == "succeeded");
+        assert_eq!(done["host"].as_str(), Some(ids[n % 2].as_str()), "{done}");
+        assert_eq!(done["attempt"], 1);
+    }
+    // The first takes the busy host's one slot; the second lands there too, but is queued
+    // and wakes the other host, which runs it while the first still runs.
+    let long = hosts[0].invoke("probe", "job 20000");
+    let started =
+        hosts[0].wait_for_record(&long, Duration::from_secs(30), |r| state(r) == "running");
+    assert_eq!(started["host"].as_str(), Some(ids[0].as_str()));
+    let second = hosts[0].invoke("probe", "job 1");
+    let moved = hosts[1].wait_for_record(&second, Duration::from_secs(30), |r| {
+        state(r) == "succeeded"
+    });
+    assert_eq!(moved["host"].as_str(), Some(ids[1].as_str()), "{moved}");
+    let first = hosts[0].json(&format!("/_jobhost/invocations/{long}"));
+    assert_eq!(state(&first), "running", "{first}");
+    let done =
+        hosts[0].wait_for_record(&long, Duration::from_secs(60), |r| state(r) == "succeeded");
+    assert_eq!(done["host"].as_str(), Some(ids[0].as_str()));
+}
+
+#[test]
 fn a_store_url_from_an_unset_variable_is_named_by_check_with_its_line() {
     let project = project();
     let output = project
