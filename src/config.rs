@@ -182,7 +182,7 @@ pub enum StoreSettings {
     Sqlite,
     /// A PostgreSQL database that several hosts share; the URL as given (it may hold a
     /// password, so `Debug` leaves it out), and the most connections this host opens to it
-    /// (besides the one that listens for new work).
+    /// (besides one that listens for new work and one for the queue worker's claims).
     Postgres { url: String, connections: usize },
 }
 

@@ -38,6 +38,8 @@ pub struct Runtime {
 struct Paused {
     read: Option<Instant>,
     functions: Arc<BTreeSet<String>>,
+    /// Pauses and resumes made here: a read begun before one is not kept as fresh.
+    changes: u64,
 }
 
 /// How long a read of the paused functions holds: a pause made on another host (or by the
@@ -66,20 +68,23 @@ impl Runtime {
     /// The functions paused now, read from the store at most once a second (and at once
     /// after a pause or resume made here). On a store error, the last read.
     pub async fn paused(&self) -> Arc<BTreeSet<String>> {
-        {
+        let changes = {
             let paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
             if paused.read.is_some_and(|at| at.elapsed() < PAUSED_FRESH) {
                 return paused.functions.clone();
             }
-        }
+            paused.changes
+        };
         match self.store.triggers.paused().await {
             Ok(functions) => {
                 let functions = Arc::new(functions);
                 let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
-                *paused = Paused {
-                    read: Some(Instant::now()),
-                    functions: functions.clone(),
-                };
+                // A pause made here while this read was under way may be missing from it:
+                // the next call reads again (a submission right after a pause must see it).
+                if paused.changes == changes {
+                    paused.read = Some(Instant::now());
+                    paused.functions = functions.clone();
+                }
                 functions
             }
             Err(e) => {
@@ -97,7 +102,9 @@ impl Runtime {
     /// anything.
     pub async fn set_paused(&self, function: &str, paused: bool) -> anyhow::Result<bool> {
         let changed = self.store.triggers.set_paused(function, paused).await?;
-        self.paused.lock().unwrap_or_else(|e| e.into_inner()).read = None;
+        let mut cached = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        cached.read = None;
+        cached.changes += 1;
         Ok(changed)
     }
 

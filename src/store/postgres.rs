@@ -266,6 +266,8 @@ const CLAIM_SIMPLE: &str = "UPDATE jobhost_invocations AS i SET state = 'running
 /// The store in a PostgreSQL database.
 pub struct PostgresStore {
     pool: Pool,
+    /// One connection, the queue worker's (`claim_due`, `next_due_at`).
+    claims: Pool,
     /// The server and database without the password, named in every error.
     name: String,
     records: mpsc::UnboundedSender<Write>,
@@ -282,7 +284,7 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     /// Connects to the database at `url`, through at most `connections` connections (and
-    /// one more that listens for new work), creates or migrates the schema, and starts the
+    /// two more: one listens for new work, one is the queue worker's), creates or migrates the schema, and starts the
     /// records writer. A host passes the lock it holds on its data folder.
     pub async fn open(
         url: &str,
@@ -312,14 +314,29 @@ impl PostgresStore {
         );
         // Waiting for a connection is bounded too: a full or stuck pool is an error, not a
         // caller that hangs.
-        let pool = Pool::builder(manager)
-            .max_size(connections.max(1))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(30)))
-            .create_timeout(Some(Duration::from_secs(10)))
-            .recycle_timeout(Some(Duration::from_secs(5)))
-            .build()
-            .with_context(|| format!("setting up connections to {name}"))?;
+        let pool = |manager, size: usize| {
+            Pool::builder(manager)
+                .max_size(size.max(1))
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .wait_timeout(Some(Duration::from_secs(30)))
+                .create_timeout(Some(Duration::from_secs(10)))
+                .recycle_timeout(Some(Duration::from_secs(5)))
+                .build()
+                .with_context(|| format!("setting up connections to {name}"))
+        };
+        // The queue worker's looks have a connection of their own: a claim does not wait
+        // behind the results of the runs it would start more of.
+        let claims = pool(
+            Manager::from_config(
+                config.clone(),
+                tls.clone(),
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            ),
+            1,
+        )?;
+        let pool = pool(manager, connections)?;
         let mut client = pool.get().await.map_err(|e| {
             let why = format!("{:#}", anyhow::Error::from(e));
             let hint = if why.contains("certificate") {
@@ -338,6 +355,7 @@ impl PostgresStore {
         tokio::spawn(records::write(pool.clone(), rx, outage.clone()));
         Ok(PostgresStore {
             pool,
+            claims,
             name,
             records,
             outage,
@@ -377,6 +395,15 @@ impl PostgresStore {
     async fn client(&self) -> anyhow::Result<Object> {
         self.outage.may_try()?;
         self.pool
+            .get()
+            .await
+            .context("cannot get a connection to PostgreSQL")
+    }
+
+    /// The queue worker's connection, for its looks at due work.
+    async fn claimer(&self) -> anyhow::Result<Object> {
+        self.outage.may_try()?;
+        self.claims
             .get()
             .await
             .context("cannot get a connection to PostgreSQL")
@@ -893,7 +920,7 @@ impl PostgresStore {
         if names.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let client = self.client().await?;
+        let client = self.claimer().await?;
         let claim = client.prepare_cached(CLAIM_SIMPLE).await?;
         let limit = limit as i64;
         let rows = client
@@ -927,7 +954,7 @@ impl PostgresStore {
         functions: &[&Slots],
         limit: usize,
     ) -> anyhow::Result<Vec<Claimed>> {
-        let mut client = self.client().await?;
+        let mut client = self.claimer().await?;
         let tx = client.transaction().await?;
         // A function's `concurrency` holds on all hosts together: claimers of a limited
         // function take turns (locks in name order, so two never wait on each other),
@@ -1077,7 +1104,7 @@ impl Queue for PostgresStore {
 
     async fn next_due_at(&self) -> anyhow::Result<Option<i64>> {
         self.named(async {
-            let client = self.client().await?;
+            let client = self.claimer().await?;
             let row = client
                 .query_one(
                     "SELECT MIN(run_after) FROM jobhost_invocations
