@@ -2,7 +2,8 @@
 """Durable jobs per second, end to end: N background jobs submitted over HTTP
 (`POST /_jobhost/functions/f/invoke`, a trivial guest) and drained, on SQLite with one
 host and on PostgreSQL with 1, 2 and 3 hosts on this machine; and how long the hosts'
-claims took (`jobhost_claim_seconds`, p99) while about 1,000 jobs waited.
+claims took (`jobhost_claim_seconds`, p99) while the queue held them all (the function paused,
+then resumed).
 
     bench/durable.py [--jobs 5000] [--clients 8]
 
@@ -16,6 +17,7 @@ nothing committed; an operating-system crash may lose the last commits).
 
 import argparse
 import glob
+import http.client
 import os
 import shutil
 import subprocess
@@ -86,36 +88,62 @@ class Postgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+CONNECTIONS = None
+
+
 def start_host(store):
-    """A host on SQLite, or on the PostgreSQL database `store`, serving `f`."""
-    store_line = f'store = {{ postgres = "{store}" }}\n' if store else ""
+    """A host on SQLite, or on the PostgreSQL database `store` (through `CONNECTIONS`
+    connections, when set), serving `f`."""
+    pool = f", connections = {CONNECTIONS}" if CONNECTIONS else ""
+    store_line = f'store = {{ postgres = "{store}"{pool} }}\n' if store else ""
     config = ('[host]\nlisten = "127.0.0.1:{port}"\n' + store_line
               + "[functions.f]\ntriggers = []\n")
     return Host(config, {"f.wasm": GUEST})
 
 
-def claim_p99(hosts):
-    """The upper bound of the bucket holding the 99th percentile of every host's claims."""
+def claim_buckets(hosts):
+    """Every host's `jobhost_claim_seconds` buckets, summed: {le: count}."""
     buckets = {}
     for h in hosts:
         for name, value in h.metrics().items():
             if name.startswith("jobhost_claim_seconds_bucket"):
                 le = name.split('le="')[1].split('"')[0]
                 buckets[le] = buckets.get(le, 0) + value
-    bounds = sorted(buckets.items(), key=lambda kv: float("inf") if kv[0] == "+Inf" else float(kv[0]))
+    return buckets
+
+
+def claim_p99(hosts, before):
+    """The 99th percentile of the hosts' claims since `before` (claim_buckets): the upper
+    bound of the bucket that holds it, an estimate within that bucket (linear, as
+    Prometheus's histogram_quantile), and how many claims there were."""
+    buckets = {le: n - before.get(le, 0) for le, n in claim_buckets(hosts).items()}
+    bounds = sorted(((float(le), n) for le, n in buckets.items()))
     total = bounds[-1][1] if bounds else 0
+    lower, below = 0.0, 0
     for le, count in bounds:
         if total and count >= 0.99 * total:
-            return le, int(total)
-    return "-", int(total)
+            if le == float("inf"):
+                return le, lower, int(total)
+            share = (0.99 * total - below) / max(count - below, 1)
+            return le, lower + (le - lower) * share, int(total)
+        lower, below = le, count
+    return float("nan"), float("nan"), int(total)
 
 
-def run(store_urls, jobs, clients):
-    hosts = [start_host(url) for url in store_urls]
+def post(host, path):
+    c = http.client.HTTPConnection("127.0.0.1", host.port, timeout=30)
+    c.request("POST", path)
+    r = c.getresponse()
+    r.read()
+    if r.status != 200:
+        sys.exit(f"POST {path}: {r.status}")
+
+
+def submit_all(hosts, jobs, clients):
+    """`jobs` submissions over `clients` connections per host; how many, and any refusals."""
     failures = []
     threads = []
     per = jobs // (len(hosts) * clients)
-    started = time.time()
     for h in hosts:
         for _ in range(clients):
             t = threading.Thread(target=h.submit, args=("f", b"x", per, failures))
@@ -123,21 +151,56 @@ def run(store_urls, jobs, clients):
             threads.append(t)
     for t in threads:
         t.join()
-    submitted = time.time() - started
+    return per * len(hosts) * clients, failures
+
+
+def drain(hosts):
     while True:
         m = [h.metrics() for h in hosts]
         depth = max(x.get("jobhost_queue_depth", 0) for x in m)
         running = sum(x.get("jobhost_running_invocations", 0) for x in m)
         if depth == 0 and running == 0:
-            break
+            return
         time.sleep(0.02)
-    took = time.time() - started
-    p99, claims = claim_p99(hosts)
-    done = sum(x.get('jobhost_invocations_total{function="f",trigger="manual",outcome="succeeded"}', 0)
-               for x in [h.metrics() for h in hosts])
-    for h in hosts:
-        h.stop()
-    return per * len(hosts) * clients, submitted, took, p99, claims, int(done), len(failures)
+
+
+def succeeded(hosts):
+    return int(sum(x.get('jobhost_invocations_total{function="f",trigger="manual",outcome="succeeded"}', 0)
+                   for x in [h.metrics() for h in hosts]))
+
+
+def run(store_urls, jobs, clients):
+    """Jobs submitted while the hosts take them (each host starts what it has room for as
+    it is submitted), then jobs submitted while `f` is paused and claimed from the queue
+    once it is resumed."""
+    hosts = [start_host(url) for url in store_urls]
+    try:
+        started = time.time()
+        submitted, failures = submit_all(hosts, jobs, clients)
+        took_submit = time.time() - started
+        drain(hosts)
+        took = time.time() - started
+        done = succeeded(hosts)
+        flowing = (submitted / took, took_submit, took, done, len(failures))
+
+        # Claims from a queue: every host paused (each reads the pause afresh within a
+        # second), the jobs queued, then resumed.
+        for h in hosts:
+            post(h, "/_jobhost/functions/f/pause")
+        time.sleep(1.2)
+        queued, failures = submit_all(hosts, jobs, clients)
+        before = claim_buckets(hosts)
+        started = time.time()
+        for h in hosts:
+            post(h, "/_jobhost/functions/f/resume")
+        drain(hosts)
+        took = time.time() - started
+        p99, estimate, claims = claim_p99(hosts, before)
+        waiting = (queued, took, p99, estimate, claims, succeeded(hosts) - done, len(failures))
+        return flowing, waiting
+    finally:
+        for h in hosts:
+            h.stop()
 
 
 SECTION = "## Durable jobs end to end"
@@ -147,9 +210,35 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--jobs", type=int, default=5000)
     p.add_argument("--clients", type=int, default=8, help="submitting connections per host")
+    p.add_argument("--connections", type=int,
+                   help="each host's connections to PostgreSQL (default: the host's default)")
     args = p.parse_args()
+    global CONNECTIONS
+    CONNECTIONS = args.connections
     build()
     pg = Postgres()
+    flowing = [
+        "| store | hosts | jobs/s | submitted in | drained in | ran |",
+        "|---|---|---|---|---|---|",
+    ]
+    waiting = [
+        "| store | hosts | queued | drained in | jobs/s | claim p99 (bucket) | claim p99 (estimate) | claims | ran |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    refused = 0
+    try:
+        for label, n in [("SQLite", 1)] + [("PostgreSQL", n) for n in (1, 2, 3)]:
+            urls = [None] if label == "SQLite" else [pg.database()] * n
+            (rate, submitted, took, done, r1), (queued, drained, p99, estimate, claims, ran, r2) = \
+                run(urls, args.jobs, args.clients)
+            refused += r1 + r2
+            flowing.append(f"| {label} | {n} | {rate:,.0f} | {submitted:.2f} s | {took:.2f} s | {done} |")
+            waiting.append(f"| {label} | {n} | {queued} | {drained:.2f} s | {queued / drained:,.0f} "
+                           f"| ≤ {p99 * 1000:.1f} ms | {estimate * 1000:.1f} ms | {claims} | {ran} |")
+            print(flowing[-1], flush=True)
+            print(waiting[-1], flush=True)
+    finally:
+        pg.stop()
     lines = [
         SECTION,
         "",
@@ -158,24 +247,28 @@ def main():
         f"(Python, on the same {os.cpu_count()} cores as the hosts and PostgreSQL), timed from "
         "the first submission until the queue is drained. PostgreSQL runs with "
         "`synchronous_commit = off`, the durability class of the SQLite store's "
-        "`synchronous = NORMAL`. The claim p99 is the upper bound of the "
-        "`jobhost_claim_seconds` bucket that holds it.",
+        "`synchronous = NORMAL`. "
+        + (f"Each host opens at most {args.connections} connections to it "
+           f"(`store = {{ postgres = ..., connections = {args.connections} }}`)."
+           if args.connections else "Each host opens its default number of connections to it."),
         "",
-        "| store | hosts | jobs/s | submitted in | drained in | claim p99 | claims | ran |",
-        "|---|---|---|---|---|---|---|---|",
+        "Submitted while the hosts run them (a host with a free slot stores a submission "
+        "already claimed and starts it):",
+        "",
+        *flowing,
+        "",
+        f"Claimed from a queue: the same number submitted while the function is paused, then "
+        "resumed on every host and drained (timed from the resume; a host reads the pause "
+        "state afresh within a second). The claim p99 is the upper bound of the "
+        "`jobhost_claim_seconds` bucket that holds it, and an estimate within that bucket "
+        "(linear, as Prometheus's `histogram_quantile`).",
+        "",
+        *waiting,
     ]
-    try:
-        for label, n in [("SQLite", 1)] + [("PostgreSQL", n) for n in (1, 2, 3)]:
-            urls = [None] if label == "SQLite" else [pg.database()] * n
-            jobs, submitted, took, p99, claims, done, refused = run(urls, args.jobs, args.clients)
-            lines.append(f"| {label} | {n} | {jobs / took:,.0f} | {submitted:.2f} s | {took:.2f} s "
-                         f"| ≤ {float(p99) * 1000:.1f} ms | {claims} | {done} |")
-            if refused:
-                lines.append(f"\n({refused} submissions answered other than 202 and were sent again.)\n")
-            print(lines[-1], flush=True)
-    finally:
-        pg.stop()
+    if refused:
+        lines += ["", f"({refused} submissions answered other than 202 and were sent again.)"]
     write_section(lines)
+
 
 if __name__ == "__main__":
     main()
