@@ -1683,6 +1683,17 @@ async fn a_paused_function_stays_paused_until_resumed<K>((store, _keep): (Store,
     assert!(!state.set_paused("f", false).await.unwrap(), "not paused");
     let paused: Vec<String> = state.paused().await.unwrap().into_iter().collect();
     assert_eq!(paused, ["g"]);
+    // A claimer whose list of paused functions is older than the pause still takes none
+    // of its work: the claim itself reads the pause.
+    store.queue.enqueue(new("of-g", "g")).await.unwrap();
+    store.queue.enqueue(new("t-run", "t")).await.unwrap();
+    assert!(state.set_paused("t", true).await.unwrap());
+    let only_g = wanted(&[("g", None)], 10);
+    assert!(claim_due(&store, &owner(), &only_g).await.is_empty());
+    let wanted = wanted(&[("g", None), ("t", None)], 10);
+    assert!(claim_due(&store, &owner(), &wanted).await.is_empty());
+    assert!(state.set_paused("g", false).await.unwrap());
+    assert_eq!(claim_due(&store, &owner(), &wanted).await, ["of-g"]);
 }
 
 async fn dead_invocations_are_retried_in_bulk_by_function<K>((store, _keep): (Store, K)) {

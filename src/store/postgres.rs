@@ -222,6 +222,7 @@ const DUE: &str = "SELECT c.id, c.priority, c.run_after, c.timer
           AND i.run_after <= $3
           AND (i.timer IS NULL OR NOT EXISTS (SELECT 1 FROM jobhost_invocations AS r
                WHERE r.timer = i.timer AND r.state = 'running'))
+          AND NOT EXISTS (SELECT 1 FROM jobhost_paused AS p WHERE p.function = f.name)
         ORDER BY i.priority DESC, i.run_after, i.id
         LIMIT f.room
         FOR UPDATE SKIP LOCKED
@@ -252,6 +253,7 @@ const CLAIM_SIMPLE: &str = "UPDATE jobhost_invocations AS i SET state = 'running
               AND d.run_after <= $4
               AND (d.timer IS NULL OR NOT EXISTS (SELECT 1 FROM jobhost_invocations AS r
                    WHERE r.timer = d.timer AND r.state = 'running'))
+              AND NOT EXISTS (SELECT 1 FROM jobhost_paused AS p WHERE p.function = f.name)
             ORDER BY d.priority DESC, d.run_after, d.id
             LIMIT f.room
             FOR UPDATE SKIP LOCKED
@@ -284,8 +286,9 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     /// Connects to the database at `url`, through at most `connections` connections (and
-    /// two more: one listens for new work, one is the queue worker's), creates or migrates the schema, and starts the
-    /// records writer. A host passes the lock it holds on its data folder.
+    /// two more: one listens for new work, one is the queue worker's), creates or
+    /// migrates the schema, and starts the records writer. A host passes the lock it holds
+    /// on its data folder.
     pub async fn open(
         url: &str,
         connections: usize,
@@ -305,16 +308,16 @@ impl PostgresStore {
         config.keepalives_idle(Duration::from_secs(30));
         let name = describe(&config);
         let tls = tls(&mut config).with_context(|| format!("setting up TLS for {name}"))?;
-        let manager = Manager::from_config(
-            config.clone(),
-            tls.clone(),
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
         // Waiting for a connection is bounded too: a full or stuck pool is an error, not a
         // caller that hangs.
-        let pool = |manager, size: usize| {
+        let pool = |size: usize| {
+            let manager = Manager::from_config(
+                config.clone(),
+                tls.clone(),
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
             Pool::builder(manager)
                 .max_size(size.max(1))
                 .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -326,17 +329,8 @@ impl PostgresStore {
         };
         // The queue worker's looks have a connection of their own: a claim does not wait
         // behind the results of the runs it would start more of.
-        let claims = pool(
-            Manager::from_config(
-                config.clone(),
-                tls.clone(),
-                ManagerConfig {
-                    recycling_method: RecyclingMethod::Fast,
-                },
-            ),
-            1,
-        )?;
-        let pool = pool(manager, connections)?;
+        let claims = pool(1)?;
+        let pool = pool(connections)?;
         let mut client = pool.get().await.map_err(|e| {
             let why = format!("{:#}", anyhow::Error::from(e));
             let hint = if why.contains("certificate") {
@@ -393,18 +387,17 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> anyhow::Result<Object> {
-        self.outage.may_try()?;
-        self.pool
-            .get()
-            .await
-            .context("cannot get a connection to PostgreSQL")
+        self.connection(&self.pool).await
     }
 
     /// The queue worker's connection, for its looks at due work.
     async fn claimer(&self) -> anyhow::Result<Object> {
+        self.connection(&self.claims).await
+    }
+
+    async fn connection(&self, pool: &Pool) -> anyhow::Result<Object> {
         self.outage.may_try()?;
-        self.claims
-            .get()
+        pool.get()
             .await
             .context("cannot get a connection to PostgreSQL")
     }

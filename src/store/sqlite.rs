@@ -612,6 +612,7 @@ impl Queue for SqliteStore {
                        AND run_after <= ?2
                        AND (timer IS NULL OR NOT EXISTS (SELECT 1 FROM invocations AS r
                             WHERE r.timer = i.timer AND r.state = 'running'))
+                       AND NOT EXISTS (SELECT 1 FROM paused WHERE paused.function = ?1)
                      ORDER BY priority DESC, run_after, id LIMIT ?3",
                 )?;
                 for slots in &wanted.functions {
