@@ -632,7 +632,9 @@ async fn migrate(client: &mut Object) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Inserts a new invocation; `false` when its idempotency key is taken (nothing inserted).
+/// Inserts a new invocation in `state`, or running its first attempt for `owner` (see
+/// [`Queue::enqueue_claimed`]); `false` when its idempotency key is taken (nothing
+/// inserted).
 async fn insert(
     client: &impl GenericClient,
     new: &NewInvocation,

@@ -317,7 +317,6 @@ fn list_query(filter: &Filter) -> (String, Vec<Box<dyn rusqlite::ToSql + Send>>)
     (sql, bound)
 }
 
-/// Inserts a new invocation; `false` when its idempotency key is taken (nothing inserted).
 /// Inserts a new invocation in `state`, or running its first attempt for `owner` (see
 /// [`Queue::enqueue_claimed`]); `false` when its idempotency key is taken (nothing
 /// inserted).
