@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::Instrument;
 
-use crate::config::{CallbackSettings, DirMount, FunctionSpec, Retry, TriggerKind};
+use crate::config::{CallbackSettings, DirMount, FunctionSpec, Retry, Trigger, TriggerKind};
 use crate::keyvalue;
 use crate::metrics;
 use crate::outbound;
@@ -181,9 +181,10 @@ pub struct Dispatcher {
     /// by a synchronous call is found by the worker's next poll, within a second: waking it
     /// for every request would cost a look at the store per request.)
     wake: Arc<Notify>,
-    /// Whether the worker's last look found work that waits for a slot here (or could not
-    /// tell): then every run that ends wakes it. Else one that ends quietly does not, so
-    /// that work started as it was submitted costs no look at the store when it ends.
+    /// Whether the worker's last look found work that may wait for a slot here (or could
+    /// not tell): then every run that ends wakes it. Else one that ends quietly does not
+    /// (see `run_claimed`), so that work started as it was submitted costs no look at the
+    /// store when it ends.
     slot_wanted: AtomicBool,
     /// The functions as they are now (swapped whole on reload): what chains and guests'
     /// `enqueue` name.
@@ -814,8 +815,12 @@ impl Dispatcher {
         drop(registered);
         drop(permit);
         // The worker looks again when this run's end queued work (a retry, a chain's next
-        // step), or may have freed a slot that queued work waits for.
-        if queued || self.slot_wanted.load(Ordering::Acquire) {
+        // step), or may have freed a slot that queued work waits for: any, when its last
+        // look left work waiting; this function's, when it has a `concurrency`; this
+        // timer's next run, as runs of one timer never overlap.
+        let limited = function.spec.concurrency.is_some()
+            || (function.spec.triggers.iter()).any(|t| matches!(t, Trigger::Timer(_)));
+        if queued || limited || self.slot_wanted.load(Ordering::Acquire) {
             self.wake();
         }
     }

@@ -76,7 +76,7 @@ async fn hinted(hint: Option<&Notify>) {
 }
 
 /// Claims and starts what is due and fits; whether work may be left waiting for a slot
-/// (this look was short of slots, or found work: there may be more).
+/// (no slot was free, or it found work: there may be more).
 async fn start_due(rt: &Runtime, paused: &BTreeSet<String>) -> anyhow::Result<bool> {
     let functions = rt.functions();
     let free = rt.dispatch.free_slots();
@@ -105,19 +105,14 @@ async fn start_due(rt: &Runtime, paused: &BTreeSet<String>) -> anyhow::Result<bo
             })
             .collect(),
     };
-    // Work may wait for a slot that a run ending here frees: of a function with no room
-    // here, or with a `concurrency` counted on all hosts, or a timer's next run (runs of
-    // one timer never overlap).
-    let short = wanted
-        .functions
-        .iter()
-        .any(|s| s.here == 0 || s.everywhere.is_some() || s.timers);
-    // A paused function's work waits in the queue until it is resumed.
+    // A paused function's work waits in the queue until it is resumed (which wakes this
+    // worker); one with no room here waits for a run of its own to end (which always
+    // wakes it, see `Dispatcher::run_claimed`).
     wanted
         .functions
         .retain(|s| s.here > 0 && !paused.contains(&s.function));
     if wanted.functions.is_empty() {
-        return Ok(short);
+        return Ok(false);
     }
     let owner = rt.dispatch.owner();
     let started = std::time::Instant::now();
@@ -147,5 +142,5 @@ async fn start_due(rt: &Runtime, paused: &BTreeSet<String>) -> anyhow::Result<bo
             }
         }
     }
-    Ok(short || found)
+    Ok(found)
 }
