@@ -243,10 +243,6 @@ async fn pause(rt: &Runtime, name: &str, paused: bool) -> Response<Body> {
             if changed {
                 tracing::info!(function = %name, "{}", if paused { "paused" } else { "resumed" });
             }
-            if !paused {
-                // Its waiting work starts now here (other hosts find it within a second).
-                rt.dispatch.wake();
-            }
             json(
                 StatusCode::OK,
                 &serde_json::json!({ "function": name, "paused": paused, "changed": changed }),

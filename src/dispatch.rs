@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::Instrument;
 
-use crate::config::{CallbackSettings, DirMount, FunctionSpec, Retry, Trigger, TriggerKind};
+use crate::config::{CallbackSettings, DirMount, FunctionSpec, Retry, TriggerKind};
 use crate::keyvalue;
 use crate::metrics;
 use crate::outbound;
@@ -818,8 +818,7 @@ impl Dispatcher {
         // step), or may have freed a slot that queued work waits for: any, when its last
         // look left work waiting; this function's, when it has a `concurrency`; this
         // timer's next run, as runs of one timer never overlap.
-        let limited = function.spec.concurrency.is_some()
-            || (function.spec.triggers.iter()).any(|t| matches!(t, Trigger::Timer(_)));
+        let limited = function.spec.concurrency.is_some() || function.spec.has_timer();
         if queued || limited || self.slot_wanted.load(Ordering::Acquire) {
             self.wake();
         }

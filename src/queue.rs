@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Trigger;
 use crate::metrics;
 use crate::runtime::Runtime;
 use crate::store::{Slots, Wanted, is_unreachable, now_ms};
@@ -97,11 +96,7 @@ async fn start_due(rt: &Runtime, paused: &BTreeSet<String>) -> anyhow::Result<bo
                     .as_ref()
                     .map_or(free, |p| p.available_permits().min(free)),
                 everywhere: f.spec.concurrency,
-                timers: f
-                    .spec
-                    .triggers
-                    .iter()
-                    .any(|t| matches!(t, Trigger::Timer(_))),
+                timers: f.spec.has_timer(),
             })
             .collect(),
     };

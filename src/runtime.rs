@@ -98,13 +98,17 @@ impl Runtime {
         }
     }
 
-    /// Pauses or resumes `function` in the store, and here at once; whether that changed
-    /// anything.
+    /// Pauses or resumes `function` in the store, and here at once (a resume wakes the
+    /// queue worker); whether that changed anything.
     pub async fn set_paused(&self, function: &str, paused: bool) -> anyhow::Result<bool> {
         let changed = self.store.triggers.set_paused(function, paused).await?;
         let mut cached = self.paused.lock().unwrap_or_else(|e| e.into_inner());
         cached.read = None;
         cached.changes += 1;
+        if !paused {
+            // Its waiting work starts now here (other hosts find it within a second).
+            self.dispatch.wake();
+        }
         Ok(changed)
     }
 

@@ -43,6 +43,13 @@ pub struct FunctionSpec {
     pub callback: Option<String>,
 }
 
+impl FunctionSpec {
+    /// Whether a timer fires it (runs of one timer never overlap).
+    pub fn has_timer(&self) -> bool {
+        self.triggers.iter().any(|t| matches!(t, Trigger::Timer(_)))
+    }
+}
+
 /// A function's table in one file, with the spans of its keys.
 #[derive(Debug, Clone)]
 pub(crate) struct Section {
