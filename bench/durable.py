@@ -5,7 +5,7 @@ host and on PostgreSQL with 1, 2 and 3 hosts on this machine; and how long the h
 claims took (`jobhost_claim_seconds`, p99) while the queue held them all (the function paused,
 then resumed).
 
-    bench/durable.py [--jobs 5000] [--clients 8]
+    bench/durable.py [--jobs 5000] [--queued 1000] [--rounds 5] [--clients 8] [--connections 4]
 
 Writes its table into BENCHMARKS.md (replacing its section).
 
@@ -88,14 +88,16 @@ class Postgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-CONNECTIONS = None
+def connections_each(total, hosts):
+    """Each host's share of the cluster's `total` connections to PostgreSQL, at least one."""
+    return max(1, total // hosts)
 
 
-def start_host(store):
-    """A host on SQLite, or on the PostgreSQL database `store` (through `CONNECTIONS`
-    connections, when set), serving `f`."""
-    pool = f", connections = {CONNECTIONS}" if CONNECTIONS else ""
-    store_line = f'store = {{ postgres = "{store}"{pool} }}\n' if store else ""
+def start_host(store, connections):
+    """A host on SQLite, or on the PostgreSQL database `store` through at most
+    `connections` connections (besides its listener and its claimer), serving `f`."""
+    store_line = (f'store = {{ postgres = "{store}", connections = {connections} }}\n'
+                  if store else "")
     config = ('[host]\nlisten = "127.0.0.1:{port}"\n' + store_line
               + "[functions.f]\ntriggers = []\n")
     return Host(config, {"f.wasm": GUEST})
@@ -112,22 +114,23 @@ def claim_buckets(hosts):
     return buckets
 
 
-def claim_p99(hosts, before):
-    """The 99th percentile of the hosts' claims since `before` (claim_buckets): the upper
-    bound of the bucket that holds it, an estimate within that bucket (linear, as
-    Prometheus's histogram_quantile), and how many claims there were."""
-    buckets = {le: n - before.get(le, 0) for le, n in claim_buckets(hosts).items()}
+def claim_p99(buckets):
+    """The 99th percentile of the claims counted in `buckets` ({le: count}): the upper bound
+    of the bucket that holds it, an estimate within that bucket (linear, as Prometheus's
+    histogram_quantile), how many claims there were, and the share of them that took at
+    most 20 ms (the bucket `le="0.02"`)."""
     bounds = sorted(((float(le), n) for le, n in buckets.items()))
     total = bounds[-1][1] if bounds else 0
+    within = buckets.get("0.02", 0) / total if total else float("nan")
     lower, below = 0.0, 0
     for le, count in bounds:
         if total and count >= 0.99 * total:
             if le == float("inf"):
-                return le, lower, int(total)
+                return le, lower, int(total), within
             share = (0.99 * total - below) / max(count - below, 1)
-            return le, lower + (le - lower) * share, int(total)
+            return le, lower + (le - lower) * share, int(total), within
         lower, below = le, count
-    return float("nan"), float("nan"), int(total)
+    return float("nan"), float("nan"), int(total), within
 
 
 def post(host, path):
@@ -169,11 +172,11 @@ def succeeded(hosts):
                    for x in [h.metrics() for h in hosts]))
 
 
-def run(store_urls, jobs, clients):
-    """Jobs submitted while the hosts take them (each host starts what it has room for as
-    it is submitted), then jobs submitted while `f` is paused and claimed from the queue
-    once it is resumed."""
-    hosts = [start_host(url) for url in store_urls]
+def run(store_urls, jobs, queued, clients, connections):
+    """`jobs` submitted while the hosts take them (each host starts what it has room for as
+    it is submitted), then `queued` submitted while `f` is paused and claimed from the queue
+    once it is resumed: what each took, what ran, and the claims' buckets."""
+    hosts = [start_host(url, connections) for url in store_urls]
     try:
         started = time.time()
         submitted, failures = submit_all(hosts, jobs, clients)
@@ -181,26 +184,34 @@ def run(store_urls, jobs, clients):
         drain(hosts)
         took = time.time() - started
         done = succeeded(hosts)
-        flowing = (submitted / took, took_submit, took, done, len(failures))
+        flowing = {"jobs": submitted, "rate": submitted / took, "submitted_in": took_submit,
+                   "drained_in": took, "ran": done, "refused": len(failures)}
 
         # Claims from a queue: every host paused (each reads the pause afresh within a
         # second), the jobs queued, then resumed.
         for h in hosts:
             post(h, "/_jobhost/functions/f/pause")
         time.sleep(1.2)
-        queued, failures = submit_all(hosts, jobs, clients)
+        queued, failures = submit_all(hosts, queued, clients)
         before = claim_buckets(hosts)
         started = time.time()
         for h in hosts:
             post(h, "/_jobhost/functions/f/resume")
         drain(hosts)
         took = time.time() - started
-        p99, estimate, claims = claim_p99(hosts, before)
-        waiting = (queued, took, p99, estimate, claims, succeeded(hosts) - done, len(failures))
+        buckets = {le: n - before.get(le, 0) for le, n in claim_buckets(hosts).items()}
+        waiting = {"jobs": queued, "rate": queued / took, "drained_in": took,
+                   "ran": succeeded(hosts) - done, "refused": len(failures), "buckets": buckets}
         return flowing, waiting
     finally:
         for h in hosts:
             h.stop()
+
+
+def median(values):
+    values = sorted(values)
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
 
 SECTION = "## Durable jobs end to end"
@@ -210,58 +221,86 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--jobs", type=int, default=5000)
     p.add_argument("--clients", type=int, default=8, help="submitting connections per host")
-    p.add_argument("--connections", type=int,
-                   help="each host's connections to PostgreSQL (default: the host's default)")
+    p.add_argument("--queued", type=int, default=1000,
+                   help="jobs queued for the claims table (the claim goal is set at 1,000)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="interleaved rounds; the table gives each setup's medians")
+    p.add_argument("--connections", type=int, default=4,
+                   help="the cluster's connections to PostgreSQL, split among its hosts")
     args = p.parse_args()
-    global CONNECTIONS
-    CONNECTIONS = args.connections
     build()
     pg = Postgres()
-    flowing = [
-        "| store | hosts | jobs/s | submitted in | drained in | ran |",
-        "|---|---|---|---|---|---|",
-    ]
-    waiting = [
-        "| store | hosts | queued | drained in | jobs/s | claim p99 (bucket) | claim p99 (estimate) | claims | ran |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    refused = 0
+    setups = [("SQLite", 1)] + [("PostgreSQL", n) for n in (1, 2, 3)]
+    runs = {setup: [] for setup in setups}
     try:
-        for label, n in [("SQLite", 1)] + [("PostgreSQL", n) for n in (1, 2, 3)]:
-            urls = [None] if label == "SQLite" else [pg.database()] * n
-            (rate, submitted, took, done, r1), (queued, drained, p99, estimate, claims, ran, r2) = \
-                run(urls, args.jobs, args.clients)
-            refused += r1 + r2
-            flowing.append(f"| {label} | {n} | {rate:,.0f} | {submitted:.2f} s | {took:.2f} s | {done} |")
-            waiting.append(f"| {label} | {n} | {queued} | {drained:.2f} s | {queued / drained:,.0f} "
-                           f"| ≤ {p99 * 1000:.1f} ms | {estimate * 1000:.1f} ms | {claims} | {ran} |")
-            print(flowing[-1], flush=True)
-            print(waiting[-1], flush=True)
+        # Rounds interleaved, each setup's figures the median over them: runs of one setup
+        # spread 10-15% on a shared two-core machine.
+        for round in range(args.rounds):
+            for label, n in setups:
+                urls = [None] if label == "SQLite" else [pg.database()] * n
+                each = connections_each(args.connections, n) if label == "PostgreSQL" else None
+                runs[(label, n)].append(run(urls, args.jobs, args.queued, args.clients, each))
+                flowing, waiting = runs[(label, n)][-1]
+                print(f"round {round + 1}: {label} {n}: {flowing['rate']:,.0f} jobs/s flowing, "
+                      f"{waiting['rate']:,.0f} from the queue", flush=True)
     finally:
         pg.stop()
+    flowing = [
+        "| store | hosts | connections each | jobs/s | submitted in | drained in | ran |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    waiting = [
+        "| store | hosts | connections each | queued | drained in | jobs/s | claim p99 (bucket) | claim p99 (estimate) | claims | within 20 ms | ran |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    refused = 0
+    for (label, n), results in runs.items():
+        each = connections_each(args.connections, n) if label == "PostgreSQL" else "-"
+        f = [r[0] for r in results]
+        w = [r[1] for r in results]
+        refused += sum(r["refused"] for r in f + w)
+        ran = lambda rs: f"{sum(r['ran'] for r in rs)} of {sum(r['jobs'] for r in rs)}"
+        flowing.append(
+            f"| {label} | {n} | {each} | {median(r['rate'] for r in f):,.0f} "
+            f"| {median(r['submitted_in'] for r in f):.2f} s "
+            f"| {median(r['drained_in'] for r in f):.2f} s | {ran(f)} |")
+        buckets = {}
+        for r in w:
+            for le, count in r["buckets"].items():
+                buckets[le] = buckets.get(le, 0) + count
+        p99, estimate, claims, within = claim_p99(buckets)
+        waiting.append(
+            f"| {label} | {n} | {each} | {w[0]['jobs']} "
+            f"| {median(r['drained_in'] for r in w):.2f} s "
+            f"| {median(r['rate'] for r in w):,.0f} | ≤ {p99 * 1000:g} ms "
+            f"| {estimate * 1000:.1f} ms | {claims} | {within:.1%} | {ran(w)} |")
     lines = [
         SECTION,
         "",
-        f"Written by `bench/durable.py` on {time.strftime('%Y-%m-%d')}: {args.jobs} background "
+        f"Written by `bench/durable.py` on {time.strftime('%Y-%m-%d')}, each figure the median "
+        f"of {args.rounds} interleaved rounds (\"ran\" and the claims count all of them): "
+        f"{args.jobs} background "
         f"jobs of a trivial guest submitted over HTTP by {args.clients} connections per host "
         f"(Python, on the same {os.cpu_count()} cores as the hosts and PostgreSQL), timed from "
         "the first submission until the queue is drained. PostgreSQL runs with "
         "`synchronous_commit = off`, the durability class of the SQLite store's "
         "`synchronous = NORMAL`. "
-        + (f"Each host opens at most {args.connections} connections to it "
-           f"(`store = {{ postgres = ..., connections = {args.connections} }}`)."
-           if args.connections else "Each host opens its default number of connections to it."),
+        f"The cluster opens {args.connections} connections to it for its work, split among "
+        "its hosts (`store = { postgres = ..., connections = N }`, at least one each; each "
+        "host has its listener and its claimer besides), as the README advises: a few per "
+        "database core, not a few per host.",
         "",
         "Submitted while the hosts run them (a host with a free slot stores a submission "
         "already claimed and starts it):",
         "",
         *flowing,
         "",
-        f"Claimed from a queue: the same number submitted while the function is paused, then "
+        f"Claimed from a queue: {args.queued} a round submitted while the function is paused, then "
         "resumed on every host and drained (timed from the resume; a host reads the pause "
         "state afresh within a second). The claim p99 is the upper bound of the "
-        "`jobhost_claim_seconds` bucket that holds it, and an estimate within that bucket "
-        "(linear, as Prometheus's `histogram_quantile`).",
+        "`jobhost_claim_seconds` bucket that holds it and an estimate within that bucket "
+        "(linear, as Prometheus's `histogram_quantile`), over every round's claims; \"within "
+        "20 ms\" is the share of them in the buckets up to 20 ms.",
         "",
         *waiting,
     ]
