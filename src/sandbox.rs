@@ -758,6 +758,10 @@ impl Sandbox {
             // Said before the store (and with it the response body's sender) goes, so that
             // the body sees it when it ends.
             let _ = verdict.send(result.is_err());
+            // The answer goes out first (its connection's task is woken by the body's end)
+            // and the instance is torn down after: at one connection the client waits for
+            // the answer, not for the teardown.
+            tokio::task::yield_now().await;
             drop(store);
             finish(result, &task_stdout, &task_stderr, started, instantiation)
         });
