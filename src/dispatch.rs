@@ -866,6 +866,15 @@ impl Dispatcher {
                     }
                     return;
                 }
+                // After a failed try this is ambiguous: that try may have been stored with
+                // only its answer lost (a broken connection), and the store cannot tell
+                // it from a rescue that ended the attempt.
+                Ok(false) if said => {
+                    tracing::warn!(
+                        "the attempt no longer holds the invocation: the try that failed may have stored this result before its answer was lost, or the invocation was claimed again meanwhile and this result is dropped"
+                    );
+                    return;
+                }
                 Ok(false) => {
                     tracing::warn!(
                         "the invocation was claimed again meanwhile; this attempt's result is dropped"
