@@ -8,7 +8,7 @@ use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde::Serialize;
 
-use crate::store::Enqueued;
+use crate::store::{Enqueued, State};
 
 pub use crate::sandbox::Body;
 
@@ -67,10 +67,10 @@ pub fn unavailable(message: impl Into<String>) -> Response<Body> {
     response
 }
 
-/// `202 Accepted` for durable work: its id, and where its record is.
-pub fn accepted(id: &str) -> Response<Body> {
+/// `202 Accepted` for durable work: its id, the state it is in, and where its record is.
+pub fn accepted(id: &str, state: State) -> Response<Body> {
     let location = format!("{API_PREFIX}invocations/{id}");
-    let body = serde_json::json!({ "id": id, "state": "queued", "location": location });
+    let body = serde_json::json!({ "id": id, "state": state.as_str(), "location": location });
     let mut response = Response::new(full(Bytes::from(body.to_string())));
     *response.status_mut() = StatusCode::ACCEPTED;
     let headers = response.headers_mut();
@@ -87,14 +87,14 @@ pub fn accepted(id: &str) -> Response<Body> {
 
 /// The answer to a durable submission: `202` + `Location` for a new invocation, and the
 /// same for the one an `Idempotency-Key` already made with the same payload; `409` when the
-/// key was used with another payload.
-pub fn submitted(enqueued: Enqueued) -> Response<Body> {
+/// key was used with another payload. `state` is the one the invocation is in.
+pub fn submitted(enqueued: Enqueued, state: State) -> Response<Body> {
     match enqueued {
         Enqueued::New(id)
         | Enqueued::Existing {
             id,
             same_payload: true,
-        } => accepted(&id),
+        } => accepted(&id, state),
         Enqueued::Existing {
             id,
             same_payload: false,

@@ -377,7 +377,7 @@ async fn submit(
         new.callback = callback;
     }
     match rt.submit(function, new).await {
-        Ok(enqueued) => answer::submitted(enqueued),
+        Ok((enqueued, state)) => answer::submitted(enqueued, state),
         Err(e) => {
             if !is_unreachable(&e) {
                 tracing::error!(function = %function.spec.name, "cannot queue an invocation: {e:#}");

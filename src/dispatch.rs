@@ -541,24 +541,28 @@ impl Dispatcher {
     /// due, and `function` has no `concurrency` counted across hosts, and is not
     /// `paused`): stored already claimed, it takes no look at the queue and wakes no
     /// other host to race for it. Else it is queued for whichever host claims it first.
+    /// With the state a new invocation is stored in: `Running`, `Queued` or `Scheduled`.
     pub async fn submit_here(
         self: &Arc<Self>,
         function: &Arc<Function>,
         new: NewInvocation,
         paused: bool,
-    ) -> anyhow::Result<Enqueued> {
-        let here = !paused
-            && function.spec.concurrency.is_none()
-            && new.run_after.is_none_or(|at| at <= now_ms());
+    ) -> anyhow::Result<(Enqueued, State)> {
+        let waiting = match new.run_after {
+            Some(at) if at > now_ms() => State::Scheduled,
+            _ => State::Queued,
+        };
+        let here = !paused && function.spec.concurrency.is_none() && waiting == State::Queued;
         let Some(permit) = here.then(|| self.admit(function).ok()).flatten() else {
-            return self.submit(new).await;
+            return Ok((self.submit(new).await?, waiting));
         };
         let (enqueued, claimed) = self.store.queue.enqueue_claimed(new, &self.owner).await?;
-        if let Some(claimed) = claimed {
-            let run = self.clone().run_claimed(function.clone(), claimed, permit);
-            self.tasks.spawn(run);
-        }
-        Ok(enqueued)
+        let Some(claimed) = claimed else {
+            return Ok((enqueued, waiting));
+        };
+        let run = self.clone().run_claimed(function.clone(), claimed, permit);
+        self.tasks.spawn(run);
+        Ok((enqueued, State::Running))
     }
 
     /// Queues a dead invocation again with a fresh round of attempts.

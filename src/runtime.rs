@@ -14,7 +14,7 @@ use crate::body::Budget;
 use crate::config::HostSettings;
 use crate::dispatch::Dispatcher;
 use crate::registry::{Function, Registry};
-use crate::store::{Enqueued, NewInvocation, Store, is_unreachable};
+use crate::store::{Enqueued, NewInvocation, State, Store, is_unreachable};
 
 pub struct Runtime {
     /// The `[host]` settings the host started with (they hold until a restart), with
@@ -114,14 +114,23 @@ impl Runtime {
 
     /// Durable work of `function` submitted through this host (the API, an async HTTP
     /// route): started here at once when this host can (`Dispatcher::submit_here`), else
-    /// queued.
+    /// queued. With the state its invocation is in, for the answer: the one it was stored
+    /// in, or for an `Idempotency-Key` used before, the one its invocation has now.
     pub async fn submit(
         &self,
         function: &Arc<Function>,
         new: NewInvocation,
-    ) -> anyhow::Result<Enqueued> {
+    ) -> anyhow::Result<(Enqueued, State)> {
         let paused = self.paused().await.contains(&function.spec.name);
-        self.dispatch.submit_here(function, new, paused).await
+        let (enqueued, state) = self.dispatch.submit_here(function, new, paused).await?;
+        let state = match &enqueued {
+            Enqueued::New(_) => state,
+            Enqueued::Existing { id, .. } => {
+                let record = self.store.history.get(id).await?;
+                record.map_or(state, |r| r.state)
+            }
+        };
+        Ok((enqueued, state))
     }
 
     /// The functions as they are now. A request or a run keeps the snapshot it started

@@ -72,7 +72,7 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Body> {
             new.callback = callback;
         }
         return match rt.submit(function, new).await {
-            Ok(enqueued) => answer::submitted(enqueued),
+            Ok((enqueued, state)) => answer::submitted(enqueued, state),
             Err(e) => {
                 // A lost store is logged once, by the store.
                 if !is_unreachable(&e) {

@@ -644,3 +644,37 @@ fn an_idempotency_key_returns_the_first_invocation_and_refuses_another_payload()
     let runs = host.json("/_jobhost/invocations?function=probe");
     assert_eq!(runs.as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn a_submission_is_answered_with_the_state_its_invocation_is_in() {
+    let project = project("");
+    let host = project.start();
+    let submitted = |path: &str, key: &str| {
+        let answer = host.request_with("POST", path, b"job 10", &[("Idempotency-Key", key)]);
+        assert_eq!(answer.status, 202, "{}", answer.body);
+        let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+        assert_eq!(
+            body["location"].as_str().unwrap(),
+            answer.header("location").unwrap()
+        );
+        (
+            body["id"].as_str().unwrap().to_string(),
+            state(&body).to_string(),
+        )
+    };
+    let invoke = "/_jobhost/functions/probe/invoke";
+    // A free slot here: stored claimed and started at once.
+    let (started, said) = submitted(invoke, "now");
+    assert_eq!(said, "running");
+    assert_eq!(
+        submitted(&format!("{invoke}?delay=1h"), "later").1,
+        "scheduled"
+    );
+    assert_eq!(host.post("/_jobhost/functions/probe/pause", "").status, 200);
+    assert_eq!(submitted(invoke, "paused").1, "queued");
+    // The same key again: the state its invocation has now.
+    host.wait_for_record(&started, Duration::from_secs(30), |r| {
+        state(r) == "succeeded"
+    });
+    assert_eq!(submitted(invoke, "now"), (started, "succeeded".to_string()));
+}
