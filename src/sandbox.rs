@@ -660,9 +660,7 @@ impl Sandbox {
         let result = bounded(run, call).await;
         let guard = store.data_mut().guard();
         let result = classify(result.map(|r| r.map(|exit| exit.map_err(|()| 1))), guard);
-        let instantiated_in = guard.instantiated_in;
-        drop_later(store);
-        (result, instantiated_in)
+        (result, guard.instantiated_in)
     }
 
     async fn run_module(
@@ -694,10 +692,10 @@ impl Sandbox {
         };
         let result = bounded(run, call).await;
         let guard = store.data_mut().guard();
-        let result = classify(result.map(|r| r.map(Ok)), guard);
-        let instantiated_in = guard.instantiated_in;
-        drop_later(store);
-        (result, instantiated_in)
+        (
+            classify(result.map(|r| r.map(Ok)), guard),
+            guard.instantiated_in,
+        )
     }
 
     /// Serves one request with a wasi:http component, as `wasmtime serve` would.
@@ -916,16 +914,6 @@ enum Stopped {
 /// Runs a guest's `call` until it returns, its `timeout` passes, or it is cancelled.
 /// Dropping the call stops the guest: a busy one yields at every epoch tick, so the drop
 /// happens within a tick.
-/// Drops a finished guest's store on a task of its own, which runs once the task that ran
-/// the guest waits: tearing the instance down (its memory reset, its resources dropped)
-/// then comes after the answer or the result is passed on, not before it.
-fn drop_later<T: Send + 'static>(store: Store<T>) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => drop(runtime.spawn(async move { drop(store) })),
-        Err(_) => drop(store),
-    }
-}
-
 async fn bounded<T>(run: &Run<'_>, call: impl Future<Output = T>) -> Result<T, Stopped> {
     let cancelled = async {
         match &run.cancel {
