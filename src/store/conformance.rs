@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{
-    CallbackTry, CancelError, Cancelled, Chain, Enqueued, Filter, Fired, HostId, KvError,
+    CallbackTry, CancelError, Cancelled, Chain, Enqueued, Filter, Fired, HostId, KvError, Lease,
     NewInvocation, Next, Output, Reason, Receipt, RetryError, Slots, State, Store, SyncRecord,
     TimerFire, Wanted, now_ms,
 };
@@ -121,6 +121,15 @@ fn succeeded() -> Output {
     }
 }
 
+/// Ends the attempt under `lease` succeeded, starting nothing; whether the lease was current.
+async fn finish_succeeded(store: &Store, lease: &Lease) -> bool {
+    store
+        .queue
+        .finish(lease, succeeded(), Next::Succeeded, Chain::default())
+        .await
+        .unwrap()
+}
+
 async fn state_of(store: &Store, id: &str) -> State {
     store
         .history
@@ -153,16 +162,7 @@ async fn enqueued_work_is_claimed_once_and_finished<K>((store, _keep): (Store, K
             .await
             .is_empty()
     );
-    let applied = store
-        .queue
-        .finish(
-            &claimed.lease,
-            succeeded(),
-            Next::Succeeded,
-            Chain::default(),
-        )
-        .await
-        .unwrap();
+    let applied = finish_succeeded(&store, &claimed.lease).await;
     assert!(applied);
     let record = store.history.get("a").await.unwrap().unwrap();
     assert_eq!(record.state, State::Succeeded);
@@ -209,24 +209,9 @@ async fn work_claimed_as_it_is_stored_runs_under_a_lease_like_a_claim<K>(
     let again = store.queue.claim("a", &owner()).await.unwrap().unwrap();
     assert_eq!(again.attempt, 2);
     assert!(again.lease.fence > claimed.lease.fence);
-    let late = store
-        .queue
-        .finish(
-            &claimed.lease,
-            succeeded(),
-            Next::Succeeded,
-            Chain::default(),
-        )
-        .await
-        .unwrap();
+    let late = finish_succeeded(&store, &claimed.lease).await;
     assert!(!late);
-    assert!(
-        store
-            .queue
-            .finish(&again.lease, succeeded(), Next::Succeeded, Chain::default())
-            .await
-            .unwrap()
-    );
+    assert!(finish_succeeded(&store, &again.lease).await);
     assert_eq!(state_of(&store, "a").await, State::Succeeded);
 
     // A second submission with the same idempotency key claims nothing.
@@ -281,18 +266,7 @@ async fn a_result_under_an_old_lease_changes_nothing<K>((store, _keep): (Store, 
     assert!(!late, "a result under an old lease must be dropped");
     assert!(!store.queue.release(&first.lease).await.unwrap());
     assert_eq!(state_of(&store, "a").await, State::Running);
-    assert!(
-        store
-            .queue
-            .finish(
-                &second.lease,
-                succeeded(),
-                Next::Succeeded,
-                Chain::default()
-            )
-            .await
-            .unwrap()
-    );
+    assert!(finish_succeeded(&store, &second.lease).await);
     assert_eq!(state_of(&store, "a").await, State::Succeeded);
 }
 
@@ -888,13 +862,7 @@ async fn a_silent_hosts_running_work_is_rescued_and_a_live_hosts_is_not<K>(
     // late result changes nothing.
     let again = store.queue.claim("b", &owner()).await.unwrap().unwrap();
     assert_eq!(again.attempt, 2);
-    assert!(
-        !store
-            .queue
-            .finish(&lost.lease, succeeded(), Next::Succeeded, Chain::default())
-            .await
-            .unwrap()
-    );
+    assert!(!finish_succeeded(&store, &lost.lease).await);
     assert!(store.cluster.rescue(lease).await.unwrap().is_empty());
 }
 
@@ -951,16 +919,7 @@ async fn a_functions_concurrency_holds_across_hosts_claiming_at_once<K>(
     );
     assert!(claim_due(&store, &b, &single).await.is_empty());
     let running = claimed.remove(0);
-    store
-        .queue
-        .finish(
-            &running.lease,
-            succeeded(),
-            Next::Succeeded,
-            Chain::default(),
-        )
-        .await
-        .unwrap();
+    finish_succeeded(&store, &running.lease).await;
     assert_eq!(claim_due(&store, &b, &single).await.len(), 1);
     // Two may run with concurrency = 2, one already does: one more, wherever.
     let double = wanted(&[("s", Some(2))], 5);
@@ -1376,14 +1335,7 @@ async fn a_checkpoint_outlives_its_attempt_and_only_the_current_attempt_writes<K
         Some(&b"step 3"[..])
     );
     // A success has no more use for it.
-    q.finish(
-        &fourth.lease,
-        succeeded(),
-        Next::Succeeded,
-        Chain::default(),
-    )
-    .await
-    .unwrap();
+    finish_succeeded(&store, &fourth.lease).await;
     assert_eq!(q.checkpoint("a").await.unwrap(), None);
 }
 
@@ -1549,16 +1501,7 @@ async fn a_callback_is_due_once_its_invocation_ends_and_held_while_tried<K>(
     assert_eq!((view.state, view.attempts), ("waiting", 0));
     for id in ["a", "plain"] {
         let claimed = store.queue.claim(id, &owner()).await.unwrap().unwrap();
-        store
-            .queue
-            .finish(
-                &claimed.lease,
-                succeeded(),
-                Next::Succeeded,
-                Chain::default(),
-            )
-            .await
-            .unwrap();
+        finish_succeeded(&store, &claimed.lease).await;
     }
     let Cancelled::Now(_) = store.queue.cancel("b").await.unwrap() else {
         panic!("b was waiting");
