@@ -99,8 +99,9 @@ fn invocation(c: &mut Criterion) {
                             .boxed_unsync(),
                     )
                     .unwrap();
-                let HttpServed::Responded(response, done) =
-                    sandbox.serve_http(&hello, request, run(&limits)).await
+                let HttpServed::Responded(response, done) = sandbox
+                    .serve_http(&hello, request, run(&limits), None)
+                    .await
                 else {
                     panic!("the component failed");
                 };

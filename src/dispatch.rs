@@ -24,7 +24,7 @@ use crate::outbound;
 use crate::registry::{Function, Registry};
 use crate::sandbox::{
     Body, EnqueueOptions, Failure, HttpServed, IncomingBody, Job, JobLink, KvLink, OutboundLink,
-    Outcome, Run, Sandbox, Shape,
+    Outcome, Ready, Run, SPARES, Sandbox, Shape,
 };
 use crate::store::{
     CancelError, Cancelled, Chain, Claimed, Enqueued, History, HostId, LATEST, Lease,
@@ -200,6 +200,18 @@ pub struct Dispatcher {
     tasks: TaskTracker,
     /// Background runs going on here, by id, for a user's cancel to interrupt.
     running: Mutex<HashMap<String, Interrupt>>,
+    /// wasi:http instances made ahead of their requests: at most one a function, `SPARES`
+    /// in all, dropped when the functions are swapped.
+    spares: Mutex<Vec<Spare>>,
+}
+
+/// A wasi:http function's next invocation, instantiated after a request so that the next
+/// request does not wait for instantiation (at one connection, a request waits for all
+/// the host does on its way).
+struct Spare {
+    function: Arc<Function>,
+    /// `None` while it is being made.
+    ready: Option<(Invocation, Ready)>,
 }
 
 /// How to interrupt one background run here, and how to know it has ended.
@@ -416,6 +428,7 @@ impl Dispatcher {
             hard_stop: parts.hard_stop,
             tasks: parts.tasks,
             running: Mutex::new(HashMap::new()),
+            spares: Mutex::new(Vec::new()),
         }
     }
 
@@ -477,10 +490,16 @@ impl Dispatcher {
             .clone()
     }
 
-    /// Makes `next` the functions; returns the ones before.
+    /// Makes `next` the functions; returns the ones before. Instances made ahead for the
+    /// ones before are dropped (a spare made meanwhile is not kept: `make_spare`).
     pub fn swap(&self, next: Arc<Registry>) -> Arc<Registry> {
-        let mut functions = self.functions.write().unwrap_or_else(|e| e.into_inner());
-        std::mem::replace(&mut *functions, next)
+        let before = {
+            let mut functions = self.functions.write().unwrap_or_else(|e| e.into_inner());
+            std::mem::replace(&mut *functions, next)
+        };
+        let spares = std::mem::take(&mut *lock(&self.spares));
+        drop(spares);
+        before
     }
 
     /// The `jobhost:job` of invocation `id`, `depth` steps down a chain; with the `lease`
@@ -679,30 +698,42 @@ impl Dispatcher {
     }
 
     /// Serves one HTTP request with a wasi:http component, as `wasmtime serve` would. The
-    /// permit is held until the guest ends, which may be after its answer has begun.
+    /// permit is held until the guest ends, which may be after its answer has begun. Once
+    /// it has ended, the function's next instance is made (`make_spare`).
     pub async fn serve_http(
-        &self,
+        self: &Arc<Self>,
         call: Call<'_>,
         request: http::Request<IncomingBody>,
         permit: Permit,
     ) -> (String, Served) {
         let echo = call.echo;
-        let invocation = Invocation::sync(call, self);
+        let trigger = call.trigger;
+        let (invocation, ready) = match self.take_spare(&call) {
+            Some((invocation, ready)) => (invocation, Some(ready)),
+            None => (Invocation::sync(call, self), None),
+        };
         let started_at = now_ms();
         let served = self
             .sandbox
-            .serve_http(&invocation.function.prepared, request, invocation.run())
+            .serve_http(
+                &invocation.function.prepared,
+                request,
+                invocation.run(),
+                ready,
+            )
             .await;
         let id = invocation.id.clone();
         match served {
             HttpServed::Responded(response, done) => {
                 let records = self.sync_records.clone();
+                let dispatch = self.clone();
                 self.tasks.spawn(async move {
                     if let Ok(outcome) = done.await {
                         log_sync_outcome(&invocation, &outcome, echo);
                         records.record(&invocation, started_at, &outcome);
                     }
                     drop(permit);
+                    dispatch.make_spare(invocation.function, trigger).await;
                 });
                 (id, Served::Responded(response))
             }
@@ -713,6 +744,80 @@ impl Dispatcher {
                 (id, Served::Failed(outcome))
             }
         }
+    }
+
+    /// The instance made ahead for this call, if there is one: only for a call that, like
+    /// the one it was made after, has no variables or payload of its own (a wasi:http
+    /// guest reads its request instead).
+    fn take_spare(&self, call: &Call<'_>) -> Option<(Invocation, Ready)> {
+        if !call.vars.is_empty() || !call.payload.is_empty() {
+            return None;
+        }
+        let mut spares = lock(&self.spares);
+        let at = spares.iter().position(|spare| {
+            Arc::ptr_eq(&spare.function, call.function)
+                && spare
+                    .ready
+                    .as_ref()
+                    .is_some_and(|(invocation, _)| invocation.trigger == call.trigger)
+        })?;
+        spares.swap_remove(at).ready
+    }
+
+    /// Instantiates `function`'s next invocation ahead of its request, unless it has one
+    /// (or one being made), `SPARES` are made, or it is no longer loaded. A spare holds an
+    /// instance of the pool (which has room for `SPARES` beside the running ones) and its
+    /// memory until a request takes it or the functions are swapped.
+    async fn make_spare(self: Arc<Self>, function: Arc<Function>, trigger: TriggerKind) {
+        {
+            let mut spares = lock(&self.spares);
+            let current = self
+                .functions()
+                .functions
+                .get(&function.spec.name)
+                .is_some_and(|loaded| Arc::ptr_eq(loaded, &function));
+            if !current
+                || spares.len() >= SPARES
+                || spares.iter().any(|s| Arc::ptr_eq(&s.function, &function))
+            {
+                return;
+            }
+            spares.push(Spare {
+                function: function.clone(),
+                ready: None,
+            });
+        }
+        let call = Call {
+            function: &function,
+            trigger,
+            vars: Vec::new(),
+            payload: Bytes::new(),
+            echo: Echo::Neither,
+        };
+        let invocation = Invocation::sync(call, &self);
+        let ready = self
+            .sandbox
+            .ready_http(&function.prepared, invocation.run())
+            .await;
+        let unused = {
+            let mut spares = lock(&self.spares);
+            // Gone if the functions were swapped meanwhile.
+            let at = spares
+                .iter()
+                .position(|s| Arc::ptr_eq(&s.function, &function) && s.ready.is_none());
+            match (at, ready) {
+                (Some(at), Some(ready)) => {
+                    spares[at].ready = Some((invocation, ready));
+                    None
+                }
+                (Some(at), None) => {
+                    spares.swap_remove(at);
+                    None
+                }
+                (None, ready) => ready,
+            }
+        };
+        drop(unused);
     }
 
     /// Runs a claimed durable invocation to the end of its attempt: the result stored,

@@ -30,8 +30,8 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -49,6 +49,9 @@ use response::Response;
 const TICK: Duration = Duration::from_millis(10);
 /// Bytes of each pooled linear memory kept resident between instances.
 const KEEP_RESIDENT: usize = 4 << 20;
+/// wasi:http instances made ahead of their requests (`Ready`) that a host keeps at most;
+/// the instance pool has room for them beside `max_concurrency` running invocations.
+pub const SPARES: usize = 8;
 
 /// Engine-wide settings, fixed for the life of the host.
 #[derive(Debug, Clone)]
@@ -107,6 +110,17 @@ enum Pre {
     Http(ProxyPre<ComponentState>),
     Command(CommandPre<ComponentState>),
     Module(InstancePre<ModuleState>),
+}
+
+/// A wasi:http component instantiated ahead of the request it will serve, in a store of
+/// its own that no request has touched: `serve_http` given one skips instantiation, so the
+/// caller does not wait for it. Made with the `Run` of the invocation it becomes (its
+/// environment names that invocation's id); its deadline starts when it serves.
+pub struct Ready {
+    store: Store<ComponentState>,
+    proxy: Proxy,
+    stdout: Capture,
+    stderr: Capture,
 }
 
 /// Everything one invocation runs with.
@@ -356,10 +370,12 @@ impl Sandbox {
         let mut config = EngineConfig::new();
         config.epoch_interruption(true);
         config.consume_fuel(settings.fuel);
-        let slots = u32::try_from(settings.max_concurrency.max(1)).unwrap_or(u32::MAX);
+        let slots = u32::try_from(settings.max_concurrency.max(1).saturating_add(SPARES))
+            .unwrap_or(u32::MAX);
         let mut pool = PoolingAllocationConfig::default();
-        // Every running invocation holds one component (or module) instance; components
-        // built by today's toolchains carry a handful of core instances and memories.
+        // Every running invocation (and every spare, `Ready`) holds one component (or
+        // module) instance; components built by today's toolchains carry a handful of core
+        // instances and memories.
         pool.total_component_instances(slots.saturating_mul(2).max(16))
             .total_core_instances(slots.saturating_mul(16).max(64))
             .total_memories(slots.saturating_mul(4).max(32))
@@ -596,17 +612,7 @@ impl Sandbox {
     fn new_store<T: Guarded>(&self, data: T, limits: &Limits) -> Result<Store<T>, Failure> {
         let mut store = Store::new(&self.engine, data);
         store.limiter(|s| s.guard());
-        let deadline = Instant::now() + limits.timeout;
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |mut ctx| {
-            if Instant::now() >= deadline {
-                ctx.data_mut().guard().timed_out = true;
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                // Yield every tick so a busy guest never starves the runtime's threads.
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
+        arm(&mut store, limits.timeout);
         if self.fuel {
             let fuel = limits.fuel.unwrap_or(u64::MAX);
             store
@@ -698,23 +704,64 @@ impl Sandbox {
         )
     }
 
-    /// Serves one request with a wasi:http component, as `wasmtime serve` would.
+    /// Instantiates a wasi:http component for the invocation `run` describes, ahead of its
+    /// request. `None` if it is not one or cannot be instantiated (the request will then
+    /// instantiate it itself, and report why it cannot).
+    pub async fn ready_http(&self, prepared: &Prepared, run: Run<'_>) -> Option<Ready> {
+        let Pre::Http(pre) = &prepared.pre else {
+            return None;
+        };
+        let stdout = Capture::new(run.limits.max_output);
+        let stderr = Capture::new(run.limits.max_output);
+        let state = component_state(&run, &stdout, &stderr).ok()?;
+        let mut store = self.new_store(state, run.limits).ok()?;
+        let started = Instant::now();
+        let instantiated =
+            tokio::time::timeout(run.limits.timeout, pre.instantiate_async(&mut store));
+        let proxy = instantiated.await.ok()?.ok()?;
+        store.data_mut().guard.instantiated_in = Some(started.elapsed());
+        Some(Ready {
+            store,
+            proxy,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Serves one request with a wasi:http component, as `wasmtime serve` would: with the
+    /// instance `ready` when there is one (made for this `run`), else a new one.
     pub async fn serve_http(
         &self,
         prepared: &Prepared,
         request: hyper::Request<IncomingBody>,
         run: Run<'_>,
+        ready: Option<Ready>,
     ) -> HttpServed {
         let started = Instant::now();
-        let stdout = Capture::new(run.limits.max_output);
-        let stderr = Capture::new(run.limits.max_output);
         let Pre::Http(pre) = &prepared.pre else {
             let failure = Failure::Host("not a wasi:http component".to_string());
-            return HttpServed::Failed(finish(Err(failure), &stdout, &stderr, started, None));
+            let none = Capture::new(0);
+            return HttpServed::Failed(finish(Err(failure), &none, &none, started, None));
         };
-        let setup = (|| {
-            let state = component_state(&run, &stdout, &stderr)?;
-            let mut store = self.new_store(state, run.limits)?;
+        let (stdout, stderr, proxy, store) = match ready {
+            Some(Ready {
+                mut store,
+                proxy,
+                stdout,
+                stderr,
+            }) => {
+                arm(&mut store, run.limits.timeout);
+                (stdout, stderr, Some(proxy), Ok(store))
+            }
+            None => {
+                let stdout = Capture::new(run.limits.max_output);
+                let stderr = Capture::new(run.limits.max_output);
+                let store = component_state(&run, &stdout, &stderr)
+                    .and_then(|state| self.new_store(state, run.limits));
+                (stdout, stderr, None, store)
+            }
+        };
+        let setup = store.and_then(|mut store| {
             let (sender, receiver) = tokio::sync::oneshot::channel();
             let host_err = |e: wasmtime::Error| Failure::Host(format!("{e:#}"));
             let req = store
@@ -728,7 +775,7 @@ impl Sandbox {
                 .new_response_outparam(sender)
                 .map_err(host_err)?;
             Ok::<_, Failure>((store, req, out, receiver))
-        })();
+        });
         let (mut store, req, out, receiver) = match setup {
             Ok(s) => s,
             Err(failure) => {
@@ -741,9 +788,15 @@ impl Sandbox {
         let (verdict, failed) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let call = async {
-                let started = Instant::now();
-                let proxy = pre.instantiate_async(&mut store).await?;
-                store.data_mut().guard.instantiated_in = Some(started.elapsed());
+                let proxy = match proxy {
+                    Some(proxy) => proxy,
+                    None => {
+                        let started = Instant::now();
+                        let proxy = pre.instantiate_async(&mut store).await?;
+                        store.data_mut().guard.instantiated_in = Some(started.elapsed());
+                        proxy
+                    }
+                };
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, req, out)
@@ -839,6 +892,22 @@ fn write_cache(path: &Path, bytes: &[u8]) {
     if let Err(e) = result {
         tracing::warn!(path = %path.display(), "cannot write the compile cache: {e}");
     }
+}
+
+/// Stops the store's guest `timeout` from now: at the first epoch tick past it (or, in a
+/// host call, when the caller's own timer fires).
+fn arm<T: Guarded>(store: &mut Store<T>, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |mut ctx| {
+        if Instant::now() >= deadline {
+            ctx.data_mut().guard().timed_out = true;
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            // Yield every tick so a busy guest never starves the runtime's threads.
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
 }
 
 fn guard(limits: &Limits) -> Guard {

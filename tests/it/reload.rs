@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{Host, P1, P2, Project, example, probe, state, wait_until};
+use crate::support::{Host, P1, P2, Project, example, probe, probe_http, state, wait_until};
 
 /// Polls `path` until the answer's body is `body`; returns how long that took.
 fn until_answer(host: &Host, path: &str, payload: &str, body: &str, within: Duration) -> Duration {
@@ -61,6 +61,30 @@ fn a_dropped_module_is_served_within_a_second_and_a_replaced_one_swaps_after_req
         "the new version answered {took:?} after the replace"
     );
     assert_eq!(slow.join().unwrap(), "slept 1500 ms\n");
+}
+
+/// A wasi:http function keeps its next instance ready between requests; a replaced
+/// module's is not used.
+#[test]
+fn a_replaced_wasi_http_component_answers_as_its_new_version_from_the_first_request() {
+    let project = Project::new("[functions.web]\ntriggers = [{ http = \"/web/*\" }]\n");
+    project.function("web", &probe_http());
+    let host = project.start();
+    for _ in 0..3 {
+        assert_eq!(host.get("/web/count").body, "1\n");
+    }
+    std::fs::copy(
+        example("hello_http", P2),
+        project.path("functions/web.wasm"),
+    )
+    .unwrap();
+    let new = "hello from a wasi:http component at /web/count\n";
+    wait_until(Duration::from_secs(10), || {
+        (host.get("/web/count").body == new).then_some(())
+    });
+    for _ in 0..3 {
+        assert_eq!(host.get("/web/count").body, new);
+    }
 }
 
 #[test]

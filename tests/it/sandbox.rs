@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{P1, P2, Project, example, probe, rss_kib, wat};
+use crate::support::{P1, P2, Project, example, probe, probe_http, rss_kib, state, wat};
 
 /// Both command shapes fail the same way for the same cause.
 fn failing_project(extra: &str) -> Project {
@@ -22,6 +22,70 @@ module = "probe1.wasm"
         .function("probe2", &probe(P2))
         .function("probe1", &probe(P1));
     project
+}
+
+/// A wasi:http function's next instance is made after each request, ahead of the next one:
+/// it is still a fresh one, made for the invocation that uses it.
+#[test]
+fn a_fresh_store_and_instance_for_every_invocation() {
+    let project = Project::new("[functions.web]\ntriggers = [{ http = \"/web/*\" }]\n");
+    project.function("web", &probe_http());
+    let host = project.start();
+    for _ in 0..5 {
+        let answer = host.get("/web/count");
+        assert_eq!((answer.status, answer.body.as_str()), (200, "1\n"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..5 {
+        let answer = host.get("/web/env");
+        let id = answer
+            .header("x-jobhost-invocation-id")
+            .expect("the answer names its invocation")
+            .to_string();
+        assert!(
+            answer
+                .body
+                .contains(&format!("\nJOBHOST_INVOCATION_ID={id}\n")),
+            "the guest of {id} saw: {}",
+            answer.body
+        );
+        assert!(seen.insert(id.clone()), "{id} ran twice");
+        // Recorded a moment after the answer.
+        host.wait_for_record(&id, Duration::from_secs(10), |r| state(r) == "succeeded");
+    }
+}
+
+/// An instance made ahead of its request starts its clock when the request comes, not when
+/// it was made.
+#[test]
+fn a_request_has_its_whole_timeout_however_long_its_instance_waited_for_it() {
+    let project = Project::new(
+        "[defaults]\ntimeout = \"1s\"\n[functions.web]\ntriggers = [{ http = \"/web/*\" }]\n",
+    );
+    project.function("web", &probe_http());
+    let host = project.start();
+    assert_eq!(host.get("/web/count").status, 200);
+    // The instance for the next request is ready within this wait; the wait itself is
+    // what is tested: longer than the timeout.
+    std::thread::sleep(Duration::from_millis(1500));
+    let answer = host.post("/web/echo", "late");
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, "POST /web/echo late\n")
+    );
+    let started = Instant::now();
+    let answer = host.get("/web/loop");
+    assert_eq!(answer.status, 500, "{}", answer.body);
+    assert!(
+        answer.body.ends_with("failed: timeout\n"),
+        "{}",
+        answer.body
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "stopped after {:?}, before its timeout",
+        started.elapsed()
+    );
 }
 
 #[test]

@@ -1,10 +1,12 @@
 //! A wasi:http test guest that misbehaves on request, by the path after its first segment
 //! (the route): `/panic` before answering, `/loop` forever, `/alloc/MIB`, `/stream/BYTES`
 //! (a long streamed body), `/partial/BYTES` (that much of a body, then a loop until the
-//! timeout), `/partial-panic/BYTES` (that much, then a panic), `/env`; anything else echoes
-//! the method, path and body.
+//! timeout), `/partial-panic/BYTES` (that much, then a panic), `/env`, `/count` (how many
+//! requests this instance has seen: 1 in a fresh one); anything else echoes the method, path
+//! and body.
 
 use std::io::{Read as _, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasip2::http::types::{
     Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
@@ -13,6 +15,8 @@ use wasip2::http::types::{
 wasip2::http::proxy::export!(Probe);
 
 struct Probe;
+
+static SEEN: AtomicU64 = AtomicU64::new(0);
 
 fn respond(response_out: ResponseOutparam, status: u16, body: &[u8]) {
     let response = OutgoingResponse::new(Fields::new());
@@ -44,6 +48,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
         let path = request.path_with_query().unwrap_or_default();
         let bare = path.split('?').next().unwrap_or_default();
         let parts: Vec<&str> = bare.trim_start_matches('/').split('/').skip(1).collect();
+        let seen = SEEN.fetch_add(1, Ordering::Relaxed) + 1;
         match parts.as_slice() {
             ["panic"] => panic!("probe-http was asked to panic"),
             ["loop"] => {
@@ -83,6 +88,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
                     n = std::hint::black_box(n.wrapping_add(1));
                 }
             }
+            ["count"] => respond(response_out, 200, format!("{seen}\n").as_bytes()),
             ["env"] => {
                 let env: String = std::env::vars()
                     .map(|(k, v)| format!("{k}={v}\n"))
