@@ -767,8 +767,13 @@ impl Dispatcher {
     /// Instantiates `function`'s next invocation ahead of its request, unless it has one
     /// (or one being made), `SPARES` are made, or it is no longer loaded. A spare holds an
     /// instance of the pool (which has room for `SPARES` beside the running ones) and its
-    /// memory until a request takes it or the functions are swapped.
+    /// memory until a request takes it or the functions are swapped. None is made for a
+    /// function with `dirs`: its folders are opened when its request comes, so a folder
+    /// replaced meanwhile is the one it sees.
     async fn make_spare(self: Arc<Self>, function: Arc<Function>, trigger: TriggerKind) {
+        if !function.spec.dirs.is_empty() {
+            return;
+        }
         {
             let mut spares = lock(&self.spares);
             let current = self

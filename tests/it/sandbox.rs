@@ -55,6 +55,25 @@ fn a_fresh_store_and_instance_for_every_invocation() {
     }
 }
 
+/// A wasi:http function's folders are opened for each request: one replaced between two
+/// requests is the one the second sees.
+#[test]
+fn a_folder_replaced_between_requests_is_the_one_the_next_request_sees() {
+    let project = Project::new(
+        "[functions.web]\ntriggers = [{ http = \"/web/*\" }]\ndirs = [{ host = \"site\", guest = \"/site\" }]\n",
+    );
+    project.function("web", &probe_http());
+    project.write("site/index.txt", b"v1\n");
+    let host = project.start();
+    assert_eq!(host.get("/web/read/site/index.txt").body, "v1\n");
+    assert_eq!(host.get("/web/read/site/index.txt").body, "v1\n");
+    // Swapped as a deploy would: the new folder renamed into place.
+    project.write("site-new/index.txt", b"v2\n");
+    std::fs::rename(project.path("site"), project.path("site-old")).unwrap();
+    std::fs::rename(project.path("site-new"), project.path("site")).unwrap();
+    assert_eq!(host.get("/web/read/site/index.txt").body, "v2\n");
+}
+
 /// An instance made ahead of its request starts its clock when the request comes, not when
 /// it was made.
 #[test]

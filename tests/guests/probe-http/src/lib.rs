@@ -2,8 +2,8 @@
 //! (the route): `/panic` before answering, `/loop` forever, `/alloc/MIB`, `/stream/BYTES`
 //! (a long streamed body), `/partial/BYTES` (that much of a body, then a loop until the
 //! timeout), `/partial-panic/BYTES` (that much, then a panic), `/env`, `/count` (how many
-//! requests this instance has seen: 1 in a fresh one); anything else echoes the method, path
-//! and body.
+//! requests this instance has seen: 1 in a fresh one), `/read/PATH...` (the file at /PATH);
+//! anything else echoes the method, path and body.
 
 use std::io::{Read as _, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,6 +88,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
                     n = std::hint::black_box(n.wrapping_add(1));
                 }
             }
+            ["read", path @ ..] => match std::fs::read(format!("/{}", path.join("/"))) {
+                Ok(bytes) => respond(response_out, 200, &bytes),
+                Err(e) => respond(response_out, 404, format!("{e}\n").as_bytes()),
+            },
             ["count"] => respond(response_out, 200, format!("{seen}\n").as_bytes()),
             ["env"] => {
                 let env: String = std::env::vars()
