@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -30,6 +30,12 @@ use crate::store::{
     CancelError, Cancelled, Chain, Claimed, Enqueued, History, HostId, LATEST, Lease,
     NewInvocation, Next, Output, Reason, Record, RetryError, State, Store, SyncRecord, now_ms,
 };
+
+/// How long an instance made ahead (`Spare`) may wait for its request, and how soon after
+/// its last request a function must be called again to get one. Its invocation's id (a
+/// UUIDv7) carries the time it was made, and lists are ordered by id: a spare that waited
+/// longer would list its invocation before ones that started earlier.
+const SPARE_FRESH: Duration = Duration::from_secs(2);
 
 /// How long a cancel waits for a run here to stop and its result to be stored.
 const CANCEL_WAIT: Duration = Duration::from_secs(5);
@@ -212,6 +218,54 @@ struct Spare {
     function: Arc<Function>,
     /// `None` while it is being made.
     ready: Option<(Invocation, Ready)>,
+    made: Instant,
+}
+
+/// A spare being made: its place on the list, taken back if it is never filled (the
+/// instantiation panicked), so that the function can have one again.
+struct Making<'a> {
+    spares: &'a Mutex<Vec<Spare>>,
+    function: &'a Arc<Function>,
+    filled: bool,
+}
+
+impl Making<'_> {
+    /// Puts `ready` in the place; gives it back if the place is gone (the functions were
+    /// swapped meanwhile) or `ready` is `None`.
+    fn fill(mut self, ready: Option<(Invocation, Ready)>) -> Option<(Invocation, Ready)> {
+        self.filled = true;
+        let mut spares = lock(self.spares);
+        match (self.place(&spares), ready) {
+            (Some(at), Some(ready)) => {
+                spares[at].ready = Some(ready);
+                spares[at].made = Instant::now();
+                None
+            }
+            (Some(at), None) => {
+                spares.swap_remove(at);
+                None
+            }
+            (None, ready) => ready,
+        }
+    }
+
+    fn place(&self, spares: &[Spare]) -> Option<usize> {
+        spares
+            .iter()
+            .position(|s| Arc::ptr_eq(&s.function, self.function) && s.ready.is_none())
+    }
+}
+
+impl Drop for Making<'_> {
+    fn drop(&mut self) {
+        if self.filled {
+            return;
+        }
+        let mut spares = lock(self.spares);
+        if let Some(at) = self.place(&spares) {
+            spares.swap_remove(at);
+        }
+    }
 }
 
 /// How to interrupt one background run here, and how to know it has ended.
@@ -490,8 +544,8 @@ impl Dispatcher {
             .clone()
     }
 
-    /// Makes `next` the functions; returns the ones before. Instances made ahead for the
-    /// ones before are dropped (a spare made meanwhile is not kept: `make_spare`).
+    /// Makes `next` the functions; returns the ones before. The instances made ahead are
+    /// dropped (one being made is kept only if its function is unchanged: `make_spare`).
     pub fn swap(&self, next: Arc<Registry>) -> Arc<Registry> {
         let before = {
             let mut functions = self.functions.write().unwrap_or_else(|e| e.into_inner());
@@ -708,11 +762,16 @@ impl Dispatcher {
     ) -> (String, Served) {
         let echo = call.echo;
         let trigger = call.trigger;
+        let started_at = now_ms();
+        let previous = call
+            .function
+            .last_request
+            .swap(started_at, Ordering::Relaxed);
+        let often = started_at.saturating_sub(previous) < SPARE_FRESH.as_millis() as i64;
         let (invocation, ready) = match self.take_spare(&call) {
             Some((invocation, ready)) => (invocation, Some(ready)),
             None => (Invocation::sync(call, self), None),
         };
-        let started_at = now_ms();
         let served = self
             .sandbox
             .serve_http(
@@ -733,7 +792,11 @@ impl Dispatcher {
                         records.record(&invocation, started_at, &outcome);
                     }
                     drop(permit);
-                    dispatch.make_spare(invocation.function, trigger).await;
+                    // Only when nothing else runs here: then it takes time the host would
+                    // idle; beside other invocations it would only compete with them.
+                    if often && dispatch.permits.available_permits() == dispatch.max_concurrency {
+                        dispatch.make_spare(invocation.function, trigger).await;
+                    }
                 });
                 (id, Served::Responded(response))
             }
@@ -746,32 +809,37 @@ impl Dispatcher {
         }
     }
 
-    /// The instance made ahead for this call, if there is one: only for a call that, like
-    /// the one it was made after, has no variables or payload of its own (a wasi:http
-    /// guest reads its request instead).
+    /// The instance made ahead for this call, if there is one made within `SPARE_FRESH`:
+    /// only for a call that, like the one it was made after, has no variables or payload
+    /// of its own (a wasi:http guest reads its request instead).
     fn take_spare(&self, call: &Call<'_>) -> Option<(Invocation, Ready)> {
         if !call.vars.is_empty() || !call.payload.is_empty() {
             return None;
         }
-        let mut spares = lock(&self.spares);
-        let at = spares.iter().position(|spare| {
-            Arc::ptr_eq(&spare.function, call.function)
-                && spare
-                    .ready
-                    .as_ref()
-                    .is_some_and(|(invocation, _)| invocation.trigger == call.trigger)
-        })?;
-        spares.swap_remove(at).ready
+        let spare = {
+            let mut spares = lock(&self.spares);
+            let at = spares.iter().position(|spare| {
+                Arc::ptr_eq(&spare.function, call.function)
+                    && spare
+                        .ready
+                        .as_ref()
+                        .is_some_and(|(invocation, _)| invocation.trigger == call.trigger)
+            })?;
+            spares.swap_remove(at)
+        };
+        // A stale one is dropped here, outside the lock.
+        (spare.made.elapsed() <= SPARE_FRESH).then_some(spare.ready)?
     }
 
-    /// Instantiates `function`'s next invocation ahead of its request, unless it has one
-    /// (or one being made), `SPARES` are made, or it is no longer loaded. A spare holds an
-    /// instance of the pool (which has room for `SPARES` beside the running ones) and its
-    /// memory until a request takes it or the functions are swapped. None is made for a
-    /// function with `dirs`: its folders are opened when its request comes, so a folder
-    /// replaced meanwhile is the one it sees.
+    /// Instantiates `function`'s next invocation ahead of its request (the caller calls
+    /// it for a function called again within `SPARE_FRESH`, when nothing else runs here),
+    /// unless it has one (or one being made), `SPARES` are made, it is no longer loaded,
+    /// or the host is shutting down. A spare holds an instance of the pool (which has room
+    /// for `SPARES` beside the running ones) and its memory until a request takes it or
+    /// the functions are swapped. None is made for a function with `dirs`: its folders are
+    /// opened when its request comes, so a folder replaced meanwhile is the one it sees.
     async fn make_spare(self: Arc<Self>, function: Arc<Function>, trigger: TriggerKind) {
-        if !function.spec.dirs.is_empty() {
+        if !function.spec.dirs.is_empty() || self.tasks.is_closed() {
             return;
         }
         {
@@ -790,8 +858,14 @@ impl Dispatcher {
             spares.push(Spare {
                 function: function.clone(),
                 ready: None,
+                made: Instant::now(),
             });
         }
+        let making = Making {
+            spares: &self.spares,
+            function: &function,
+            filled: false,
+        };
         let call = Call {
             function: &function,
             trigger,
@@ -804,24 +878,7 @@ impl Dispatcher {
             .sandbox
             .ready_http(&function.prepared, invocation.run())
             .await;
-        let unused = {
-            let mut spares = lock(&self.spares);
-            // Gone if the functions were swapped meanwhile.
-            let at = spares
-                .iter()
-                .position(|s| Arc::ptr_eq(&s.function, &function) && s.ready.is_none());
-            match (at, ready) {
-                (Some(at), Some(ready)) => {
-                    spares[at].ready = Some((invocation, ready));
-                    None
-                }
-                (Some(at), None) => {
-                    spares.swap_remove(at);
-                    None
-                }
-                (None, ready) => ready,
-            }
-        };
+        let unused = making.fill(ready.map(|ready| (invocation, ready)));
         drop(unused);
     }
 

@@ -164,7 +164,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let instantiate = seconds();
     registry.register(
         "instantiation_seconds",
-        "Instantiating a guest for one invocation",
+        "Instantiating a guest for one invocation (for a wasi:http instance made ahead, before its request came)",
         instantiate.clone(),
     );
     let reloads = Family::<ReloadLabels, Counter>::default();

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 use std::time::Instant;
 
 use sha2::Digest;
@@ -25,6 +26,9 @@ pub struct Function {
     pub permits: Option<Arc<tokio::sync::Semaphore>>,
     /// Its configuration as guests read it.
     pub config: GuestConfig,
+    /// When its last wasi:http request came (ms since the epoch; 0: none yet): whether it
+    /// is called often enough for the dispatcher to make its next instance ahead.
+    pub last_request: AtomicI64,
 }
 
 /// One HTTP route and the function it fires.
@@ -246,6 +250,7 @@ fn load_function(
         module_hash,
         permits,
         config,
+        last_request: AtomicI64::new(0),
     }))
 }
 
