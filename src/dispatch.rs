@@ -218,6 +218,7 @@ struct Spare {
     function: Arc<Function>,
     /// `None` while it is being made.
     ready: Option<(Invocation, Ready)>,
+    /// When its making began, just before its id was made.
     made: Instant,
 }
 
@@ -238,7 +239,6 @@ impl Making<'_> {
         match (self.place(&spares), ready) {
             (Some(at), Some(ready)) => {
                 spares[at].ready = Some(ready);
-                spares[at].made = Instant::now();
                 None
             }
             (Some(at), None) => {

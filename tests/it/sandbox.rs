@@ -24,7 +24,7 @@ module = "probe1.wasm"
     project
 }
 
-/// A wasi:http function's next instance is made after each request, ahead of the next one:
+/// A wasi:http function called again soon has its next instance made ahead of its request:
 /// it is still a fresh one, made for the invocation that uses it.
 #[test]
 fn a_fresh_store_and_instance_for_every_invocation() {
