@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{P1, P2, Project, example, probe, probe_http, rss_kib, state, wat};
+use crate::support::{Answer, P1, P2, Project, example, probe, probe_http, rss_kib, state, wat};
 
 /// Both command shapes fail the same way for the same cause.
 fn failing_project(extra: &str) -> Project {
@@ -22,6 +22,16 @@ module = "probe1.wasm"
         .function("probe2", &probe(P2))
         .function("probe1", &probe(P1));
     project
+}
+
+/// A synchronous call stopped by its timeout: a 500 that says so.
+fn assert_timed_out(answer: &Answer) {
+    assert_eq!(answer.status, 500, "{}", answer.body);
+    assert!(
+        answer.body.ends_with("failed: timeout\n"),
+        "{}",
+        answer.body
+    );
 }
 
 /// A wasi:http function called again soon has its next instance made ahead of its request:
@@ -100,12 +110,7 @@ fn a_request_has_its_whole_timeout_however_long_its_instance_waited_for_it() {
     );
     let started = Instant::now();
     let answer = host.get("/web/loop");
-    assert_eq!(answer.status, 500, "{}", answer.body);
-    assert!(
-        answer.body.ends_with("failed: timeout\n"),
-        "{}",
-        answer.body
-    );
+    assert_timed_out(&answer);
     assert!(
         started.elapsed() >= Duration::from_millis(900),
         "stopped after {:?}, before its timeout",
@@ -121,12 +126,7 @@ fn an_endless_loop_fails_with_timeout_and_the_host_keeps_serving() {
         let started = Instant::now();
         let answer = host.post(&format!("/{function}"), "loop");
         let elapsed = started.elapsed();
-        assert_eq!(answer.status, 500, "{}", answer.body);
-        assert!(
-            answer.body.ends_with("failed: timeout\n"),
-            "{}",
-            answer.body
-        );
+        assert_timed_out(&answer);
         assert!(
             elapsed < Duration::from_millis(1200),
             "{function} took {elapsed:?} for a 1s timeout"
@@ -145,12 +145,7 @@ fn an_endless_loop_fails_with_timeout_and_the_host_keeps_serving() {
 #[test]
 fn a_guest_blocked_in_a_host_call_fails_with_timeout() {
     let host = failing_project("").start();
-    let answer = host.post("/p2", "sleep 60000");
-    assert!(
-        answer.body.ends_with("failed: timeout\n"),
-        "{}",
-        answer.body
-    );
+    assert_timed_out(&host.post("/p2", "sleep 60000"));
 }
 
 #[test]
