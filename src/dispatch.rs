@@ -736,16 +736,22 @@ impl Dispatcher {
     }
 
     /// Runs a command for a caller that waits for it, and records it (never retried: the
-    /// caller decides).
+    /// caller decides). Its instance is torn down on a task of its own, which runs once the
+    /// caller's task waits (after it has written the answer, at one connection the client
+    /// does not wait for the teardown); the permit goes with it, so a finished instance
+    /// never holds a pool slot that an admitted invocation needs.
     pub async fn run_sync(&self, call: Call<'_>, permit: Permit) -> (String, Outcome) {
         let echo = call.echo;
         let invocation = Invocation::sync(call, self);
         let started_at = now_ms();
-        let outcome = self
+        let (outcome, finished) = self
             .sandbox
-            .run_command(&invocation.function.prepared, invocation.run())
+            .run_command_kept(&invocation.function.prepared, invocation.run())
             .await;
-        drop(permit);
+        self.tasks.spawn(async move {
+            drop(finished);
+            drop(permit);
+        });
         log_sync_outcome(&invocation, &outcome, echo);
         self.sync_records.record(&invocation, started_at, &outcome);
         (invocation.id, outcome)

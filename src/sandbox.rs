@@ -123,6 +123,24 @@ pub struct Ready {
     stderr: Capture,
 }
 
+/// A finished command's instance: torn down (its memory reset, its resources dropped) when
+/// this is dropped.
+pub struct Finished {
+    _store: Option<Box<dyn Send>>,
+}
+
+impl Finished {
+    fn of<T: Send + 'static>(store: Store<T>) -> Finished {
+        Finished {
+            _store: Some(Box::new(store)),
+        }
+    }
+
+    fn none() -> Finished {
+        Finished { _store: None }
+    }
+}
+
 /// Everything one invocation runs with.
 pub struct Run<'a> {
     pub limits: &'a Limits,
@@ -627,10 +645,16 @@ impl Sandbox {
 
     /// Runs a command (component or core module), CGI-style.
     pub async fn run_command(&self, prepared: &Prepared, run: Run<'_>) -> Outcome {
+        self.run_command_kept(prepared, run).await.0
+    }
+
+    /// Runs a command, and hands its finished instance back to be torn down when the
+    /// caller likes (after the answer has gone out).
+    pub async fn run_command_kept(&self, prepared: &Prepared, run: Run<'_>) -> (Outcome, Finished) {
         let started = Instant::now();
         let stdout = Capture::new(run.limits.max_output);
         let stderr = Capture::new(run.limits.max_output);
-        let (result, instantiation) = match &prepared.pre {
+        let (result, instantiation, finished) = match &prepared.pre {
             Pre::Command(pre) => {
                 self.run_command_component(pre, &run, &stdout, &stderr)
                     .await
@@ -638,10 +662,11 @@ impl Sandbox {
             Pre::Module(pre) => self.run_module(pre, &run, &stdout, &stderr).await,
             Pre::Http(_) => {
                 let why = "a wasi:http component can only serve HTTP triggers";
-                (Err(Failure::Host(why.to_string())), None)
+                (Err(Failure::Host(why.to_string())), None, Finished::none())
             }
         };
-        finish(result, &stdout, &stderr, started, instantiation)
+        let outcome = finish(result, &stdout, &stderr, started, instantiation);
+        (outcome, finished)
     }
 
     async fn run_command_component(
@@ -650,12 +675,12 @@ impl Sandbox {
         run: &Run<'_>,
         stdout: &Capture,
         stderr: &Capture,
-    ) -> (Result<(), Failure>, Option<Duration>) {
+    ) -> (Result<(), Failure>, Option<Duration>, Finished) {
         let setup =
             component_state(run, stdout, stderr).and_then(|s| self.new_store(s, run.limits));
         let mut store = match setup {
             Ok(store) => store,
-            Err(failure) => return (Err(failure), None),
+            Err(failure) => return (Err(failure), None, Finished::none()),
         };
         let call = async {
             let started = Instant::now();
@@ -666,7 +691,8 @@ impl Sandbox {
         let result = bounded(run, call).await;
         let guard = store.data_mut().guard();
         let result = classify(result.map(|r| r.map(|exit| exit.map_err(|()| 1))), guard);
-        (result, guard.instantiated_in)
+        let instantiated_in = guard.instantiated_in;
+        (result, instantiated_in, Finished::of(store))
     }
 
     async fn run_module(
@@ -675,7 +701,7 @@ impl Sandbox {
         run: &Run<'_>,
         stdout: &Capture,
         stderr: &Capture,
-    ) -> (Result<(), Failure>, Option<Duration>) {
+    ) -> (Result<(), Failure>, Option<Duration>, Finished) {
         let setup = wasi_builder(run, stdout, stderr).and_then(|mut builder| {
             let state = ModuleState {
                 wasi: builder.build_p1(),
@@ -687,7 +713,7 @@ impl Sandbox {
         });
         let mut store = match setup {
             Ok(store) => store,
-            Err(failure) => return (Err(failure), None),
+            Err(failure) => return (Err(failure), None, Finished::none()),
         };
         let call = async {
             let started = Instant::now();
@@ -698,10 +724,9 @@ impl Sandbox {
         };
         let result = bounded(run, call).await;
         let guard = store.data_mut().guard();
-        (
-            classify(result.map(|r| r.map(Ok)), guard),
-            guard.instantiated_in,
-        )
+        let result = classify(result.map(|r| r.map(Ok)), guard);
+        let instantiated_in = guard.instantiated_in;
+        (result, instantiated_in, Finished::of(store))
     }
 
     /// Instantiates a wasi:http component for the invocation `run` describes, ahead of its
