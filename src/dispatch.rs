@@ -884,8 +884,8 @@ impl Dispatcher {
             .sandbox
             .ready_http(&function.prepared, invocation.run())
             .await;
-        let unused = making.fill(ready.map(|ready| (invocation, ready)));
-        drop(unused);
+        // What the place did not take is dropped here, outside the lock.
+        drop(making.fill(ready.map(|ready| (invocation, ready))));
     }
 
     /// Runs a claimed durable invocation to the end of its attempt: the result stored,

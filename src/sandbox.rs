@@ -729,6 +729,18 @@ impl Sandbox {
         (result, instantiated_in, Finished::of(store))
     }
 
+    /// A component's fresh store for `run`, and the captures of its stdout and stderr.
+    fn component_store(
+        &self,
+        run: &Run<'_>,
+    ) -> (Capture, Capture, Result<Store<ComponentState>, Failure>) {
+        let stdout = Capture::new(run.limits.max_output);
+        let stderr = Capture::new(run.limits.max_output);
+        let store = component_state(run, &stdout, &stderr)
+            .and_then(|state| self.new_store(state, run.limits));
+        (stdout, stderr, store)
+    }
+
     /// Instantiates a wasi:http component for the invocation `run` describes, ahead of its
     /// request. `None` if it is not one or cannot be instantiated (the request will then
     /// instantiate it itself, and report why it cannot).
@@ -736,10 +748,8 @@ impl Sandbox {
         let Pre::Http(pre) = &prepared.pre else {
             return None;
         };
-        let stdout = Capture::new(run.limits.max_output);
-        let stderr = Capture::new(run.limits.max_output);
-        let state = component_state(&run, &stdout, &stderr).ok()?;
-        let mut store = self.new_store(state, run.limits).ok()?;
+        let (stdout, stderr, store) = self.component_store(&run);
+        let mut store = store.ok()?;
         let started = Instant::now();
         let instantiated =
             tokio::time::timeout(run.limits.timeout, pre.instantiate_async(&mut store));
@@ -779,10 +789,7 @@ impl Sandbox {
                 (stdout, stderr, Some(proxy), Ok(store))
             }
             None => {
-                let stdout = Capture::new(run.limits.max_output);
-                let stderr = Capture::new(run.limits.max_output);
-                let store = component_state(&run, &stdout, &stderr)
-                    .and_then(|state| self.new_store(state, run.limits));
+                let (stdout, stderr, store) = self.component_store(&run);
                 (stdout, stderr, None, store)
             }
         };
