@@ -801,7 +801,9 @@ impl Dispatcher {
                     // Only when nothing else runs here: then it takes time the host would
                     // idle; beside other invocations it would only compete with them.
                     if often && dispatch.permits.available_permits() == dispatch.max_concurrency {
-                        dispatch.make_spare(invocation.function, trigger).await;
+                        // Boxed: instantiation's future is large, and this task is
+                        // spawned for every request, most of which make no spare.
+                        Box::pin(dispatch.make_spare(invocation.function, trigger)).await;
                     }
                 });
                 (id, Served::Responded(response))
